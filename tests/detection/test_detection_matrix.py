@@ -1,0 +1,348 @@
+"""The detection matrix: every fault switch of the reference platform makes the
+check that guards against it fail, for the right reason; with no fault switched
+on, the same checks pass.
+
+For each registered fault the platform is started once with only that fault on
+(`python -m reference_platform --auth-port 0 --backend-port 0 --state-file …`),
+robot runs only the tags that should catch it against that platform (the target
+URLs are passed as variables, so `CrosstalkPlatform` attaches instead of starting
+another platform), and `output.xml` is read back with `robot.api.ExecutionResult`.
+A fault is *detected* when the expected test failed and its message contains the
+key phrase.  The table is printed at the end of the pytest run and written to
+`results/detection/matrix.md`; `docs/detection.md` explains how to read it.
+
+Run only the matrix: `pytest -m detection`; skip it: `pytest -m "not detection"`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from robot.api import ExecutionResult, ResultVisitor
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "results" / "detection"
+BASELINE = "baseline"
+# Two cores: the platform under test and robot share them, so two faults at a time.
+PARALLEL = int(os.environ.get("DETECTION_PARALLEL", "2"))
+PLATFORM_START_TIMEOUT = 120.0
+ROBOT_TIMEOUT = 360.0
+TARGET_VARIABLES = {
+    "AUTH_URL": "auth_url",
+    "BACKEND_URL": "backend_url",
+    "WS_URL": "ws_url",
+    "AUTH_DATABASE_URL": "auth_database_url",
+    "BACKEND_DATABASE_URL": "backend_database_url",
+    "REDIS_URL": "redis_url",
+}
+
+pytestmark = pytest.mark.detection
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the matrix: the fault, the tags that must catch it, the test
+    that must fail and a phrase its failure message must contain."""
+
+    fault: str
+    tags: tuple[str, ...]
+    test: str
+    phrase: str
+
+
+# fault -> tags to run -> expected failing test -> key phrase of its message
+MATRIX: tuple[Row, ...] = (
+    Row("crosstalk", ("concurrent",), "Every User Gets Only Their Own Events", "isolation violation"),
+    Row("shared_context", ("isolation-details",), "Tool Results Draw Only On The Caller's Data", "canary"),
+    Row("bola_rest", ("bola",), "Another User's Thread Is Invisible Over REST", "404"),
+    Row("bola_ws", ("bola",), "Another User's Thread Is Refused In WebSocket Frames", "thread_not_found"),
+    Row("drop_event", ("golden-path",), "One Chat Streams All Five Events In Order", "tool_completed"),
+    Row("reorder_events", ("golden-path",), "One Chat Streams All Five Events In Order", "order"),
+    Row("logout_no_revoke", ("revocation",), "Access Token Is Dead After Logout", "after logout"),
+    Row("refresh_reuse", ("revocation",), "Reused Refresh Token Revokes The Whole Family", "reuse"),
+    Row("jwt_alg_none", ("authentication",), "Forged And Invalid Tokens Are Refused", "alg none"),
+    Row("jwt_hs256_confusion", ("authentication",), "Forged And Invalid Tokens Are Refused", "hs256"),
+    Row("jwt_accept_expired", ("authentication",), "Forged And Invalid Tokens Are Refused", "expired"),
+    Row("ws_origin_unchecked", ("cswsh",), "Cross-Site WebSocket Hijacking Is Refused", "origin"),
+    Row("session_leak", ("sessions",), "Closed Connections Leave No Session Behind", "session"),
+    Row("connection_leak", ("sessions",), "Closed Connections Free Their Server Resources",
+        "tracked_connections"),
+    Row("no_rate_limit", ("resource-limits",), "A Message Flood Is Throttled Without Slowing Others",
+        "rate_limited"),
+    Row("no_frame_limit", ("resource-limits",), "An Oversized Frame Is Refused Without Harming Others",
+        "frame_too_large"),
+    Row("sql_concat", ("input",), "Hostile Content Is Stored And Returned Verbatim", "verbatim"),
+)
+ROWS = {row.fault: row for row in MATRIX}
+
+
+def registered_faults() -> list[str]:
+    """Every fault name in the platform's registry (`reference_platform/faults.py`)."""
+    from reference_platform import faults
+
+    for attribute in ("FAULTS", "REGISTRY", "ALL_FAULTS", "KNOWN_FAULTS"):
+        registry = getattr(faults, attribute, None)
+        if registry:
+            return sorted(registry)
+    raise AssertionError(
+        "reference_platform/faults.py exposes no fault registry (FAULTS, REGISTRY, ALL_FAULTS or "
+        "KNOWN_FAULTS): the detection matrix cannot tell which faults it must cover."
+    )
+
+
+# ---------------------------------------------------------------- running
+
+@dataclass
+class Outcome:
+    """What happened to one fault (or the baseline) in this run."""
+
+    fault: str
+    detected: bool = False
+    reason: str = ""
+    failed: dict[str, str] = field(default_factory=dict)  # test name -> message
+    passed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    outdir: Path | None = None
+
+
+class Platform:
+    """The reference platform started by the launcher with the given faults on."""
+
+    def __init__(self, faults: list[str], workdir: Path):
+        self.faults = faults
+        self.workdir = workdir
+        self.state_file = workdir / "platform.json"
+        self.log_file = workdir / "platform.log"
+        self.process: subprocess.Popen | None = None
+        self.state: dict = {}
+
+    def __enter__(self) -> Platform:
+        self.state_file.unlink(missing_ok=True)
+        env = {k: v for k, v in os.environ.items()
+               if k not in TARGET_VARIABLES and k not in ("REFPLAT_FAULTS", "DATABASE_URL")}
+        env["REFPLAT_FAULTS"] = ",".join(self.faults)
+        command = [sys.executable, "-m", "reference_platform", "--auth-port", "0", "--backend-port", "0",
+                   "--state-file", str(self.state_file)]
+        with self.log_file.open("wb") as log:
+            # own session: on a hung stop we can kill exactly what we started, as a group
+            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + PLATFORM_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"platform with faults {self.faults} exited with code "
+                                   f"{self.process.returncode} before it was healthy:\n{self._log_tail()}")
+            if self.state_file.exists():
+                try:
+                    self.state = json.loads(self.state_file.read_text())
+                except json.JSONDecodeError:
+                    pass  # written but not complete yet
+                else:
+                    self._check_faults()
+                    return self
+            time.sleep(0.2)
+        self.__exit__(None, None, None)
+        raise RuntimeError(f"platform with faults {self.faults} wrote no state file {self.state_file} within "
+                           f"{PLATFORM_START_TIMEOUT:.0f} s:\n{self._log_tail()}")
+
+    def _check_faults(self) -> None:
+        # A platform that silently ignored the switch would make the row meaningless.
+        active = sorted(self.state.get("faults") or [])
+        if active != sorted(self.faults):
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"platform started with faults {active}, expected {sorted(self.faults)}")
+
+    def __exit__(self, *exc) -> None:
+        if not self.process or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no platform log)"
+
+    def robot_variables(self) -> list[str]:
+        arguments = []
+        for variable, key in TARGET_VARIABLES.items():
+            if self.state.get(key):
+                arguments += ["--variable", f"{variable}:{self.state[key]}"]
+        return arguments
+
+
+class _Tests(ResultVisitor):
+    def __init__(self):
+        self.tests = []
+
+    def visit_test(self, test):
+        self.tests.append(test)
+
+
+def run_robot(platform: Platform, tags: list[str], outdir: Path) -> list:
+    """Runs the suites selected by `tags` against `platform`; returns the result tests."""
+    command = [sys.executable, "-m", "robot", "--outputdir", str(outdir), "--output", "output.xml",
+               "--log", "log.html", "--report", "NONE", "--console", "quiet",
+               *platform.robot_variables()]
+    for tag in tags:
+        command += ["--include", tag]
+    command.append(str(ROOT / "suites"))
+    env = {k: v for k, v in os.environ.items() if k not in TARGET_VARIABLES}
+    with (outdir / "robot.log").open("wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            process.wait(timeout=ROBOT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+            raise RuntimeError(f"robot did not finish within {ROBOT_TIMEOUT:.0f} s (tags {tags}); "
+                               f"partial output in {outdir}") from None
+    output = outdir / "output.xml"
+    if not output.exists():
+        tail = "\n".join((outdir / "robot.log").read_text(errors="replace").splitlines()[-20:])
+        raise RuntimeError(f"robot wrote no {output} (exit code {process.returncode}):\n{tail}")
+    visitor = _Tests()
+    ExecutionResult(str(output)).visit(visitor)
+    return visitor.tests
+
+
+def judge(row: Row, tests: list) -> tuple[bool, str]:
+    """Whether `row.test` failed with `row.phrase` in its message, and why not."""
+    matching = [test for test in tests if test.name == row.test]
+    if not matching:
+        return False, f"test '{row.test}' did not run with tags {list(row.tags)}"
+    test = matching[0]
+    if test.status != "FAIL":
+        return False, f"test '{row.test}' {test.status.lower()}ed: the fault went unnoticed"
+    if row.phrase.lower() not in test.message.lower():
+        return False, (f"test '{row.test}' failed for another reason: no '{row.phrase}' in "
+                       f"message: {test.message[:300]}")
+    return True, f"failed: {_first_line(test.message)}"
+
+
+def _first_line(message: str, limit: int = 160) -> str:
+    line = next((part for part in message.splitlines() if part.strip() and
+                 not part.startswith("Several failures")), message)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def run_one(fault: str, tags: list[str], row: Row | None) -> Outcome:
+    started = time.monotonic()
+    outdir = RESULTS / fault
+    outdir.mkdir(parents=True, exist_ok=True)
+    for stale in ("output.xml", "log.html"):
+        (outdir / stale).unlink(missing_ok=True)
+    outcome = Outcome(fault=fault, outdir=outdir)
+    try:
+        with Platform([] if fault == BASELINE else [fault], outdir) as platform:
+            tests = run_robot(platform, tags, outdir)
+    except Exception as error:  # the row is reported as not detected, with the reason
+        outcome.reason = f"{type(error).__name__}: {error}"
+        outcome.seconds = time.monotonic() - started
+        return outcome
+    outcome.failed = {test.name: test.message for test in tests if test.status == "FAIL"}
+    outcome.passed = [test.name for test in tests if test.status == "PASS"]
+    if row is None:
+        outcome.detected = not outcome.failed and bool(outcome.passed)
+        outcome.reason = (f"{len(outcome.passed)} tests passed" if outcome.detected else
+                          "; ".join(f"'{name}': {_first_line(msg)}" for name, msg in outcome.failed.items())
+                          or "no test ran")
+    else:
+        outcome.detected, outcome.reason = judge(row, tests)
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+def all_tags() -> list[str]:
+    return sorted({tag for row in MATRIX for tag in row.tags})
+
+
+def run_matrix(faults: list[str]) -> dict[str, Outcome]:
+    jobs = [(BASELINE, all_tags(), None)] + [(f, list(ROWS[f].tags), ROWS[f]) for f in faults]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        futures = {pool.submit(run_one, *job): job[0] for job in jobs}
+        return {futures[future]: future.result() for future in concurrent.futures.as_completed(futures)}
+
+
+def render(outcomes: dict[str, Outcome], faults: list[str], seconds: float) -> str:
+    lines = ["| fault | tags run | catching test | key phrase | detected | seconds | evidence |",
+             "|---|---|---|---|---|---|---|"]
+    for fault in faults:
+        row, outcome = ROWS[fault], outcomes[fault]
+        lines.append(f"| `{fault}` | {', '.join(row.tags)} | {row.test} | `{row.phrase}` | "
+                     f"{'yes' if outcome.detected else '**NO**'} | {outcome.seconds:.0f} | "
+                     f"{_cell(outcome.reason)} |")
+    detected = sum(outcomes[f].detected for f in faults)
+    baseline = outcomes[BASELINE]
+    lines += [
+        "",
+        f"Baseline (no fault, tags {', '.join(all_tags())}): "
+        f"{'all passed' if baseline.detected else 'FAILED'} — {_cell(baseline.reason)}",
+        f"Detection rate: {detected}/{len(faults)} = {100 * detected / max(len(faults), 1):.0f} %"
+        f" (wall time {seconds:.0f} s, {PARALLEL} in parallel)",
+    ]
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")[:220]
+
+
+# ---------------------------------------------------------------- tests
+
+def test_every_registered_fault_has_a_row():
+    missing = sorted(set(registered_faults()) - set(ROWS))
+    assert not missing, (f"fault(s) {missing} have no row in the detection matrix: add a Row to MATRIX in "
+                         f"{Path(__file__).relative_to(ROOT)} naming the test that catches each one.")
+
+
+def test_every_row_names_a_registered_fault():
+    unknown = sorted(set(ROWS) - set(registered_faults()))
+    assert not unknown, f"matrix rows for unknown fault(s) {unknown}: the platform's registry lacks them."
+
+
+@pytest.fixture(scope="module")
+def matrix(request) -> dict[str, Outcome]:
+    faults = [fault for fault in registered_faults() if fault in ROWS]
+    selected = os.environ.get("DETECTION_FAULTS")  # e.g. DETECTION_FAULTS=bola_rest,bola_ws for a quick look
+    if selected:
+        faults = [fault for fault in faults if fault in selected.split(",")]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    outcomes = run_matrix(faults)
+    table = render(outcomes, faults, time.monotonic() - started)
+    (RESULTS / "matrix.md").write_text("# Detection matrix\n\n" + table + "\n")
+    # conftest.py prints it in the terminal summary, after pytest's own report
+    request.config.crosstalk_detection_matrix = table
+    return outcomes
+
+
+@pytest.mark.timeout(1500)
+def test_baseline_passes_without_faults(matrix):
+    baseline = matrix[BASELINE]
+    assert baseline.detected, (f"with no fault on, the matrix's checks must all pass, but: {baseline.reason} "
+                               f"(see {baseline.outdir}/log.html)")
+
+
+@pytest.mark.timeout(1500)
+@pytest.mark.parametrize("fault", [row.fault for row in MATRIX])
+def test_fault_is_detected(matrix, fault):
+    if fault not in matrix:
+        pytest.skip(f"{fault} is not registered in reference_platform/faults.py or not selected")
+    outcome = matrix[fault]
+    assert outcome.detected, f"fault {fault} not detected: {outcome.reason} (see {outcome.outdir}/log.html)"
