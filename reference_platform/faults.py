@@ -1,0 +1,81 @@
+"""Fault switches: small, honest bugs planted in the platform's real code paths.
+
+They exist so that Crosstalk can prove each of its checks fails when the bug it
+guards against is present.  They are enabled only at start (``--faults`` or
+``REFPLAT_FAULTS``), never by a request, and announced loudly on stderr.
+
+To add a switch: add its name and one-line description to ``FAULTS`` and guard the
+buggy branch of the real code path with ``faults.on("name")``.
+"""
+
+from __future__ import annotations
+
+import os
+
+FAULTS: dict[str, str] = {
+    "crosstalk": "events are sent through a shared 'current connection' variable, so under "
+    "concurrency an event reaches another user's socket",
+    "shared_context": "the agent context cache is keyed without the user (and thread), so one "
+    "user's history leaks into another user's answer",
+    "bola_rest": "GET /threads/{id}, GET /threads/{id}/messages and DELETE /threads/{id} skip the "
+    "owner check",
+    "bola_ws": "a WebSocket user_message with another user's thread_id is accepted",
+    "drop_event": "every 3rd run loses its tool_completed event (fire-and-forget send)",
+    "reorder_events": "every 3rd run sends tool_completed before tool_executing",
+    "logout_no_revoke": "logout answers 204 but does not put the access token on the denylist",
+    "refresh_reuse": "a used refresh token is accepted again and the token family is not revoked",
+    "jwt_alg_none": "access tokens with alg 'none' (any case) are accepted without a signature",
+    "jwt_hs256_confusion": "HS256 tokens are verified with the RSA public key PEM as HMAC secret",
+    "jwt_accept_expired": "expired access tokens are accepted (exp not verified)",
+    "ws_origin_unchecked": "the WebSocket handshake does not check the Origin header",
+    "session_leak": "the Redis session record is not removed when the socket closes",
+    "connection_leak": "the per-connection registry entry (with its buffers) is never freed",
+    "no_rate_limit": "no per-user message rate limit on the WebSocket",
+    "no_frame_limit": "no size limit on WebSocket frames",
+    "sql_concat": "message content is concatenated into SQL instead of passed as a parameter",
+}
+
+ENV_VAR = "REFPLAT_FAULTS"
+
+_enabled: frozenset[str] = frozenset()
+
+
+class UnknownFaultError(ValueError):
+    pass
+
+
+def parse(spec: str | None) -> list[str]:
+    """Names from a comma list; raises UnknownFaultError naming the valid ones."""
+    names = [name.strip() for name in (spec or "").split(",") if name.strip()]
+    unknown = [name for name in names if name not in FAULTS]
+    if unknown:
+        raise UnknownFaultError(
+            f"unknown fault switch(es) {', '.join(unknown)}; valid names: {', '.join(sorted(FAULTS))}"
+        )
+    return sorted(set(names))
+
+
+def enable(names: list[str] | tuple[str, ...]) -> None:
+    global _enabled
+    _enabled = frozenset(parse(",".join(names)))
+
+
+def on(name: str) -> bool:
+    if name not in FAULTS:  # a typo here would silently disable a fault: fail loudly instead
+        raise KeyError(f"no fault switch named {name!r}")
+    return name in _enabled
+
+
+def enabled() -> list[str]:
+    return sorted(_enabled)
+
+
+def banner(names: list[str]) -> str:
+    line = "!" * 78
+    body = "\n".join(f"!!  FAULT {name}: {FAULTS[name]}" for name in names)
+    title = "!!  REFERENCE PLATFORM RUNNING WITH PLANTED BUGS - NOT A CORRECT PLATFORM"
+    return f"{line}\n{title}\n{body}\n{line}"
+
+
+def from_environment() -> list[str]:
+    return parse(os.environ.get(ENV_VAR, ""))

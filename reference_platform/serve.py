@@ -1,0 +1,51 @@
+"""One service process: ``python -m reference_platform.serve auth|backend --fd N``.
+
+Started by the launcher, which binds the listening socket itself (so port 0 and
+"port in use" are settled before any child starts) and passes it down as a file
+descriptor.  Settings arrive as JSON in ``REFPLAT_SETTINGS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import socket
+import sys
+
+import uvicorn
+
+from .config import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reference_platform.serve")
+    parser.add_argument("service", choices=["auth", "backend"])
+    parser.add_argument("--fd", type=int, required=True, help="listening socket inherited from the launcher")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    logging.basicConfig(level=logging.WARNING, format=f"[{args.service}] %(levelname)s %(name)s: %(message)s")
+    if args.service == "auth":
+        from .auth_service import create_app
+    else:
+        from .backend_service import create_app
+    sock = socket.socket(fileno=args.fd)
+    config = uvicorn.Config(
+        create_app(settings),
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,  # ~50 KiB less memory per socket; chat frames are small
+        ws_max_size=16 * 1024 * 1024,  # the app enforces max_frame_bytes with an error frame
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=3,
+    )
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
