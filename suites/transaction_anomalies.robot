@@ -1,0 +1,116 @@
+*** Settings ***
+Documentation       Agents that share token budgets race each other in PostgreSQL.
+...
+...                 What PostgreSQL promises at each isolation level (Kleppmann's Hermitage tables):
+...                 lost update (P4) happens under READ COMMITTED and is refused with 40001 under
+...                 REPEATABLE READ; write skew (G2-item) happens under REPEATABLE READ and is refused
+...                 under SERIALIZABLE; aborted reads (G1a) never happen.  Deadlocks are detected
+...                 (40P01) and a retried loser applies exactly once; a pool smaller than the demand
+...                 queues callers instead of failing them.  Everything runs in a scratch database.
+
+Resource            ../resources/transactions.resource
+
+Suite Setup         Prepare A Scratch Budget Ledger
+Suite Teardown      Remove The Scratch Budget Ledger
+Test Teardown       Close All Transactions
+Test Tags           transaction    race
+
+
+*** Test Cases ***
+Two Agents Updating The Same Budget Lose An Update Under Read Committed
+    [Documentation]    Both agents read 10 and write 11: one top-up silently disappears.
+    [Tags]    p4    lost-update
+    Given Both Budgets Hold 10 Tokens
+    ${run}=    When Two Agents Add One Token To Budget 1 From What They Read    READ COMMITTED
+    Then Anomaly Should Have Occurred    ${run}
+    And Budget 1 Should Hold 11 Tokens
+
+Repeatable Read Refuses The Second Budget Update With A Serialization Failure
+    [Documentation]    The second writer gets 40001 instead of overwriting; the first top-up stands.
+    [Tags]    p4    lost-update
+    Given Both Budgets Hold 10 Tokens
+    ${run}=    When Two Agents Add One Token To Budget 1 From What They Read    REPEATABLE READ
+    Then Anomaly Should Have Been Prevented    ${run}    sqlstate=40001    loser=T2
+    And Transaction Should Have Committed    ${run}    T1
+    And Budget 1 Should Hold 11 Tokens
+
+Retrying The Refused Budget Update Keeps Both Top-Ups
+    [Documentation]    The refused agent re-reads and writes again: both top-ups count exactly once.
+    [Tags]    p4    lost-update    retry
+    Given Both Budgets Hold 10 Tokens
+    ${run}=    When Two Agents Add One Token To Budget 1 From What They Read    REPEATABLE READ    retry=${True}
+    Then Losers Should Have Been Retried    ${run}    sqlstate=40001
+    And Budget 1 Should Hold 12 Tokens
+
+Two Agents Going Off Duty Leave Nobody On Call Under Repeatable Read
+    [Documentation]    Each sees a colleague on duty in its snapshot; both commit and nobody is left.
+    [Tags]    g2-item    write-skew
+    Given Two Agents Are On Call
+    ${run}=    When Both Agents Go Off Duty After Checking Someone Else Is On Call    REPEATABLE READ
+    Then Anomaly Should Have Occurred    ${run}
+    And Transaction Should Have Committed    ${run}    T2
+
+Serializable Refuses The Second Agent Going Off Duty
+    [Documentation]    SSI sees the read/write dependency cycle; the second commit fails with 40001.
+    [Tags]    g2-item    write-skew
+    Given Two Agents Are On Call
+    ${run}=    When Both Agents Go Off Duty After Checking Someone Else Is On Call    SERIALIZABLE
+    Then Anomaly Should Have Been Prevented    ${run}    sqlstate=40001    loser=T2
+    And Invariant Should Hold    ${run}
+
+An Agent Never Sees Another Agent's Aborted Budget Change
+    [Documentation]    No isolation level shows a write that is uncommitted or rolled back.
+    [Tags]    g1a    dirty-read
+    [Template]    Aborted Budget Change Should Stay Invisible Under
+    READ COMMITTED
+    REPEATABLE READ
+    SERIALIZABLE
+
+Transfers In Opposite Order Deadlock And The Retried Loser Applies Exactly Once
+    [Documentation]    PostgreSQL breaks the lock cycle with 40P01; retrying the loser applies every transfer once.
+    [Tags]    deadlock    retry
+    Given Both Budgets Hold 100 Tokens
+    ${run}=    When Two Agents Move Tokens Between Budgets In Opposite Order
+    Then Losers Should Have Been Retried    ${run}    sqlstate=40P01
+    And Invariant Should Hold    ${run}
+
+A Second Top-Up Waits For The Row Lock And Both Top-Ups Count
+    [Documentation]    Atomic increments queue behind the row lock instead of losing an update.
+    [Tags]    row-lock
+    Given Both Budgets Hold 10 Tokens
+    And Open Transactions    T1    T2    isolation=READ COMMITTED
+    When Agent T1 Tops Up Budget 1 By One
+    And Agent T2 Starts Topping Up Budget 1 By One
+    Then Agent T2 Should Be Waiting For The Row Lock Of Agent T1
+    When Commit Transaction    T1
+    And Agent T2 Finishes
+    Then Budget 1 Should Hold 12 Tokens
+
+Twenty Agents Share Five Database Connections And Every Write Lands
+    [Documentation]    Demand is four times the pool; fifteen callers queue and every write succeeds.
+    [Tags]    pool
+    Given Agents Share A Pool Of 5 Connections
+    ${report}=    When 20 Agents Write To The Database At Once
+    Then Every Write Should Have Landed After Queueing    ${report}    expected_waits=${15}
+    ${again}=    When 20 Agents Write To The Database At Once
+    Then Pool Should Have Recovered    ${again}
+
+An Exhausted Pool Without A Queue Refuses Callers And Then Recovers
+    [Documentation]    The bare pool refuses the fifteen callers beyond its size; the next small batch is fully served.
+    [Tags]    pool
+    Given Agents Share A Pool Of 5 Connections Without A Queue
+    ${report}=    When 20 Agents Write To The Database At Once
+    Then Pool Exhaustion Should Have Been Detected    ${report}    refused=${15}
+    ${again}=    When 5 Agents Write To The Database At Once
+    Then Pool Should Have Recovered    ${again}
+
+
+*** Keywords ***
+Aborted Budget Change Should Stay Invisible Under
+    [Documentation]    One row of the G1a template: the reader only ever sees the committed 10 tokens.
+    [Arguments]    ${isolation}
+    Both Budgets Hold 10 Tokens
+    ${run}=    An Agent Reads Budget 1 While Another Changes It And Aborts    ${isolation}
+    Anomaly Should Have Been Prevented    ${run}
+    Transaction Should Only Have Read    ${run}    T2    10
+    Close All Transactions
