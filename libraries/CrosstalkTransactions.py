@@ -536,6 +536,8 @@ class CrosstalkTransactions:
             problems.append(f"{report.rows_written} of {report.operations} rows written")
         if report.in_use_after:
             problems.append(f"{report.in_use_after} connections still checked out")
+        if report.backends_used > report.pool_size:
+            problems.append(f"{report.backends_used} server connections used by a pool of {report.pool_size}")
         if problems:
             raise TransactionError(f"The pool did not recover: {'; '.join(problems)}. {report.summary()}")
 

@@ -238,7 +238,7 @@ def _is_end(sql: str) -> bool:
     return _keyword(sql) in {"COMMIT", "ROLLBACK", "END", "ABORT"}
 
 
-@dataclass
+@dataclass(repr=False)
 class StepResult:
     """What one step did.  `status`: ok, error, skipped, rolled back, running."""
 
@@ -292,6 +292,9 @@ class StepResult:
     def label(self) -> str:
         return f"step {self.step} ({self.transaction}: {self.sql})"
 
+    def __repr__(self) -> str:
+        return f"StepResult({self.label()} -> {self.outcome()})"
+
 
 @dataclass
 class Session:
@@ -324,7 +327,7 @@ class Retry:
     succeeded: bool
 
 
-@dataclass
+@dataclass(repr=False)
 class InterleavingResult:
     """Everything one interleaving did; Robot keywords assert on it and log it."""
 
@@ -414,6 +417,9 @@ class InterleavingResult:
 
     def to_html(self) -> str:
         return interleaving_html(self)
+
+    def __repr__(self) -> str:  # what Robot logs for ${run} =
+        return f"InterleavingResult({self.anomaly} {self.summary()})"
 
 
 def _cell(value: Any) -> str:
@@ -583,7 +589,6 @@ class TransactionEngine:
         if session.failed_step or _is_begin(sql) or _is_end(sql):
             return
         if session.transaction_status == _STATUS.TRANSACTION_STATUS_IDLE:
-            session.segment += 1
             begin = f"BEGIN ISOLATION LEVEL {session.isolation.value}"
             self._perform(session, self._new_result(session, begin, step, attempt=attempt, implicit=True))
 
@@ -855,7 +860,9 @@ class QueuedPool:
         self.queue_timeout, self.max_queue = queue_timeout, max_queue
         try:
             self._pool = psycopg2.pool.ThreadedConnectionPool(
-                0, size, dsn, connect_timeout=max(1, round(connect_timeout)),
+                # minconn = size: psycopg2 closes returned connections beyond minconn,
+                # which would silently turn the pool into connect-per-request
+                size, size, dsn, connect_timeout=max(1, round(connect_timeout)),
                 application_name="crosstalk-pool")
         except psycopg2.OperationalError as error:
             raise TransactionError(f"Cannot open a pool to {mask_dsn(dsn)}: {_first_line(error)}") from None
@@ -953,7 +960,7 @@ class QueuedPool:
             self._pool.closeall()
 
 
-@dataclass
+@dataclass(repr=False)
 class PoolReport:
     label: str
     pool_size: int
@@ -987,6 +994,9 @@ class PoolReport:
                 f"{self.refused} refused, max queue {self.max_waiting}, "
                 f"wait p50 {self.wait_p50_ms:.0f} ms / max {self.wait_max_ms:.0f} ms, "
                 f"{self.backends_used} backends, {self.in_use_after} still in use, {self.elapsed_ms:.0f} ms")
+
+    def __repr__(self) -> str:
+        return f"PoolReport({self.summary()})"
 
     def to_html(self) -> str:
         rows = [("operations", self.operations), ("succeeded", self.succeeded), ("failed", self.failed),
