@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import Any
 
 import jwt
+import redis
 import requests
 from crosstalk.model import TestUser
 from cryptography.hazmat.primitives import serialization
@@ -145,9 +146,13 @@ class CrosstalkSecurity:
     # ------------------------------------------------------------ forged tokens
     @keyword
     def forge_access_token(
-        self, kind: TokenKind, valid_token: TestUser | str, jwks_url: str, private_key: str | None = None,
+        self, kind: str, valid_token: TestUser | str, jwks_url: str, private_key: str | None = None,
     ) -> str:
         """Returns a broken copy of ``valid_token`` of the given ``kind`` (same ``sub``, fresh ``jti``).
+
+        ``kind`` is one of: ``alg none``, ``alg None``, ``alg NONE``, ``signature stripped``,
+        ``payload tampered``, ``hs256 signed with the public key``, ``kid pointing elsewhere``,
+        ``expired``, ``missing exp``, ``wrong iss``, ``wrong aud``.
 
         The signature-based kinds need only the public JWKS. ``expired``, ``missing exp``,
         ``wrong iss`` and ``wrong aud`` must carry a *valid* signature to prove that the
@@ -160,6 +165,10 @@ class CrosstalkSecurity:
         | ${forged} = | Forge Access Token | alg none | ${alice} | ${AUTH_URL}/.well-known/jwks.json |
         | ${forged} = | Forge Access Token | expired | ${alice} | ${JWKS} | private_key=${KEY_PEM} |
         """
+        kinds = {member.value: member for member in TokenKind}
+        if kind not in kinds:
+            raise AssertionError(f"Unknown token kind '{kind}': use one of {', '.join(kinds)}.")
+        kind = kinds[kind]
         token = _token_of(valid_token)
         if not token or token.count(".") != 2:
             raise AssertionError("Forge Access Token needs a valid access token (a user who is logged in).")
@@ -447,6 +456,53 @@ class CrosstalkSecurity:
         self.probe_run_should_complete(label, cmid, timeout)
 
     @keyword
+    def probe_message_should_be_refused(
+        self, label: str, client_message_id: str, code: str, timeout: timedelta = DEFAULT_TIMEOUT,
+        close_code: int | None = None,
+    ) -> None:
+        """Fails unless the server answers ``client_message_id`` with an ``error`` frame of ``code``
+        (or, when ``close_code`` is given, closes the socket with it) and starts no run for it.
+
+        Error frames about a frame the server could not parse carry no ``client_message_id``;
+        they count too.
+
+        Example:
+        | Probe Message Should Be Refused | alice | ${cmid} | thread_not_found |
+        | Probe Message Should Be Refused | alice | ${cmid} | frame_too_large | close_code=1009 |
+        """
+        probe = self._probe(label)
+        deadline = time.monotonic() + _s(timeout)
+
+        def mine() -> list[dict[str, Any]]:
+            return [f for f in probe.received
+                    if not f.get("_used") and f.get("client_message_id") in (client_message_id, None)]
+
+        while True:
+            refusal = next((f for f in mine() if f.get("type") == "error" and f.get("code") == code), None)
+            if refusal is not None:
+                break
+            if close_code is not None and probe.closed_code == close_code:
+                logger.info(f"{label}: socket closed with {close_code}, as allowed.")
+                return
+            run = [f for f in mine() if f.get("type", "").startswith("agent_") or f.get("type") == "error"]
+            if run or probe.pull(deadline) is None:
+                raise AssertionError(
+                    f"{label}: message {client_message_id} should have been refused with {code}, but got: "
+                    f"{probe.describe(run)}")
+        refusal["_used"] = True
+        logger.info(f"{label}: message {client_message_id} refused with {code}: {refusal.get('message')!r}")
+        self.probe_should_get_nothing_more_for(label, client_message_id, timedelta(milliseconds=500))
+
+    @keyword
+    def close_probe_socket(self, label: str) -> None:
+        """Closes probe ``label`` from the client side (normal closure 1000).
+
+        Example:
+        | Close Probe Socket | alice |
+        """
+        self._probes.pop(label, self._probe(label)).connection.close()
+
+    @keyword
     def close_probe_sockets(self) -> None:
         """Closes every probe socket this suite opened.
 
@@ -493,6 +549,76 @@ class CrosstalkSecurity:
                     + ", ".join(f"{label} {seconds:.3f} s" for label, seconds in latencies.items())
                     + (f" (median {statistics.median(latencies.values()):.3f} s)" if latencies else ""))
         return {"rate_limited": refused, "latencies": latencies}
+
+    # ------------------------------------------------------------ sessions and server resources
+    @keyword
+    def session_records_should_number(
+        self, redis_url: str, user_id: str, count: int, timeout: timedelta = timedelta(seconds=5),
+    ) -> None:
+        """Waits until Redis holds exactly ``count`` session records (``session:<user_id>:*``) for the user.
+
+        ``count=0`` after the user's sockets closed proves sessions are removed on disconnect.
+
+        Example:
+        | Session Records Should Number | ${REDIS_URL} | ${user_id} | 3 |
+        | Session Records Should Number | ${REDIS_URL} | ${user_id} | 0 | timeout=5s |
+        """
+        client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        pattern = f"session:{user_id}:*"
+        deadline = time.monotonic() + _s(timeout)
+        try:
+            while True:
+                keys = sorted(k.decode() for k in client.scan_iter(match=pattern, count=1000))
+                if len(keys) == count:
+                    logger.info(f"{len(keys)} session record(s) match {pattern}, as expected.")
+                    return
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"Redis holds {len(keys)} session record(s) for user {user_id} after "
+                        f"{_s(timeout):g} s, expected {count}: {', '.join(keys[:5]) or 'none'}"
+                        + (" — sessions are not removed when their socket closes" if count == 0 else ""))
+                time.sleep(0.1)
+        finally:
+            client.close()
+
+    @keyword
+    def get_leaked_connection_count(self, backend_url: str) -> int:
+        """Returns ``tracked_connections - active_websockets`` from the backend's ``/metrics``:
+        connection entries the server still holds for sockets that are already closed.
+
+        Example:
+        | ${before} = | Get Leaked Connection Count | ${BACKEND_URL} |
+        """
+        try:
+            metrics = requests.get(f"{backend_url}/metrics", timeout=10).json()
+            return int(metrics["tracked_connections"]) - int(metrics["active_websockets"])
+        except (requests.RequestException, ValueError, KeyError) as error:
+            raise AssertionError(f"Cannot read tracked_connections and active_websockets from "
+                                 f"{backend_url}/metrics: {error}") from None
+
+    @keyword
+    def closed_connections_should_be_released(
+        self, backend_url: str, before: int, closed: int, timeout: timedelta = timedelta(seconds=5),
+    ) -> None:
+        """Waits until the server holds fewer than ``before + closed`` entries for closed sockets.
+
+        Other users' sockets may be opening and closing meanwhile (pabot), so the check allows
+        for those in flight but not for all ``closed`` of ours staying behind.
+
+        Example:
+        | Closed Connections Should Be Released | ${BACKEND_URL} | ${before} | closed=10 |
+        """
+        deadline = time.monotonic() + _s(timeout)
+        while True:
+            leaked = self.get_leaked_connection_count(backend_url)
+            if leaked < before + closed:
+                logger.info(f"{leaked} entries for closed sockets on the server (was {before}): released.")
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{closed} closed sockets are still held by the server after {_s(timeout):g} s: "
+                    f"tracked_connections - active_websockets = {leaked} (was {before} before they opened)")
+            time.sleep(0.1)
 
     def _probe(self, label: str) -> Probe:
         if label not in self._probes:
