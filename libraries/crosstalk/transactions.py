@@ -61,8 +61,10 @@ def sqlstate_name(code: str | None) -> str:
     """`40001` -> `serialization_failure`; unknown codes come back unchanged."""
     if not code:
         return ""
-    name = psycopg2.errorcodes.lookup(code) if code else None
-    return name.lower() if name else code
+    try:
+        return psycopg2.errorcodes.lookup(code).lower()
+    except KeyError:
+        return code
 
 
 def classify_sqlstate(code: str | None) -> str:
