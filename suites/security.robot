@@ -1,0 +1,121 @@
+*** Settings ***
+Documentation       Security of a multi-user chat platform, after the OWASP Web Security Testing Guide and
+...                 the OWASP API Security Top 10 (2023): broken object-level authorization (API1), broken
+...                 authentication and token revocation (API2), cross-site WebSocket hijacking
+...                 (WSTG-CLNT-10), unrestricted resource consumption (API4) and hostile input.
+...
+...                 Three users, alice, bob and carol, each own a thread holding their secret canary.
+...                 Ownership is checked for every ordered pair of them, over REST and over the WebSocket.
+
+Resource            ../resources/security.resource
+
+Suite Setup         Three Users Each Own A Thread With Their Secret
+Suite Teardown      Close Probe Sockets
+
+Test Tags           security
+
+
+*** Test Cases ***
+Another User's Thread Is Invisible Over REST
+    [Documentation]    API1: read, list messages of, and delete another user's thread by id → 404, no byte
+    ...    of their data, and their thread survives.
+    [Tags]    bola    rest
+    [Template]    Intruder Cannot Reach Owner's Thread Over REST
+    # intruder    owner
+    alice    bob
+    alice    carol
+    bob    alice
+    bob    carol
+    carol    alice
+    carol    bob
+
+Another User's Thread Is Refused In WebSocket Frames
+    [Documentation]    API1: a user_message naming another user's thread_id → error thread_not_found, no run.
+    [Tags]    bola    websocket
+    [Template]    Intruder Cannot Use Owner's Thread Over WebSocket
+    # intruder    owner
+    alice    bob
+    alice    carol
+    bob    alice
+    bob    carol
+    carol    alice
+    carol    bob
+
+Forged And Invalid Tokens Are Refused
+    [Documentation]    API2: every broken token is refused with 401 on REST and on the WebSocket handshake.
+    [Tags]    authentication    rest    websocket
+    [Template]    Forged Token Is Refused On REST And WebSocket
+    missing token
+    alg none
+    alg None
+    alg NONE
+    signature stripped
+    payload tampered
+    hs256 signed with the public key
+    kid pointing elsewhere
+    expired
+    missing exp
+    wrong iss
+    wrong aud
+
+Access Token Is Dead After Logout
+    [Documentation]    API2: logout revokes the access token at once, on REST, on new handshakes, and on the
+    ...    socket already open with it (closed with 4401).
+    [Tags]    revocation    rest    websocket
+    ${dave} =    Logged Out User    dave
+    Access Token Should Be Dead    ${dave}
+
+Reused Refresh Token Revokes The Whole Family
+    [Documentation]    API2: a refresh token presented twice is refused and revokes every token of its family.
+    [Tags]    revocation    rest
+    ${erin} =    Logged In User    erin
+    Reusing A Refresh Token Should Revoke Its Family    ${erin}
+
+Cross-Site WebSocket Hijacking Is Refused
+    [Documentation]    WSTG-CLNT-10: a page on another site must not open a socket with the user's
+    ...    credentials: a foreign Origin, a look-alike and Origin null are refused with 403.
+    [Tags]    cswsh    websocket
+    [Template]    Foreign Origin Is Refused
+    https://evil.example
+    http://localhost.evil.example
+    null
+
+An Oversized Frame Is Refused Without Harming Others
+    [Documentation]    API4: a frame over the size limit is refused; bob's and carol's runs complete meanwhile
+    ...    and alice's socket stays usable.
+    [Tags]    resource-limits    websocket
+    ${runs} =    Others Chat Safely While    bob    carol
+    Oversized Frame Should Be Refused    alice
+    Their Runs Should Complete Unharmed    ${runs}
+    Probe Socket Should Stay Usable    alice
+
+A Message Flood Is Throttled Without Slowing Others
+    [Documentation]    API4: one user flooding the socket is rate limited; the others' runs stay fast.
+    [Tags]    resource-limits    websocket
+    ${mallory} =    Logged In User    mallory
+    Open Probe Socket    ${mallory}[access_token]    ${WS_URL}    label=mallory
+    Flood Should Be Throttled While Others Stay Fast    mallory    bob    carol
+
+Hostile Content Is Stored And Returned Verbatim
+    [Documentation]    SQL, HTML and control characters are data: stored and answered byte for byte, never
+    ...    executed, and another user's stream carries on.
+    [Tags]    input    websocket    rest
+    [Template]    Hostile Content Should Round-Trip Verbatim
+    '; DROP TABLE messages; --
+    <script>alert(1)</script><img src=x onerror=alert(2)>
+    tab\there, bell\x07, escape\x1b[31m, line\nbreak, quote " and backslash \\
+
+Closed Connections Leave No Session Behind
+    [Documentation]    Session records in Redis live exactly as long as their socket.
+    [Tags]    sessions    websocket
+    ${frank} =    Logged In User    frank
+    Sockets Opened And Closed    ${frank}    ${SOCKETS_PER_LEAK_CHECK}
+    Session Records Should Number    ${REDIS_URL}    ${frank}[user_id]    0
+
+Closed Connections Free Their Server Resources
+    [Documentation]    The server forgets a connection when its socket closes (/metrics tracked_connections).
+    [Tags]    sessions    websocket
+    ${grace} =    Logged In User    grace
+    ${before} =    Get Leaked Connection Count    ${BACKEND_URL}
+    Sockets Opened And Closed    ${grace}    ${SOCKETS_PER_LEAK_CHECK}
+    Closed Connections Should Be Released    ${BACKEND_URL}    ${before}    closed=${SOCKETS_PER_LEAK_CHECK}
