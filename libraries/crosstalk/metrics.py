@@ -1,0 +1,491 @@
+"""SLA metrics of a load run: HDR histograms, throughput, errors, fairness, thresholds.
+
+Latencies are recorded in microseconds in HDR histograms (the ``hdrhistogram``
+package: constant memory, 3 significant digits, mergeable across processes via
+``encode()``), never in sorted lists, so a 1,000-user run costs the same few
+kilobytes as a 10-user one.
+
+A threshold is a one-line expression ``<metric> <op> <value>[unit]``::
+
+    p95 < 5s                  time to first event (the default latency), 95th percentile
+    completion.p99 <= 800ms   time to completion, 99th percentile
+    connect.max < 1s          WebSocket connect time
+    gap.p99 < 100ms           gap between consecutive events of one run
+    fairness > 0.7            Jain's index over the users' mean completion times
+    errors == 0               all errors; ``errors.timeout == 0`` for one kind
+    throughput > 2            completed messages per second
+    success_rate >= 99.5%     completed / sent
+    platform_memory < 4GB     peak resident memory of the platform's processes
+    platform_cpu < 80%        mean CPU of the platform, in % of the whole machine
+    generator_cpu < 80%       mean CPU of the load generator's engine thread, in % of one core
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import operator
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+# 1 µs .. 1 hour at 3 significant digits: about 30 KiB per histogram.
+LOWEST_US = 1
+HIGHEST_US = 3_600_000_000
+SIGNIFICANT_DIGITS = 3
+
+HISTOGRAMS = {
+    "connect": "WebSocket connect time",
+    "first_event": "time to first event (agent startup)",
+    "completion": "time to completion",
+    "gap": "gap between events of a run",
+}
+DEFAULT_HISTOGRAM = "first_event"
+PERCENTILES = (50.0, 75.0, 90.0, 95.0, 99.0, 99.9)
+
+_DURATION_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0}
+_SIZE_UNITS = {
+    "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+}
+_OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+    "==": operator.eq, "!=": operator.ne,
+}
+_EXPR_RE = re.compile(
+    r"^\s*([A-Za-z_][\w.]*)\s*(<=|>=|==|!=|<|>)\s*([-+]?[\d.]+(?:e[-+]?\d+)?)\s*([^\s\d]*)\s*$"
+)
+_PERCENTILE_RE = re.compile(r"^p(\d{1,2}(?:\.\d+)?|999|9999)$")
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+
+
+def record_seconds(histogram: HdrHistogram, seconds: float) -> None:
+    """Record a latency given in seconds (clamped into the histogram's range)."""
+    micros = int(seconds * 1_000_000)
+    histogram.record_value(min(max(micros, LOWEST_US), HIGHEST_US))
+
+
+def jain_index(values: Iterable[float]) -> float:
+    """Jain's fairness index (Σx)² / (n·Σx²): 1.0 when all are equal, 1/n when one takes all.
+
+    Example: ``jain_index([1, 1, 1, 1]) == 1.0``; ``jain_index([1, 0, 0, 0]) == 0.25``.
+    An empty list or all zeros counts as perfectly fair (nothing to share).
+    """
+    xs = [float(x) for x in values]
+    total_sq = sum(x * x for x in xs)
+    if not xs or total_sq == 0:
+        return 1.0
+    return sum(xs) ** 2 / (len(xs) * total_sq)
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None or math.isnan(seconds):
+        return "n/a"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def format_bytes(size: float | None) -> str:
+    if size is None:
+        return "n/a"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"  # pragma: no cover
+
+
+@dataclass
+class UserStats:
+    """What one simulated user did and saw in a load run."""
+
+    label: str
+    sent: int = 0
+    completed: int = 0
+    errors: int = 0
+    completion_sum: float = 0.0
+    completion_max: float = 0.0
+    first_event_sum: float = 0.0
+    connect_seconds: float | None = None
+    dropped: bool = False
+
+    @property
+    def mean_completion(self) -> float:
+        return self.completion_sum / self.completed if self.completed else 0.0
+
+    @property
+    def mean_first_event(self) -> float:
+        return self.first_event_sum / self.completed if self.completed else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label, "sent": self.sent, "completed": self.completed, "errors": self.errors,
+            "mean_completion_s": round(self.mean_completion, 6),
+            "max_completion_s": round(self.completion_max, 6),
+            "mean_first_event_s": round(self.mean_first_event, 6),
+            "connect_s": None if self.connect_seconds is None else round(self.connect_seconds, 6),
+            "dropped": self.dropped,
+        }
+
+
+@dataclass
+class ResourceUsage:
+    """CPU and memory of the platform's processes and of the generator, sampled with psutil."""
+
+    platform_pids: list[int] = field(default_factory=list)
+    platform_cpu_seconds: float = 0.0
+    platform_cpu_mean_pct: float | None = None  # % of the whole machine
+    platform_cpu_peak_pct: float | None = None
+    platform_memory_peak: int | None = None  # bytes, sum of RSS
+    generator_cpu_seconds: float = 0.0  # whole generator process
+    engine_cpu_seconds: float | None = None  # the engine thread alone
+    generator_core_pct: float | None = None  # engine thread, % of one core
+    generator_memory_peak: int | None = None
+    cores: int = 1
+    samples: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: (round(value, 4) if isinstance(value, float) else value)
+                for key, value in self.__dict__.items()}
+
+
+@dataclass
+class ThresholdResult:
+    expression: str
+    metric: str
+    description: str
+    measured: float | None
+    shown: str
+    passed: bool
+
+    def __str__(self) -> str:
+        verdict = "ok" if self.passed else "FAILED"
+        return f"{self.expression}: {self.description} = {self.shown} ({verdict})"
+
+
+class LoadMetrics:
+    """Everything measured in one load run.  Fed from the engine thread, read after the run."""
+
+    def __init__(self, name: str = "load") -> None:
+        self.name = name
+        self.histograms: dict[str, HdrHistogram] = {key: new_histogram() for key in HISTOGRAMS}
+        self.errors: Counter[str] = Counter()
+        self.error_examples: dict[str, str] = {}
+        self.users: dict[str, UserStats] = {}
+        self.started_at = time.time()
+        self.started_mono = time.monotonic()
+        self.ended_mono: float | None = None
+        self.sent = 0
+        self.completed = 0
+        self.events = 0
+        self.misrouted = 0
+        self.connected = 0
+        self.completed_per_second: Counter[int] = Counter()
+        self.sent_per_second: Counter[int] = Counter()
+        self.resources = ResourceUsage()
+        self.run_ids: set[str] = set()
+        self.run_id_collisions = 0
+        self.info: dict[str, Any] = {}
+        self.warnings: list[str] = []
+
+    # ------------------------------------------------------------- recording
+    def user(self, label: str) -> UserStats:
+        stats = self.users.get(label)
+        if stats is None:
+            stats = self.users[label] = UserStats(label)
+        return stats
+
+    def record_connect(self, label: str, seconds: float) -> None:
+        record_seconds(self.histograms["connect"], seconds)
+        self.user(label).connect_seconds = seconds
+        self.connected += 1
+
+    def record_sent(self, stats: UserStats, at_mono: float) -> None:
+        stats.sent += 1
+        self.sent += 1
+        self.sent_per_second[int(at_mono - self.started_mono)] += 1
+
+    def record_first_event(self, stats: UserStats, seconds: float) -> None:
+        record_seconds(self.histograms["first_event"], seconds)
+        stats.first_event_sum += seconds
+
+    def record_gap(self, seconds: float) -> None:
+        record_seconds(self.histograms["gap"], seconds)
+
+    def record_run_id(self, run_id: str) -> None:
+        if run_id in self.run_ids:
+            self.run_id_collisions += 1
+        else:
+            self.run_ids.add(run_id)
+
+    def record_completion(self, stats: UserStats, seconds: float, at_mono: float) -> None:
+        record_seconds(self.histograms["completion"], seconds)
+        stats.completed += 1
+        stats.completion_sum += seconds
+        stats.completion_max = max(stats.completion_max, seconds)
+        self.completed += 1
+        self.completed_per_second[int(at_mono - self.started_mono)] += 1
+
+    def record_error(self, kind: str, detail: str = "", stats: UserStats | None = None) -> None:
+        self.errors[kind] += 1
+        if stats is not None:
+            stats.errors += 1
+        if detail and kind not in self.error_examples:
+            self.error_examples[kind] = detail[:300]
+
+    def finish(self) -> None:
+        if self.ended_mono is None:
+            self.ended_mono = time.monotonic()
+
+    # ------------------------------------------------------------- reading
+    @property
+    def duration(self) -> float:
+        end = self.ended_mono if self.ended_mono is not None else time.monotonic()
+        return max(end - self.started_mono, 1e-9)
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    @property
+    def throughput(self) -> float:
+        return self.completed / self.duration
+
+    @property
+    def fairness(self) -> float:
+        """Jain's index over the users' mean completion times (users that completed anything)."""
+        return jain_index(u.mean_completion for u in self.users.values() if u.completed)
+
+    @property
+    def fairness_messages(self) -> float:
+        """Jain's index over the number of messages each user got completed."""
+        return jain_index(u.completed for u in self.users.values())
+
+    @property
+    def success_rate(self) -> float:
+        return 100.0 * self.completed / self.sent if self.sent else 100.0
+
+    @property
+    def routing_accuracy(self) -> float:
+        total = self.events + self.misrouted
+        return 100.0 * self.events / total if total else 100.0
+
+    def percentile(self, histogram: str, percentile: float) -> float | None:
+        """Seconds at ``percentile`` of ``histogram``, None if nothing was recorded."""
+        h = self.histograms[histogram]
+        if h.get_total_count() == 0:
+            return None
+        return h.get_value_at_percentile(percentile) / 1e6
+
+    def stat(self, histogram: str, name: str) -> float | None:
+        h = self.histograms[histogram]
+        if h.get_total_count() == 0:
+            return None
+        if name == "max":
+            return h.get_max_value() / 1e6
+        if name == "min":
+            return h.get_min_value() / 1e6
+        if name == "mean":
+            return h.get_mean_value() / 1e6
+        if name == "count":
+            return float(h.get_total_count())
+        match = _PERCENTILE_RE.match(name)
+        if not match:
+            raise ValueError(name)
+        digits = match.group(1)
+        pct = {"999": 99.9, "9999": 99.99}.get(digits) or float(digits)
+        return self.percentile(histogram, pct)
+
+    def throughput_series(self) -> list[tuple[int, int, int]]:
+        """(second, sent, completed) for every second of the run."""
+        last = max([*self.completed_per_second, *self.sent_per_second, int(self.duration)], default=0)
+        return [(s, self.sent_per_second.get(s, 0), self.completed_per_second.get(s, 0))
+                for s in range(last + 1)]
+
+    # ------------------------------------------------------------- thresholds
+    def value_of(self, metric: str) -> tuple[float | None, str, str]:
+        """(measured value, kind, description) of a metric name; kind is duration/bytes/percent/number."""
+        name = metric.lower()
+        if name in ("fairness", "fairness_latency"):
+            return self.fairness, "number", "Jain fairness index over users' mean completion time"
+        if name == "fairness_messages":
+            return self.fairness_messages, "number", "Jain fairness index over users' completed messages"
+        if name == "errors":
+            return float(self.error_count), "number", f"errors {dict(self.errors) or '{}'}"
+        if name.startswith("errors."):
+            kind = name.split(".", 1)[1]
+            return float(self.errors.get(kind, 0)), "number", f"errors of kind '{kind}'"
+        simple: dict[str, tuple[Any, str, str]] = {
+            "throughput": (self.throughput, "number", "throughput (completed messages/s)"),
+            "success_rate": (self.success_rate, "percent", "success rate (completed/sent)"),
+            "routing_accuracy": (self.routing_accuracy, "percent",
+                                 "routing accuracy (own events/all events)"),
+            "sent": (float(self.sent), "number", "messages sent"),
+            "completed": (float(self.completed), "number", "messages completed"),
+            "connected": (float(self.connected), "number", "users connected"),
+            "dropped": (float(sum(u.dropped for u in self.users.values())), "number", "connections dropped"),
+            "collisions": (float(self.run_id_collisions), "number", "run id collisions"),
+            "misrouted": (float(self.misrouted), "number", "events delivered to the wrong user"),
+            "platform_memory": (self.resources.platform_memory_peak, "bytes", "platform peak memory (RSS)"),
+            "platform_cpu": (self.resources.platform_cpu_mean_pct, "percent",
+                             "platform mean CPU (% of the machine)"),
+            "platform_cpu_peak": (self.resources.platform_cpu_peak_pct, "percent",
+                                  "platform peak CPU (% of the machine)"),
+            "generator_cpu": (self.resources.generator_core_pct, "percent",
+                              "generator engine thread CPU (% of one core)"),
+            "generator_memory": (self.resources.generator_memory_peak, "bytes", "generator peak memory"),
+            "duration": (self.duration, "duration", "run duration"),
+        }
+        if name in simple:
+            value, kind, text = simple[name]
+            return (None if value is None else float(value)), kind, text
+        histogram, _, stat = name.rpartition(".")
+        histogram = histogram or DEFAULT_HISTOGRAM
+        if histogram not in self.histograms:
+            raise ValueError(self._unknown(metric))
+        try:
+            value = self.stat(histogram, stat)
+        except ValueError:
+            raise ValueError(self._unknown(metric)) from None
+        return value, "duration", f"{HISTOGRAMS[histogram]} {stat}"
+
+    @staticmethod
+    def _unknown(metric: str) -> str:
+        return (
+            f"Unknown metric '{metric}': use p50/p95/p99/p999/max/mean (optionally prefixed with "
+            f"{', '.join(h + '.' for h in HISTOGRAMS)}), fairness, errors, errors.KIND, throughput, "
+            "success_rate, routing_accuracy, dropped, collisions, platform_memory, platform_cpu, "
+            "generator_cpu."
+        )
+
+    def check(self, expression: str) -> ThresholdResult:
+        """Evaluate one threshold expression such as ``p95 < 5s``; raises ValueError on bad syntax."""
+        metric, op, limit = parse_threshold(expression)
+        measured, kind, description = self.value_of(metric)
+        limit_value = convert_limit(limit, kind, expression)
+        shown = _show(measured, kind)
+        passed = measured is not None and _OPERATORS[op](measured, limit_value)
+        return ThresholdResult(expression.strip(), metric, description, measured, shown, passed)
+
+    # ------------------------------------------------------------- summary
+    def summary(self) -> dict[str, Any]:
+        latencies = {}
+        for key in self.histograms:
+            h = self.histograms[key]
+            entry: dict[str, Any] = {"count": h.get_total_count()}
+            if h.get_total_count():
+                entry.update({
+                    "min_ms": h.get_min_value() / 1e3, "mean_ms": round(h.get_mean_value() / 1e3, 3),
+                    "max_ms": h.get_max_value() / 1e3,
+                })
+                entry.update({f"p{p:g}_ms": h.get_value_at_percentile(p) / 1e3 for p in PERCENTILES})
+            latencies[key] = entry
+        return {
+            "name": self.name,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at)),
+            "duration_s": round(self.duration, 3),
+            "users": len(self.users),
+            "connected": self.connected,
+            "sent": self.sent,
+            "completed": self.completed,
+            "events": self.events,
+            "success_rate_pct": round(self.success_rate, 3),
+            "routing_accuracy_pct": round(self.routing_accuracy, 3),
+            "misrouted": self.misrouted,
+            "unique_run_ids": len(self.run_ids),
+            "run_id_collisions": self.run_id_collisions,
+            "throughput_per_s": round(self.throughput, 3),
+            "fairness": round(self.fairness, 4),
+            "fairness_messages": round(self.fairness_messages, 4),
+            "errors": dict(self.errors),
+            "error_examples": dict(self.error_examples),
+            "latency": latencies,
+            "throughput_series": [
+                {"second": s, "sent": a, "completed": c} for s, a, c in self.throughput_series()
+            ],
+            "resources": self.resources.to_dict(),
+            "info": self.info,
+            "warnings": list(self.warnings),
+            "per_user": [u.to_dict() for u in self.users.values()],
+            # HdrHistogram's compressed base64 form: merge runs of several pabot processes losslessly.
+            "histograms_encoded": {
+                key: base64.b64encode(h.encode()).decode("ascii") if h.get_total_count() else None
+                for key, h in self.histograms.items()
+            },
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.summary(), indent=2, default=str)
+
+
+def merged_percentile(encoded: Iterable[str], percentile: float) -> float | None:
+    """Seconds at ``percentile`` over histograms from several summaries (``histograms_encoded``)."""
+    total = new_histogram()
+    for item in encoded:
+        if item:
+            total.decode_and_add(base64.b64decode(item))
+    if total.get_total_count() == 0:
+        return None
+    return total.get_value_at_percentile(percentile) / 1e6
+
+
+def parse_threshold(expression: str) -> tuple[str, str, str]:
+    """Split ``p95 < 5s`` into ("p95", "<", "5s"); one-line ValueError on bad input."""
+    match = _EXPR_RE.match(expression or "")
+    if not match:
+        raise ValueError(
+            f"Cannot read threshold '{expression}': write '<metric> <operator> <value>[unit]', "
+            "for example 'p95 < 5s', 'fairness > 0.7' or 'errors == 0'."
+        )
+    metric, op, number, unit = match.groups()
+    return metric, op, number + unit
+
+
+def convert_limit(limit: str, kind: str, expression: str = "") -> float:
+    """The numeric limit in the metric's base unit (seconds, bytes, percent)."""
+    match = re.match(r"^([-+]?[\d.]+(?:e[-+]?\d+)?)(.*)$", limit.strip(), re.IGNORECASE)
+    if not match:
+        raise ValueError(f"Cannot read the value '{limit}' in threshold '{expression}'.")
+    number, unit = float(match.group(1)), match.group(2).strip().lower()
+    if kind == "duration":
+        if unit not in _DURATION_UNITS:
+            raise ValueError(
+                f"Threshold '{expression}' needs a time unit: write e.g. '250ms' or '5s' (got '{limit}')."
+            )
+        return number * _DURATION_UNITS[unit]
+    if kind == "bytes":
+        if unit not in _SIZE_UNITS:
+            raise ValueError(
+                f"Threshold '{expression}' needs a size unit: write e.g. '512MB' or '4GB' (got '{limit}')."
+            )
+        return number * _SIZE_UNITS[unit]
+    if kind == "percent":
+        if unit not in ("%", ""):
+            raise ValueError(f"Threshold '{expression}' compares a percentage: write e.g. '80%'.")
+        return number
+    if unit not in ("", "/s"):
+        raise ValueError(f"Threshold '{expression}' compares a plain number: drop the unit '{unit}'.")
+    return number
+
+
+def _show(value: float | None, kind: str) -> str:
+    if value is None:
+        return "not measured"
+    if kind == "duration":
+        return format_seconds(value)
+    if kind == "bytes":
+        return format_bytes(value)
+    if kind == "percent":
+        return f"{value:.1f}%"
+    return f"{value:.4g}"

@@ -1,0 +1,111 @@
+"""Pure logic of crosstalk.metrics: percentiles, fairness, thresholds, summary."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from crosstalk.metrics import LoadMetrics, jain_index, merged_percentile, parse_threshold
+
+
+def _metrics(latencies_ms: list[float], users: int = 4) -> LoadMetrics:
+    m = LoadMetrics("unit")
+    for index, ms in enumerate(latencies_ms):
+        stats = m.user(f"user{index % users}")
+        m.record_sent(stats, m.started_mono)
+        m.record_first_event(stats, ms / 1000 / 2)
+        m.record_completion(stats, ms / 1000, m.started_mono + 0.5)
+    m.finish()
+    return m
+
+
+def test_jain_index_bounds():
+    assert jain_index([3, 3, 3]) == pytest.approx(1.0)
+    assert jain_index([1, 0, 0, 0]) == pytest.approx(0.25)
+    assert jain_index([]) == 1.0
+    assert 0.25 < jain_index([1, 2, 3, 4]) < 1.0
+
+
+def test_percentiles_come_from_the_histogram():
+    m = _metrics([float(v) for v in range(1, 101)])
+    assert m.stat("completion", "p50") == pytest.approx(0.050, rel=0.01)
+    assert m.stat("completion", "p99") == pytest.approx(0.099, rel=0.01)
+    assert m.stat("completion", "max") == pytest.approx(0.100, rel=0.01)
+    assert m.stat("first_event", "p95") == pytest.approx(0.0475, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("expression", "passed"),
+    [
+        ("p95 < 50ms", True),
+        ("p95 < 40ms", False),
+        ("completion.p99 <= 0.1s", True),
+        ("completion.max < 99ms", False),
+        ("errors == 0", True),
+        ("fairness > 0.7", True),
+        ("success_rate >= 100%", True),
+        ("throughput > 1000000", False),
+    ],
+)
+def test_threshold_expressions(expression, passed):
+    assert _metrics([float(v) for v in range(1, 101)]).check(expression).passed is passed
+
+
+def test_failed_threshold_shows_the_measured_value():
+    result = _metrics([float(v) for v in range(1, 101)]).check("completion.p95 < 10ms")
+    assert not result.passed
+    assert "95.0 ms" in str(result) and "FAILED" in str(result)
+
+
+def test_errors_by_kind_and_unmeasured_values_fail():
+    m = _metrics([10.0])
+    m.record_error("timeout", "user1 waited 5 s for agent_completed")
+    assert m.check("errors == 0").passed is False
+    assert m.check("errors.timeout == 1").passed is True
+    assert m.check("errors.dropped == 0").passed is True
+    unmeasured = m.check("platform_memory < 4GB")
+    assert unmeasured.passed is False and "not measured" in str(unmeasured)
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("p95 5s", "Cannot read threshold"),
+        ("p95 < 5", "needs a time unit"),
+        ("platform_memory < 4", "needs a size unit"),
+        ("latency.p95 < 1s", "Unknown metric"),
+        ("fairness > 0.7s", "plain number"),
+    ],
+)
+def test_bad_thresholds_say_what_to_write(expression, message):
+    with pytest.raises(ValueError, match=message):
+        _metrics([1.0]).check(expression)
+
+
+def test_parse_threshold_units():
+    assert parse_threshold("platform_memory < 4 GB") == ("platform_memory", "<", "4GB")
+
+
+def test_unfair_users_lower_the_index():
+    m = LoadMetrics()
+    for label, seconds in [("a", 0.01), ("b", 0.01), ("c", 0.01), ("d", 1.0)]:
+        m.record_completion(m.user(label), seconds, m.started_mono)
+    assert m.fairness < 0.4
+    assert m.check("fairness > 0.7").passed is False
+
+
+def test_summary_is_json_and_histograms_merge():
+    a, b = _metrics([10.0] * 50), _metrics([30.0] * 50)
+    sa, sb = json.loads(a.to_json()), json.loads(b.to_json())
+    assert sa["completed"] == 50 and sa["latency"]["completion"]["p95_ms"] == pytest.approx(10, rel=0.01)
+    merged = merged_percentile(
+        [sa["histograms_encoded"]["completion"], sb["histograms_encoded"]["completion"]], 90
+    )
+    assert merged == pytest.approx(0.030, rel=0.01)
+
+
+def test_run_id_collisions_are_counted():
+    m = LoadMetrics()
+    for run_id in ("r1", "r2", "r1"):
+        m.record_run_id(run_id)
+    assert m.run_id_collisions == 1 and len(m.run_ids) == 2
