@@ -41,8 +41,9 @@ Another User's Thread Is Refused In WebSocket Frames
     carol    alice
     carol    bob
 
-Forged And Invalid Tokens Are Refused
-    [Documentation]    API2: every broken token is refused with 401 on REST and on the WebSocket handshake.
+Missing And Forged Tokens Are Refused
+    [Documentation]    API2: no token, an unsigned token or one signed with anything but the platform's key
+    ...    is refused with 401 on REST and on the WebSocket handshake.
     [Tags]    authentication    rest    websocket
     [Template]    Forged Token Is Refused On REST And WebSocket
     missing token
@@ -53,6 +54,12 @@ Forged And Invalid Tokens Are Refused
     payload tampered
     hs256 signed with the public key
     kid pointing elsewhere
+
+Properly Signed Tokens With Bad Claims Are Refused
+    [Documentation]    API2: a token signed with the platform's own key but expired, without exp, or for
+    ...    another issuer or audience is refused with 401 on REST and on the WebSocket handshake.
+    [Tags]    authentication    rest    websocket
+    [Template]    Forged Token Is Refused On REST And WebSocket
     expired
     missing exp
     wrong iss
@@ -62,13 +69,13 @@ Access Token Is Dead After Logout
     [Documentation]    API2: logout revokes the access token at once, on REST, on new handshakes, and on the
     ...    socket already open with it (closed with 4401).
     [Tags]    revocation    rest    websocket
-    ${dave} =    Logged Out User    dave
+    ${dave}=    Logged Out User    dave
     Access Token Should Be Dead    ${dave}
 
 Reused Refresh Token Revokes The Whole Family
     [Documentation]    API2: a refresh token presented twice is refused and revokes every token of its family.
     [Tags]    revocation    rest
-    ${erin} =    Logged In User    erin
+    ${erin}=    Logged In User    erin
     Reusing A Refresh Token Should Revoke Its Family    ${erin}
 
 Cross-Site WebSocket Hijacking Is Refused
@@ -84,7 +91,7 @@ An Oversized Frame Is Refused Without Harming Others
     [Documentation]    API4: a frame over the size limit is refused; bob's and carol's runs complete meanwhile
     ...    and alice's socket stays usable.
     [Tags]    resource-limits    websocket
-    ${runs} =    Others Chat Safely While    bob    carol
+    ${runs}=    Others Chat Safely While    bob    carol
     Oversized Frame Should Be Refused    alice
     Their Runs Should Complete Unharmed    ${runs}
     Probe Socket Should Stay Usable    alice
@@ -92,7 +99,7 @@ An Oversized Frame Is Refused Without Harming Others
 A Message Flood Is Throttled Without Slowing Others
     [Documentation]    API4: one user flooding the socket is rate limited; the others' runs stay fast.
     [Tags]    resource-limits    websocket
-    ${mallory} =    Logged In User    mallory
+    ${mallory}=    Logged In User    mallory
     Open Probe Socket    ${mallory}[access_token]    ${WS_URL}    label=mallory
     Flood Should Be Throttled While Others Stay Fast    mallory    bob    carol
 
@@ -108,14 +115,14 @@ Hostile Content Is Stored And Returned Verbatim
 Closed Connections Leave No Session Behind
     [Documentation]    Session records in Redis live exactly as long as their socket.
     [Tags]    sessions    websocket
-    ${frank} =    Logged In User    frank
+    ${frank}=    Logged In User    frank
     Sockets Opened And Closed    ${frank}    ${SOCKETS_PER_LEAK_CHECK}
     Session Records Should Number    ${REDIS_URL}    ${frank}[user_id]    0
 
 Closed Connections Free Their Server Resources
     [Documentation]    The server forgets a connection when its socket closes (/metrics tracked_connections).
     [Tags]    sessions    websocket
-    ${grace} =    Logged In User    grace
-    ${before} =    Get Leaked Connection Count    ${BACKEND_URL}
+    ${grace}=    Logged In User    grace
+    ${before}=    Get Leaked Connection Count    ${BACKEND_URL}
     Sockets Opened And Closed    ${grace}    ${SOCKETS_PER_LEAK_CHECK}
     Closed Connections Should Be Released    ${BACKEND_URL}    ${before}    closed=${SOCKETS_PER_LEAK_CHECK}
