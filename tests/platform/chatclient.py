@@ -182,3 +182,38 @@ def hs256_with_public_key(platform, claims: dict) -> str:
     signing_input = f"{header}.{b64url(json.dumps(claims).encode())}"
     signature = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{b64url(signature)}"
+
+
+def forge_token(platform, user, kind: str) -> str:
+    now = int(time.time())
+    claims = valid_claims(platform, user)
+    if kind in ("none", "None", "NONE", "nOnE"):
+        return unsigned(claims, kind)
+    if kind == "hs256_public_key":
+        return hs256_with_public_key(platform, claims)
+    if kind == "bad_signature":
+        head, payload, signature = sign_rs256(platform, claims).split(".")
+        return f"{head}.{payload}.{signature[:-4]}{'AAAA' if signature[-4:] != 'AAAA' else 'BBBB'}"
+    if kind == "stripped_signature":
+        return sign_rs256(platform, claims).rsplit(".", 1)[0] + "."
+    if kind == "tampered_payload":
+        head, _, signature = sign_rs256(platform, claims).split(".")
+        other = valid_claims(platform, user, sub="00000000-0000-0000-0000-000000000001")
+        return f"{head}.{b64url(json.dumps(other).encode())}.{signature}"
+    if kind == "other_key":
+        return sign_rs256(platform, claims, key_pem=generate_key())
+    if kind == "expired":
+        return sign_rs256(platform, valid_claims(platform, user, iat=now - 600, exp=now - 300))
+    if kind == "missing_exp":
+        return sign_rs256(platform, valid_claims(platform, user, exp=None))
+    if kind == "wrong_iss":
+        return sign_rs256(platform, valid_claims(platform, user, iss="https://evil.example"))
+    if kind == "wrong_aud":
+        return sign_rs256(platform, valid_claims(platform, user, aud="some-other-api"))
+    if kind == "unknown_kid":
+        return sign_rs256(platform, claims, kid="not-a-known-kid")
+    if kind == "garbage":
+        return "not.a.jwt"
+    raise ValueError(kind)
+
+
