@@ -28,6 +28,7 @@ from crosstalk.transactions import (
     run_concurrent_operations,
 )
 from robot.api import logger
+from robot.api.deco import keyword
 from robot.libraries.BuiltIn import BuiltIn, RobotNotRunningError
 
 __version__ = "0.1.0"
@@ -136,6 +137,7 @@ class CrosstalkTransactions:
         logger.info(f"Dropped {len(dropped)} stale scratch databases: {', '.join(dropped) or 'none'}.")
         return dropped
 
+    @keyword("Execute Scratch SQL")
     def execute_scratch_sql(self, sql: str) -> Any:
         """Runs ``sql`` in the scratch database outside every named transaction (autocommit).
 

@@ -44,6 +44,8 @@ _STATUS = psycopg2.extensions
 class TransactionError(AssertionError):
     """A race scenario did not behave as required; the message says what and who."""
 
+    ROBOT_SUPPRESS_NAME = True  # Robot shows the message alone, as for AssertionError
+
 
 class IsolationLevel(Enum):
     READ_COMMITTED = "READ COMMITTED"
@@ -482,7 +484,10 @@ class TransactionEngine:
                 f"Transaction {name} is already open; close it first or pick another name.")
         conn = _connect(self.dsn, connect_timeout=self.connect_timeout, what=f"transaction {name}",
                         application_name=f"crosstalk-{name}"[:63],
-                        options=f"-c lock_timeout={max(1, int(lock_timeout * 1000))}")
+                        # lock_timeout bounds every lock wait of an unmarked step on the
+                        # server; statement_timeout is the backstop for everything else
+                        options=f"-c lock_timeout={max(1, int(lock_timeout * 1000))} "
+                                f"-c statement_timeout={max(1, int(lock_timeout * 3000))}")
         # explicit BEGIN/COMMIT statements, so the journal shows exactly what was sent
         conn.autocommit = True
         deadlock_ms = None
