@@ -1,0 +1,560 @@
+"""The load driver: N chat users in one process, on the shared engine loop.
+
+Each simulated user is a real platform user (registered and logged in over
+HTTP), holds one real WebSocket (:class:`crosstalk.connection.UserConnection`,
+so every frame is time-stamped on arrival and recorded on the ``TestUser`` for
+the isolation oracle) and sends messages, waiting for each run's events.
+
+Two load models:
+
+* **closed** - every user sends its next message when the previous run ended
+  (plus the think time).  Latency is measured from the send.
+* **open** - messages arrive at a fixed total rate whatever the server does;
+  latency is measured from the *intended* send time of each message, so a
+  stalled server cannot hide its stall by slowing the generator down (no
+  coordinated omission).
+
+Costs are kept per frame, not per user: no keepalive pings, no compression, no
+per-frame task (the connection's waiter notification is switched off; the run
+is resolved by a callback on the already-parsed frame).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import json
+import os
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+from urllib.parse import urlsplit
+
+import psutil
+import requests
+
+from .connection import UserConnection
+from .metrics import LoadMetrics, UserStats
+from .model import TestUser, Tokens
+
+TOPICS = (
+    "What will my billing look like next month",
+    "Is my password storage secure enough",
+    "Why is the dashboard latency so high",
+    "Summarise what we discussed",
+)
+GENERATOR_BUSY_PCT = 80.0
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
+
+
+class LoadModel(Enum):
+    """How messages are paced: ``closed`` waits for each answer, ``open`` keeps a fixed arrival rate."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+
+
+@dataclass
+class LoadConfig:
+    users: int
+    messages: int = 1
+    model: LoadModel = LoadModel.CLOSED
+    rate: float = 0.0  # open model: messages per second over all users
+    think_time: float = 0.0
+    ramp_up: float = 0.0
+    start_together: bool = True  # all users connected before the first message is sent
+    message_timeout: float = 30.0
+    connect_timeout: float = 15.0
+    login_concurrency: int = 16
+    same_thread: bool = True
+    name: str = "load"
+
+    def validate(self) -> None:
+        if self.users < 1:
+            raise ValueError(f"users must be at least 1 (got {self.users}).")
+        if self.messages < 1:
+            raise ValueError(f"messages must be at least 1 per user (got {self.messages}).")
+        if self.model is LoadModel.OPEN and self.rate <= 0:
+            raise ValueError("The open model needs a rate in messages per second, e.g. rate=50.")
+        if min(self.think_time, self.ramp_up) < 0 or self.message_timeout <= 0:
+            raise ValueError("think time and ramp-up must be >= 0 and the message timeout > 0.")
+
+
+@dataclass(eq=False)
+class _Pending:
+    cmid: str
+    canary: str
+    intended: float
+    future: asyncio.Future
+    last_event: float | None = None
+    run_id: str | None = None
+    thread_id: str | None = None
+
+
+class LoadUser:
+    """One simulated user: its TestUser, its connection, its statistics and its messages in flight."""
+
+    def __init__(self, user: TestUser, stats: UserStats, metrics: LoadMetrics):
+        self.user = user
+        self.stats = stats
+        self.metrics = metrics
+        self.connection: LoadConnection | None = None
+        self.pending: dict[str, _Pending] = {}
+        self.own_cmids: set[str] = set()
+        self.thread_id: str | None = None
+        self.closing = False
+        self.counter = itertools.count(1)
+
+    # ---------------------------------------------------------------- frames
+    def on_event(self, data: dict[str, Any], mono: float) -> None:
+        """Called for every parsed incoming frame, on the engine loop."""
+        metrics = self.metrics
+        cmid = data.get("client_message_id")
+        owner = data.get("user_id")
+        if cmid not in self.own_cmids or (owner is not None and owner != self.user.user_id):
+            metrics.misrouted += 1
+            metrics.record_error(
+                "misrouted", f"user '{self.user.label}' received {str(data)[:200]}", self.stats
+            )
+            return
+        metrics.events += 1
+        pending = self.pending.get(cmid)
+        if pending is None:
+            return  # an event after the run ended (timed out earlier): counted, not timed
+        kind = data.get("type")
+        if kind == "error":
+            self._finish(pending, f"error:{data.get('code')}", f"{data.get('code')}: {data.get('message')}")
+            return
+        if pending.last_event is None:
+            metrics.record_first_event(self.stats, mono - pending.intended)
+            run_id = data.get("run_id")
+            if run_id:
+                pending.run_id = str(run_id)
+                metrics.record_run_id(pending.run_id)
+        else:
+            metrics.record_gap(mono - pending.last_event)
+        pending.last_event = mono
+        if data.get("thread_id"):
+            pending.thread_id = str(data["thread_id"])
+        if kind == "agent_completed":
+            response = str((data.get("payload") or {}).get("response", ""))
+            if pending.canary not in response:
+                self._finish(pending, "wrong_answer",
+                             f"run {pending.run_id}: answer does not quote the message: {response[:150]}")
+                return
+            metrics.record_completion(self.stats, mono - pending.intended, mono)
+            if self.thread_id is None:
+                self.thread_id = pending.thread_id
+            self._finish(pending, None, "")
+        elif kind == "agent_error":
+            self._finish(pending, "agent_error",
+                         f"run {pending.run_id}: {(data.get('payload') or {}).get('message')}")
+
+    def _finish(self, pending: _Pending, error: str | None, detail: str) -> None:
+        self.pending.pop(pending.cmid, None)
+        if error:
+            self.metrics.record_error(error, f"user '{self.user.label}' {detail}", self.stats)
+        if not pending.future.done():
+            pending.future.set_result(error)
+
+    def on_closed(self) -> None:
+        if self.closing:
+            return
+        conn = self.connection
+        self.stats.dropped = True
+        self.metrics.record_error(
+            "connection_dropped",
+            f"user '{self.user.label}': connection closed by the server with code "
+            f"{conn.close_code if conn else None} {conn.close_reason if conn else ''}".strip(),
+            self.stats,
+        )
+        for pending in list(self.pending.values()):
+            self._finish(pending, "lost_in_drop", f"message {pending.cmid} lost when the connection dropped")
+
+    # ---------------------------------------------------------------- sending
+    async def send(self, intended: float) -> asyncio.Future:
+        """Send one message (intended at ``intended``, monotonic); the future resolves to an error kind or None."""
+        assert self.connection is not None
+        n = next(self.counter)
+        cmid = f"{self.user.label}-{n}-{uuid.uuid4().hex[:8]}"
+        canary = f"{self.user.canary}-m{n}"
+        content = f"{TOPICS[(self.user.serial + n) % len(TOPICS)]} [{canary}]"
+        future = asyncio.get_running_loop().create_future()
+        pending = _Pending(cmid, canary, intended, future)
+        self.pending[cmid] = pending
+        self.own_cmids.add(cmid)
+        self.metrics.record_sent(self.stats, intended)
+        try:
+            await self.connection.send_message(content, self.thread_id, cmid)
+        except AssertionError as exc:
+            self._finish(pending, "send_failed", str(exc))
+        return future
+
+    async def wait(self, future: asyncio.Future, timeout: float) -> str | None:
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            for cmid, pending in list(self.pending.items()):
+                if pending.future is future:
+                    got = "no event" if pending.last_event is None else f"events up to run {pending.run_id}"
+                    self._finish(pending, "timeout",
+                                 f"waited {timeout:g} s for agent_completed of message {cmid}; got {got}")
+            return "timeout"
+
+
+class LoadConnection(UserConnection):
+    """A UserConnection whose incoming frames also drive the load run's bookkeeping."""
+
+    load_user: LoadUser
+
+    def _route(self, frame, data, mono):  # type: ignore[no-untyped-def]
+        super()._route(frame, data, mono)
+        self.load_user.on_event(data, mono)
+
+
+# -------------------------------------------------------------------- HTTP login
+_http = threading.local()
+
+
+def _session() -> requests.Session:
+    session = getattr(_http, "session", None)
+    if session is None:
+        session = _http.session = requests.Session()
+    return session
+
+
+def register_and_login(auth_url: str, user: TestUser, timeout: float = 30.0) -> None:
+    """Register ``user`` (201, or 409 when it exists) and log in; runs in a worker thread."""
+    session = _session()
+    body = {"email": user.email, "password": user.password}
+    response = session.post(f"{auth_url}/auth/register", json=body, timeout=timeout)
+    if response.status_code == 201:
+        user.user_id = response.json().get("user_id")
+    elif response.status_code != 409:
+        raise AssertionError(
+            f"Registering load user '{user.label}' at {auth_url} failed with HTTP {response.status_code}: "
+            f"{response.text[:200]}"
+        )
+    login_user(auth_url, user, timeout)
+
+
+def login_user(auth_url: str, user: TestUser, timeout: float = 30.0) -> None:
+    response = _session().post(
+        f"{auth_url}/auth/login", json={"email": user.email, "password": user.password}, timeout=timeout
+    )
+    if response.status_code != 200:
+        raise AssertionError(
+            f"Login of load user '{user.label}' at {auth_url} failed with HTTP {response.status_code}: "
+            f"{response.text[:200]}"
+        )
+    body = response.json()
+    user.tokens = Tokens(body["access_token"], body.get("refresh_token", ""), int(body.get("expires_in", 0)))
+    user.issued_access_tokens.append(user.tokens.access_token)
+    if user.user_id is None:
+        me = _session().get(f"{auth_url}/auth/me", timeout=timeout,
+                            headers={"Authorization": f"Bearer {user.tokens.access_token}"})
+        if me.status_code == 200:
+            user.user_id = me.json().get("user_id") or me.json().get("sub")
+
+
+def new_load_users(count: int, prefix: str = "load") -> list[TestUser]:
+    tag = uuid.uuid4().hex[:8]
+    width = max(2, len(str(count)))
+    users = []
+    for index in range(1, count + 1):
+        label = f"{prefix}{index:0{width}d}"
+        users.append(TestUser(
+            label=label, email=f"{prefix}-{tag}-{index}@crosstalk.test",
+            password=secrets.token_urlsafe(12), canary=f"CANARY-{label}-{uuid.uuid4().hex[:12]}",
+        ))
+    return users
+
+
+# -------------------------------------------------------------------- resources
+def local_platform_pids(urls: Sequence[str]) -> list[int]:
+    """Pids listening on the ports of ``urls`` when they are loopback addresses (else empty)."""
+    ports = set()
+    for url in urls:
+        if not url:
+            continue
+        parts = urlsplit(url)
+        if parts.hostname in LOOPBACK_HOSTS and parts.port:
+            ports.add(parts.port)
+    if not ports:
+        return []
+    try:
+        listening = psutil.net_connections("tcp")
+    except (psutil.AccessDenied, OSError):
+        return []
+    return sorted({c.pid for c in listening if c.status == psutil.CONN_LISTEN and c.pid
+                   and c.laddr and c.laddr.port in ports})
+
+
+class ResourceSampler:
+    """Samples CPU and memory of the platform's processes (and their children) in a daemon thread."""
+
+    def __init__(self, pids: Sequence[int], interval: float = 0.5):
+        self.pids = list(pids)
+        self.interval = interval
+        self.cores = psutil.cpu_count() or 1
+        self.cpu_seconds = 0.0
+        self.cpu_samples: list[float] = []
+        self.memory_peak = 0
+        self.generator_memory_peak = 0
+        self._last: dict[int, float] = {}
+        self._procs: dict[int, psutil.Process] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="crosstalk-sampler", daemon=True)
+
+    def start(self) -> ResourceSampler:
+        self._sample(baseline=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self._sample()
+
+    def _main(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _processes(self) -> list[psutil.Process]:
+        found: dict[int, psutil.Process] = {}
+        for pid in self.pids:
+            try:
+                proc = self._procs.get(pid) or psutil.Process(pid)
+                found[pid] = proc
+                for child in proc.children(recursive=True):
+                    found[child.pid] = self._procs.get(child.pid, child)
+            except psutil.Error:
+                continue
+        self._procs = found
+        return list(found.values())
+
+    def _sample(self, baseline: bool = False) -> None:
+        started = time.monotonic()
+        delta, rss = 0.0, 0
+        for proc in self._processes():
+            try:
+                times = proc.cpu_times()
+                rss += proc.memory_info().rss
+            except psutil.Error:
+                continue
+            total = times.user + times.system
+            previous = self._last.get(proc.pid)
+            # a process first seen mid-run (a new postgres backend) counts from its start
+            delta += total - previous if previous is not None else (0.0 if baseline else total)
+            self._last[proc.pid] = total
+        self.memory_peak = max(self.memory_peak, rss)
+        try:
+            self.generator_memory_peak = max(self.generator_memory_peak, psutil.Process().memory_info().rss)
+        except psutil.Error:
+            pass
+        if not baseline:
+            self.cpu_seconds += delta
+            elapsed = getattr(self, "_last_at", None)
+            if elapsed is not None:
+                self.cpu_samples.append(100.0 * delta / max(started - elapsed, 1e-3) / self.cores)
+        self._last_at = started
+
+
+# -------------------------------------------------------------------- the run
+@dataclass(eq=False)
+class LoadRun:
+    """A finished (or running) load run: its users, their open connections and the metrics."""
+
+    config: LoadConfig
+    metrics: LoadMetrics
+    load_users: list[LoadUser] = field(default_factory=list)
+    ws_url: str = ""
+    phase: str = "starting"
+
+    @property
+    def users(self) -> list[TestUser]:
+        return [lu.user for lu in self.load_users]
+
+    @property
+    def open_connections(self) -> int:
+        return sum(1 for lu in self.load_users if lu.connection is not None and not lu.connection.closed)
+
+    def progress(self) -> str:
+        m = self.metrics
+        p95 = m.percentile("completion", 95.0)
+        p95_text = f"{p95 * 1e3:.0f} ms" if p95 is not None else "n/a"
+        total = self.config.users * self.config.messages
+        return (f"[{m.name}] {self.phase}: {m.connected}/{self.config.users} connected, "
+                f"{m.completed}/{total} messages done, {m.error_count} errors, p95 {p95_text}")
+
+    async def close(self) -> None:
+        for lu in self.load_users:
+            lu.closing = True
+        await asyncio.gather(*(lu.connection.close() for lu in self.load_users if lu.connection),
+                             return_exceptions=True)
+
+    def __str__(self) -> str:
+        return f"LoadRun({self.metrics.name}, {len(self.load_users)} users, {self.metrics.completed} completed)"
+
+    __repr__ = __str__
+
+
+async def _connect(run: LoadRun, lu: LoadUser, delay: float) -> None:
+    if delay:
+        await asyncio.sleep(delay)
+    conn = LoadConnection(lu.user, f"{lu.user.label}#load", run.ws_url)
+    conn.load_user = lu
+    started = time.monotonic()
+    try:
+        await conn.open(lu.user.access_token, open_timeout=run.config.connect_timeout)
+    except AssertionError as exc:
+        run.metrics.record_error("connect_failed", str(exc), lu.stats)
+        return
+    run.metrics.record_connect(lu.user.label, time.monotonic() - started)
+    # the load run resolves runs by callback: no per-frame waiter notification task
+    conn._condition = None
+    lu.connection = conn
+    assert conn._reader is not None
+    conn._reader.add_done_callback(lambda _task: lu.on_closed())
+
+
+async def _closed_user(run: LoadRun, lu: LoadUser, delay: float) -> None:
+    if delay:
+        await asyncio.sleep(delay)
+    cfg = run.config
+    for index in range(cfg.messages):
+        if lu.connection is None or lu.connection.closed:
+            run.metrics.record_error("not_connected", f"user '{lu.user.label}' has no open connection",
+                                     lu.stats)
+            return
+        if index and cfg.think_time:
+            await asyncio.sleep(cfg.think_time)
+        if not cfg.same_thread:
+            lu.thread_id = None
+        future = await lu.send(time.monotonic())
+        await lu.wait(future, cfg.message_timeout)
+
+
+async def _open_schedule(run: LoadRun) -> None:
+    cfg = run.config
+    live = [lu for lu in run.load_users if lu.connection is not None]
+    if not live:
+        return
+    total = cfg.users * cfg.messages
+    interval = 1.0 / cfg.rate
+    start = time.monotonic()
+    waits = []
+    for index in range(total):
+        intended = start + index * interval
+        delay = intended - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        lu = live[index % len(live)]
+        if lu.connection is None or lu.connection.closed:
+            run.metrics.record_error("not_connected", f"user '{lu.user.label}' has no open connection",
+                                     lu.stats)
+            continue
+        # latency counts from `intended`, so a late send (a busy loop, a slow server) is charged
+        future = await lu.send(intended)
+        waits.append((lu, future))
+    await asyncio.gather(*(lu.wait(future, cfg.message_timeout) for lu, future in waits))
+
+
+async def run_load(
+    config: LoadConfig,
+    auth_url: str,
+    ws_url: str,
+    users: Sequence[TestUser] | None = None,
+    platform_pids: Sequence[int] = (),
+    run: LoadRun | None = None,
+) -> LoadRun:
+    """Drive one load run on the engine loop; the connections stay open (``run.close()``)."""
+    config.validate()
+    metrics = run.metrics if run else LoadMetrics(config.name)
+    run = run or LoadRun(config, metrics)
+    run.ws_url = ws_url
+    test_users = list(users) if users else new_load_users(config.users, config.name.replace(" ", "_")[:12])
+    config.users = len(test_users)
+    run.load_users = [LoadUser(u, metrics.user(u.label), metrics) for u in test_users]
+
+    run.phase = "logging in"
+    loop = asyncio.get_running_loop()
+    with concurrent.futures.ThreadPoolExecutor(config.login_concurrency, "crosstalk-login") as pool:
+        jobs = [loop.run_in_executor(pool, register_and_login, auth_url, u) for u in test_users
+                if u.tokens is None]
+        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            metrics.record_error("login_failed", str(outcome))
+    run.load_users = [lu for lu in run.load_users if lu.user.tokens is not None]
+
+    sampler = ResourceSampler(platform_pids).start() if platform_pids else None
+    cpu_process, cpu_engine, wall = time.process_time(), time.thread_time(), time.monotonic()
+    metrics.started_mono = wall
+    metrics.started_at = time.time()
+    try:
+        run.phase = "connecting"
+        ramp = config.ramp_up
+        n = max(len(run.load_users), 1)
+        if config.start_together or config.model is LoadModel.OPEN:
+            await asyncio.gather(*(_connect(run, lu, ramp * i / n) for i, lu in enumerate(run.load_users)))
+            run.phase = "sending"
+            if config.model is LoadModel.OPEN:
+                await _open_schedule(run)
+            else:
+                await asyncio.gather(*(_closed_user(run, lu, 0.0) for lu in run.load_users))
+        else:
+            async def user_flow(lu: LoadUser, delay: float) -> None:
+                await _connect(run, lu, delay)
+                await _closed_user(run, lu, 0.0)
+
+            run.phase = "sending"
+            await asyncio.gather(*(user_flow(lu, ramp * i / n) for i, lu in enumerate(run.load_users)))
+    finally:
+        metrics.finish()
+        run.phase = "done"
+        if sampler:
+            sampler.stop()
+        _record_resources(metrics, sampler, platform_pids, time.process_time() - cpu_process,
+                          time.thread_time() - cpu_engine, time.monotonic() - wall)
+    return run
+
+
+def _record_resources(metrics: LoadMetrics, sampler: ResourceSampler | None, pids: Sequence[int],
+                      process_cpu: float, engine_cpu: float, wall: float) -> None:
+    res = metrics.resources
+    res.cores = psutil.cpu_count() or 1
+    res.platform_pids = list(pids)
+    res.generator_cpu_seconds = process_cpu
+    res.engine_cpu_seconds = engine_cpu
+    res.generator_core_pct = 100.0 * engine_cpu / wall if wall > 0 else None
+    if sampler is not None:
+        res.platform_cpu_seconds = sampler.cpu_seconds
+        res.platform_memory_peak = sampler.memory_peak or None
+        res.generator_memory_peak = sampler.generator_memory_peak or None
+        res.samples = len(sampler.cpu_samples)
+        res.platform_cpu_mean_pct = 100.0 * sampler.cpu_seconds / wall / res.cores if wall > 0 else None
+        res.platform_cpu_peak_pct = max(sampler.cpu_samples) if sampler.cpu_samples else None
+    if metrics.completed:
+        metrics.info["generator_cpu_ms_per_message"] = round(1000.0 * process_cpu / metrics.completed, 4)
+    if res.generator_core_pct is not None and res.generator_core_pct > GENERATOR_BUSY_PCT:
+        metrics.warnings.append(
+            f"The load generator's engine thread used {res.generator_core_pct:.0f}% of a core: the generator, "
+            "not the platform, may be the bottleneck; spread the users over pabot processes."
+        )
+
+
+def write_summary(metrics: LoadMetrics, path: str | os.PathLike[str]) -> str:
+    directory = os.path.dirname(os.fspath(path))
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(metrics.summary(), indent=2, default=str))
+    return os.fspath(path)
