@@ -83,7 +83,8 @@ MATRIX: tuple[Row, ...] = (
         "rate_limited"),
     Row("no_frame_limit", ("resource-limits",), "An Oversized Frame Is Refused Without Harming Others",
         "frame_too_large"),
-    Row("sql_concat", ("input",), "Hostile Content Is Stored And Returned Verbatim", "verbatim"),
+    Row("sql_concat", ("input",), "Hostile Content Is Stored And Returned Verbatim",
+        "ended in agent_error"),
 )
 ROWS = {row.fault: row for row in MATRIX}
 
