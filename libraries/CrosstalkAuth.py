@@ -1,0 +1,357 @@
+"""Robot Framework library: test users, login/refresh/logout/me, JWKS validation, forged tokens."""
+
+from __future__ import annotations
+
+import secrets
+import string
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import jwt
+import requests
+from robot.api import logger
+from robot.api.deco import keyword, library
+from robot.libraries.BuiltIn import BuiltIn
+
+from crosstalk import htmllog
+from crosstalk.model import TestUser, Tokens
+from crosstalk.secrets import mask
+from crosstalk.tokens import Forgery, forge, load_private_key, public_pem_from_jwk, split
+
+try:  # RF 7.4+
+    from robot.api.types import Secret
+except ImportError:  # pragma: no cover - older Robot: plain strings only
+    Secret = str  # type: ignore[misc,assignment]
+
+HTTP_TIMEOUT = 15.0
+MAX_PARALLEL = 32
+
+
+def _plain(value: Any) -> str:
+    return str(getattr(value, "value", value))
+
+
+def _strong_password() -> str:
+    alphabet = string.ascii_letters + string.digits
+    core = "".join(secrets.choice(alphabet) for _ in range(20))
+    return f"{core}-{secrets.choice(string.ascii_uppercase)}{secrets.randbelow(10)}!"
+
+
+@library(scope="GLOBAL", auto_keywords=False)
+class CrosstalkAuth:
+    """Users and tokens of the platform under test (auth service at ``${AUTH_URL}``).
+
+    Users are `TestUser` objects: ``label`` (short log name), ``email``,
+    ``password``, ``canary`` (a secret unique to the user), ``user_id`` and the
+    current ``tokens``.  Passwords and tokens are masked in the log: only the
+    first 6 characters are shown, followed by ``…``.
+    """
+
+    def __init__(self) -> None:
+        self._http = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=MAX_PARALLEL)
+        self._http.mount("http://", adapter)
+        self._http.mount("https://", adapter)
+        self._jwks: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _variable(name: str, default: Any = None) -> Any:
+        return BuiltIn().get_variable_value("${%s}" % name, default)  # noqa: UP031
+
+    def _auth_url(self) -> str:
+        url = self._variable("AUTH_URL")
+        if not url:
+            raise AssertionError("AUTH_URL is not set: run 'Start Or Attach Platform' in the suite setup first.")
+        return str(url).rstrip("/")
+
+    def _post(self, path: str, body: dict | None = None, token: str | None = None) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        url = self._auth_url() + path
+        try:
+            return self._http.post(url, json=body, headers=headers, timeout=HTTP_TIMEOUT)
+        except requests.RequestException as exc:
+            raise AssertionError(f"POST {url} failed: {type(exc).__name__}: {exc}") from None
+
+    def _get(self, path: str, token: str | None = None) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        url = self._auth_url() + path
+        try:
+            return self._http.get(url, headers=headers, timeout=HTTP_TIMEOUT)
+        except requests.RequestException as exc:
+            raise AssertionError(f"GET {url} failed: {type(exc).__name__}: {exc}") from None
+
+    @staticmethod
+    def _parallel(function, items: list) -> list:
+        if len(items) <= 1:
+            return [function(item) for item in items]
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(items))) as pool:
+            return list(pool.map(function, items))
+
+    def _register(self, user: TestUser) -> TestUser:
+        response = self._post("/auth/register", {"email": user.email, "password": user.password})
+        if response.status_code != 201:
+            raise AssertionError(
+                f"Registering user '{user.label}' ({user.email}) failed: HTTP {response.status_code} "
+                f"{response.text[:200]}"
+            )
+        user.user_id = str(response.json().get("user_id"))
+        return user
+
+    def _login(self, user: TestUser) -> Tokens:
+        response = self._post("/auth/login", {"email": user.email, "password": user.password})
+        if response.status_code != 200:
+            raise AssertionError(
+                f"Login of user '{user.label}' ({user.email}) failed: HTTP {response.status_code} {response.text[:200]}"
+            )
+        return self._store_tokens(user, response.json())
+
+    @staticmethod
+    def _store_tokens(user: TestUser, body: dict) -> Tokens:
+        tokens = Tokens(body["access_token"], body["refresh_token"], int(body.get("expires_in") or 0))
+        user.tokens = tokens
+        user.issued_access_tokens.append(tokens.access_token)
+        return tokens
+
+    @staticmethod
+    def _token_of(user_or_token: TestUser | str | Any) -> str:
+        if isinstance(user_or_token, TestUser):
+            return user_or_token.access_token
+        return _plain(user_or_token)
+
+    # ------------------------------------------------------------------ users
+    @keyword("Create Test Users")
+    def create_test_users(self, count: int, prefix: str = "user") -> list[TestUser]:
+        """Register ``count`` new users at once and return them as a list of `TestUser`.
+
+        Each gets a unique email, a strong random password and a unique canary.
+        Labels are ``<prefix>01``, ``<prefix>02``, ...
+
+        Example:
+        | ${users} = | Create Test Users | 10 | prefix=chat |
+        """
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}.")
+        run = uuid.uuid4().hex[:8]
+        users = [
+            TestUser(
+                label=f"{prefix}{index:02d}",
+                email=f"{prefix}{index:02d}-{run}@crosstalk.test",
+                password=_strong_password(),
+                canary=f"CANARY-{prefix}{index:02d}-{secrets.token_hex(6)}",
+            )
+            for index in range(1, count + 1)
+        ]
+        self._parallel(self._register, users)
+        logger.info(htmllog.table(
+            ("label", "email", "user_id", "password", "canary"),
+            ((u.label, u.email, u.user_id, mask(u.password), u.canary) for u in users),
+            f"{count} users registered",
+        ), html=True)
+        return users
+
+    @keyword("Create Test User")
+    def create_test_user(self, label: str = "user") -> TestUser:
+        """Register one new user with the given ``label`` and return it.
+
+        Example:
+        | ${alice} = | Create Test User | alice |
+        """
+        run = uuid.uuid4().hex[:8]
+        user = TestUser(label, f"{label}-{run}@crosstalk.test", _strong_password(),
+                        f"CANARY-{label}-{secrets.token_hex(6)}")
+        self._register(user)
+        logger.info(f"Registered {user} with password {mask(user.password)}, canary {user.canary}")
+        return user
+
+    # ------------------------------------------------------------------ sessions
+    @keyword("Log In")
+    def log_in(self, user: TestUser) -> Tokens:
+        """Log ``user`` in with email and password; the tokens are stored on the user and returned.
+
+        Example:
+        | Log In | ${alice} |
+        """
+        tokens = self._login(user)
+        logger.info(f"{user.label} logged in: access token {mask(tokens.access_token)}, "
+                    f"refresh token {mask(tokens.refresh_token)}")
+        return tokens
+
+    @keyword("Log In Users")
+    def log_in_users(self, users: list[TestUser]) -> None:
+        """Log every user in at the same time (one request each, in parallel).
+
+        Example:
+        | Log In Users | ${users} |
+        """
+        self._parallel(self._login, list(users))
+        logger.info(htmllog.table(
+            ("label", "user_id", "access token"),
+            ((u.label, u.user_id, mask(u.access_token)) for u in users),
+            f"{len(users)} users logged in",
+        ), html=True)
+
+    @keyword("Login Should Be Refused")
+    def login_should_be_refused(self, email: str, password: Secret | str) -> None:  # type: ignore[valid-type]
+        """Fail unless logging in with ``email`` and ``password`` is refused with HTTP 401.
+
+        Example:
+        | Login Should Be Refused | ${alice.email} | wrong-password |
+        """
+        response = self._post("/auth/login", {"email": email, "password": _plain(password)})
+        if response.status_code != 401:
+            raise AssertionError(f"Login of {email} with password {mask(_plain(password))} answered "
+                                 f"{response.status_code}, expected 401.")
+
+    @keyword("Refresh Tokens")
+    def refresh_tokens(self, user: TestUser) -> Tokens:
+        """Trade the user's refresh token for a new pair; the new pair replaces the old one on the user.
+
+        Returns the new `Tokens`; the previous access token stays valid until it expires.
+
+        Example:
+        | ${old} = | Set Variable | ${alice.access_token} |
+        | Refresh Tokens | ${alice} |
+        """
+        if not user.tokens:
+            raise AssertionError(f"User '{user.label}' is not logged in: log in first.")
+        old = user.tokens.refresh_token
+        response = self._post("/auth/refresh", {"refresh_token": old})
+        if response.status_code != 200:
+            raise AssertionError(f"Refresh for user '{user.label}' with {mask(old)} failed: HTTP "
+                                 f"{response.status_code} {response.text[:200]}")
+        tokens = self._store_tokens(user, response.json())
+        logger.info(f"{user.label} refreshed: new access token {mask(tokens.access_token)}")
+        return tokens
+
+    @keyword("Refresh Should Be Refused")
+    def refresh_should_be_refused(self, refresh_token: Secret | str) -> None:  # type: ignore[valid-type]
+        """Fail unless ``POST /auth/refresh`` with this refresh token answers 401.
+
+        Example:
+        | Refresh Should Be Refused | ${old_refresh_token} |
+        """
+        token = _plain(refresh_token)
+        response = self._post("/auth/refresh", {"refresh_token": token})
+        if response.status_code != 401:
+            raise AssertionError(f"Refresh with {mask(token)} answered {response.status_code}, expected 401.")
+
+    @keyword("Log Out")
+    def log_out(self, user: TestUser) -> str:
+        """Log ``user`` out (``POST /auth/logout``); returns the access token that was revoked.
+
+        Example:
+        | ${revoked} = | Log Out | ${alice} |
+        """
+        token = user.access_token
+        response = self._post("/auth/logout", token=token)
+        if response.status_code != 204:
+            raise AssertionError(f"Logout of user '{user.label}' answered {response.status_code}, expected 204: "
+                                 f"{response.text[:200]}")
+        logger.info(f"{user.label} logged out; access token {mask(token)} must now be refused.")
+        return token
+
+    @keyword("Get Me")
+    def get_me(self, user_or_token: TestUser | str) -> dict:
+        """``GET /auth/me`` with the user's current access token (or the given token); returns the JSON body.
+
+        Example:
+        | ${me} = | Get Me | ${alice} |
+        | Should Be Equal | ${me}[email] | ${alice.email} |
+        """
+        token = self._token_of(user_or_token)
+        response = self._get("/auth/me", token)
+        if response.status_code != 200:
+            raise AssertionError(f"GET /auth/me with {mask(token)} answered {response.status_code}, expected 200.")
+        return response.json()
+
+    @keyword("Me Should Be Refused")
+    def me_should_be_refused(self, token: Secret | str | TestUser) -> None:  # type: ignore[valid-type]
+        """Fail unless ``GET /auth/me`` with ``token`` answers 401.
+
+        Example:
+        | Me Should Be Refused | ${revoked_token} |
+        """
+        plain = self._token_of(token)
+        response = self._get("/auth/me", plain)
+        if response.status_code != 401:
+            raise AssertionError(f"GET /auth/me with token {mask(plain)} answered {response.status_code}, "
+                                 "expected 401.")
+
+    @keyword("Bearer Headers")
+    def bearer_headers(self, user_or_token: TestUser | str) -> dict:
+        """``{"Authorization": "Bearer <token>"}`` for RequestsLibrary calls (it masks the header in its log).
+
+        Example:
+        | ${headers} = | Bearer Headers | ${alice} |
+        | GET On Session | backend | /threads | headers=${headers} |
+        """
+        return {"Authorization": f"Bearer {self._token_of(user_or_token)}"}
+
+    # ------------------------------------------------------------------ tokens
+    def _fetch_jwks(self, refresh: bool = False) -> dict[str, Any]:
+        if self._jwks is None or refresh:
+            response = self._get("/.well-known/jwks.json")
+            if response.status_code != 200:
+                raise AssertionError(f"JWKS at {self._auth_url()} answered {response.status_code}.")
+            self._jwks = response.json()
+        return self._jwks
+
+    def _jwk_for(self, kid: str | None) -> dict[str, Any]:
+        for refresh in (False, True):
+            for jwk in self._fetch_jwks(refresh).get("keys", []):
+                if jwk.get("kid") == kid:
+                    return jwk
+        raise AssertionError(f"No key with kid '{kid}' in the JWKS of {self._auth_url()}.")
+
+    @keyword("Validate Token Against JWKS")
+    def validate_token_against_jwks(self, user_or_token: TestUser | str) -> dict:
+        """Verify an access token with PyJWT against the auth service's JWKS; return its claims.
+
+        Checks RS256, the ``kid``, the signature, ``exp``, and ``iss``/``aud``
+        when ``${JWT_ISSUER}`` / ``${JWT_AUDIENCE}`` are known.
+
+        Example:
+        | ${claims} = | Validate Token Against JWKS | ${alice} |
+        | Should Be Equal | ${claims}[sub] | ${alice.user_id} |
+        """
+        token = self._token_of(user_or_token)
+        header = jwt.get_unverified_header(token)
+        key = jwt.PyJWK(self._jwk_for(header.get("kid")))
+        issuer = self._variable("JWT_ISSUER")
+        audience = self._variable("JWT_AUDIENCE")
+        try:
+            claims = jwt.decode(
+                token, key, algorithms=["RS256"], issuer=issuer or None, audience=audience or None,
+                options={"require": ["exp", "iat", "sub", "jti"], "verify_aud": bool(audience)},
+            )
+        except jwt.PyJWTError as exc:
+            raise AssertionError(f"Token {mask(token)} does not verify against the JWKS: {exc}.") from None
+        logger.info(f"Token {mask(token)} verifies: sub={claims['sub']} jti={claims['jti']} exp={claims['exp']}")
+        return claims
+
+    @keyword("Forge Token")
+    def forge_token(self, user: TestUser, kind: Forgery) -> str:
+        """A forged variant of ``user``'s access token that breaks exactly one rule (see `Forgery`).
+
+        Kinds: ``alg_none``, ``alg_None``, ``alg_NONE``, ``signature_stripped``,
+        ``payload_tampered``, ``expired``, ``missing_exp``, ``wrong_issuer``,
+        ``wrong_audience``, ``unknown_kid``, ``wrong_signature``,
+        ``hs256_confusion`` (HS256 with the public key PEM as HMAC secret).
+        For the reference platform its private key signs the claim-rule
+        forgeries so only the named rule is broken.
+
+        Example:
+        | ${forged} = | Forge Token | ${alice} | alg_none |
+        | Me Should Be Refused | ${forged} |
+        """
+        genuine = user.access_token
+        header, _, _ = split(genuine)
+        public_pem = public_pem_from_jwk(self._jwk_for(header.get("kid"))) if kind is Forgery.HS256_CONFUSION else None
+        key_file = self._variable("JWT_PRIVATE_KEY")
+        platform_key = load_private_key(Path(key_file).read_bytes()) if key_file and Path(key_file).exists() else None
+        token = forge(kind, genuine, public_pem, platform_key)
+        logger.info(f"Forged {kind.value} token from {user.label}'s token: {mask(token, 12)}")
+        return token

@@ -1,0 +1,515 @@
+"""Robot Framework library: WebSocket chat with agents, many users and connections at once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from robot.api import logger
+from robot.api.deco import keyword, library
+from robot.libraries.BuiltIn import BuiltIn
+
+from crosstalk import htmllog
+from crosstalk.connection import (
+    ConnectionRefused,
+    RunHandle,
+    UserConnection,
+    describe_frames,
+    gather_strict,
+)
+from crosstalk.engine import get_engine
+from crosstalk.model import TestUser
+from crosstalk.secrets import mask
+from crosstalk.sequence import check_run_events, matches_pattern, types_of
+
+# the engine call gets a little longer than the wait itself so the wait's own,
+# better worded timeout message is the one the user sees
+GRACE = 5.0
+
+
+def _seconds(timeout: timedelta) -> float:
+    return timeout.total_seconds()
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.0f} ms"
+
+
+@library(scope="GLOBAL", auto_keywords=False)
+class CrosstalkChat:
+    """WebSocket chat with the platform's agents, for many users and connections at once.
+
+    Connections are opened on a background asyncio loop of their own and stay
+    open across keywords and tests until `Disconnect` / `Disconnect All`.
+    Every frame is received and time-stamped on arrival, even while no keyword
+    runs, and recorded on the connection and on its `TestUser` (``frames``).
+
+    A keyword that takes a ``target`` accepts a connection (returned by
+    `Connect`), a `TestUser` (meaning that user's most recent connection) or a
+    connection label such as ``alice#1``.
+
+    `Send Message` returns a run handle; the run id is filled in when
+    ``agent_started`` arrives.  Waits take ``timedelta`` timeouts (``10s``,
+    ``1 min``) and, when they fail, name the user, the run, what was awaited and
+    the last frames that arrived instead.
+    """
+
+    def __init__(self) -> None:
+        self._connections: dict[str, UserConnection] = {}
+        self._counts: dict[int, int] = {}
+        self._engine = get_engine()
+
+    # ------------------------------------------------------------------ helpers
+    def _ws_url(self) -> str:
+        url = BuiltIn().get_variable_value("${WS_URL}")
+        if not url:
+            raise AssertionError("WS_URL is not set: run 'Start Or Attach Platform' in the suite setup first.")
+        return str(url)
+
+    def _new_label(self, user: TestUser) -> str:
+        while True:
+            count = self._counts.get(user.serial, 0) + 1
+            self._counts[user.serial] = count
+            label = f"{user.label}#{count}"
+            if label not in self._connections:
+                return label
+
+    def _resolve(self, target: UserConnection | TestUser | str) -> UserConnection:
+        if isinstance(target, UserConnection):
+            return target
+        if isinstance(target, TestUser):
+            mine = [c for c in self._connections.values() if c.user is target]
+            if not mine:
+                raise AssertionError(f"User '{target.label}' has no connection: connect first.")
+            open_ones = [c for c in mine if not c.closed]
+            return (open_ones or mine)[-1]
+        if str(target) in self._connections:
+            return self._connections[str(target)]
+        known = ", ".join(self._connections) or "none"
+        raise AssertionError(f"No connection labelled '{target}'. Known connections: {known}.")
+
+    def _run(self, coro, timeout: float) -> Any:
+        try:
+            return self._engine.run(coro, timeout + GRACE)
+        except TimeoutError as exc:
+            raise AssertionError(f"WebSocket operation did not finish in {timeout + GRACE:g} s: {exc}") from None
+
+    async def _open(self, user: TestUser, label: str, token: str | None, origin: str | None,
+                    timeout: float) -> UserConnection:
+        return await UserConnection(user, label, self._ws_url()).open(token, origin, timeout)
+
+    # ------------------------------------------------------------------ connect
+    @keyword("Connect")
+    def connect(
+        self,
+        user: TestUser,
+        token: str | None = None,
+        origin: str | None = None,
+        timeout: timedelta = timedelta(seconds=10),
+    ) -> UserConnection:
+        """Open a WebSocket for ``user`` with its access token (or ``token``) and return the connection.
+
+        ``origin`` sets the ``Origin`` header (none by default).  A refused
+        handshake fails with the HTTP status; use `Connection Should Be Refused`
+        to assert a refusal instead.  Several connections per user are fine:
+        they are labelled ``<user>#1``, ``<user>#2``, ...
+
+        Example:
+        | ${conn} = | Connect | ${alice} |
+        | ${second} = | Connect | ${alice} | origin=http://localhost |
+        """
+        plain = str(getattr(token, "value", token)) if token is not None else user.access_token
+        label = self._new_label(user)
+        seconds = _seconds(timeout)
+        connection = self._run(self._open(user, label, plain, origin, seconds), seconds)
+        self._connections[label] = connection
+        logger.info(f"{label} connected to {connection.url} with token {mask(plain)}")
+        return connection
+
+    @keyword("Connect Users")
+    def connect_users(self, users: list[TestUser], timeout: timedelta = timedelta(seconds=20)) -> list:
+        """Open one WebSocket per user, all at the same time; returns the connections in user order.
+
+        Example:
+        | ${connections} = | Connect Users | ${users} |
+        """
+        users = list(users)
+        labels = [self._new_label(user) for user in users]
+        seconds = _seconds(timeout)
+        connections = self._run(gather_strict(
+            self._open(user, label, user.access_token, None, seconds) for user, label in zip(users, labels)
+        ), seconds)
+        for connection in connections:
+            self._connections[connection.label] = connection
+        logger.info(f"{len(connections)} users connected: {', '.join(labels)}")
+        return connections
+
+    @keyword("Connection Should Be Refused")
+    def connection_should_be_refused(
+        self,
+        user: TestUser,
+        token: str | None = None,
+        origin: str | None = None,
+        status: int = 401,
+        close_code: int = 4401,
+        timeout: timedelta = timedelta(seconds=5),
+    ) -> str:
+        """Fail unless the WebSocket handshake is refused with HTTP ``status``, or the socket is
+        closed with ``close_code`` before any data arrives within ``timeout``.
+
+        Returns a short description of how it was refused.
+
+        Example:
+        | Connection Should Be Refused | ${alice} | token=${revoked} |
+        | Connection Should Be Refused | ${alice} | origin=https://evil.example | status=403 |
+        """
+        plain = str(getattr(token, "value", token)) if token is not None else user.access_token
+        seconds = _seconds(timeout)
+        label = f"{user.label}#refused"
+
+        async def attempt() -> str:
+            try:
+                connection = await UserConnection(user, label, self._ws_url()).open(plain, origin, seconds)
+            except ConnectionRefused as refused:
+                if refused.status == status:
+                    return f"handshake refused with HTTP {status}"
+                raise AssertionError(
+                    f"WebSocket of user '{user.label}' with token {mask(plain)} was refused, but not with HTTP "
+                    f"{status}: {refused}"
+                ) from None
+            closed = await connection.wait_closed(seconds)
+            data = [f for f in connection.frames if f.direction == "in"]
+            await connection.close()
+            if closed and connection.close_code == close_code and not data:
+                return f"closed with code {close_code} before any data"
+            got = (f"closed with code {connection.close_code}" if closed
+                   else f"still open after {seconds:g} s")
+            raise AssertionError(
+                f"WebSocket of user '{user.label}' with token {mask(plain)}"
+                f"{' and Origin ' + origin if origin else ''} was accepted: expected HTTP {status} or close "
+                f"code {close_code} before any data, got {got}; frames received: {describe_frames(data)}"
+            )
+
+        outcome = self._run(attempt(), seconds * 2)
+        logger.info(f"WebSocket of {user.label} refused as expected: {outcome}")
+        return outcome
+
+    @keyword("Reconnect")
+    def reconnect(
+        self, target: UserConnection | TestUser | str, token: str | None = None,
+        timeout: timedelta = timedelta(seconds=10),
+    ) -> UserConnection:
+        """Close the connection (if still open) and open a new one for the same user; returns the new one.
+
+        Uses the user's current access token unless ``token`` is given.
+
+        Example:
+        | ${conn} = | Reconnect | ${alice} |
+        """
+        old = self._resolve(target)
+        self._run(old.close(), 5.0)
+        return self.connect(old.user, token=token, timeout=timeout)
+
+    @keyword("Disconnect")
+    def disconnect(self, target: UserConnection | TestUser | str) -> None:
+        """Close one connection normally (code 1000).
+
+        Example:
+        | Disconnect | ${alice} |
+        """
+        connection = self._resolve(target)
+        self._run(connection.close(), 5.0)
+        logger.info(f"{connection.label} disconnected ({len(connection.frames)} frames).")
+
+    @keyword("Disconnect All")
+    def disconnect_all(self, log_transcripts: bool = True) -> None:
+        """Close every connection opened by this library and log each user's transcript.
+
+        Meant for suite teardown.
+
+        Example:
+        | Suite Teardown | Disconnect All |
+        """
+        connections = list(self._connections.values())
+        if not connections:
+            return
+        if log_transcripts:
+            self.log_transcripts()
+        self._run(gather_strict(c.close() for c in connections), 10.0)
+        self._connections.clear()
+        self._counts.clear()
+
+    @keyword("Log Transcripts")
+    def log_transcripts(self, users: list[TestUser] | None = None) -> None:
+        """Log each user's frames in and out (time, direction, connection, type, run, seq, summary) as tables.
+
+        Without ``users``: every user with a connection from this library.
+
+        Example:
+        | Log Transcripts | ${users} |
+        """
+        if users is None:
+            seen: dict[int, TestUser] = {}
+            for connection in self._connections.values():
+                seen.setdefault(connection.user.serial, connection.user)
+            users = list(seen.values())
+        for user in users:
+            logger.info(htmllog.transcript(user), html=True)
+
+    # ------------------------------------------------------------------ send
+    @keyword("Send Message")
+    def send_message(
+        self, target: UserConnection | TestUser | str, content: str, thread: RunHandle | str | None = None
+    ) -> RunHandle:
+        """Send a ``user_message`` and return its run handle.
+
+        ``thread`` continues a thread: a thread id, or a run handle whose thread
+        to continue.  Without it the platform starts a new thread.
+
+        Example:
+        | ${run} = | Send Message | ${alice} | What does my plan cost? |
+        | ${next} = | Send Message | ${alice} | And next month? | thread=${run} |
+        """
+        connection = self._resolve(target)
+        thread_id = thread.thread_id if isinstance(thread, RunHandle) else thread
+        if isinstance(thread, RunHandle) and not thread_id:
+            raise AssertionError(f"Run {thread.name} has no thread id yet: wait for it before continuing its thread.")
+        run = self._run(connection.send_message(content, thread_id or None), 10.0)
+        logger.info(f"{connection.label} sent {content!r} (client_message_id {run.client_message_id}"
+                    f"{', thread ' + thread_id if thread_id else ''})")
+        return run
+
+    @keyword("Send Raw Frame")
+    def send_raw_frame(self, target: UserConnection | TestUser | str, text: str) -> None:
+        """Send ``text`` exactly as given (malformed JSON, unknown types, huge frames...).
+
+        Example:
+        | Send Raw Frame | ${alice} | {not json |
+        | Wait For Event | ${alice} | error | code=invalid_json |
+        """
+        connection = self._resolve(target)
+        self._run(connection.send_raw(text), 10.0)
+        logger.info(f"{connection.label} sent raw frame of {len(text)} characters")
+
+    # ------------------------------------------------------------------ wait
+    def _connection_of(self, run: RunHandle) -> UserConnection:
+        return self._resolve(run.connection)
+
+    @keyword("Wait For Run To End")
+    def wait_for_run_to_end(self, run: RunHandle, timeout: timedelta = timedelta(seconds=30)) -> RunHandle:
+        """Wait until the run ends in any way (completed, failed, rejected); returns the run handle.
+
+        Example:
+        | ${run} = | Wait For Run To End | ${run} |
+        | Should Be Equal | ${run.status} | failed |
+        """
+        seconds = _seconds(timeout)
+        return self._run(self._connection_of(run).wait_for_run(run, seconds), seconds)
+
+    @keyword("Wait For Run To Complete")
+    def wait_for_run_to_complete(self, run: RunHandle, timeout: timedelta = timedelta(seconds=30)) -> str:
+        """Wait for ``agent_completed`` of the run and return the answer (``payload.response``).
+
+        Fails at once if the run ends in ``agent_error`` or is rejected with an ``error`` frame.
+
+        Example:
+        | ${answer} = | Wait For Run To Complete | ${run} | timeout=20s |
+        | Should Contain | ${answer} | What does my plan cost? |
+        """
+        self.wait_for_run_to_end(run, timeout)
+        if run.status != "completed":
+            raise AssertionError(
+                f"Run {run.name} of user '{run.user.label}' ended {run.status} instead of completed: "
+                f"{describe_frames(run.event_frames) if run.event_frames else run.rejection}"
+            )
+        logger.info(f"{run.user.label} run {run.run_id} completed in {_ms(run.time_to_done)}: {run.answer}")
+        return str(run.answer)
+
+    @keyword("Wait For Run To Fail")
+    def wait_for_run_to_fail(self, run: RunHandle, timeout: timedelta = timedelta(seconds=30)) -> str:
+        """Wait for ``agent_error`` of the run and return its message; fails if the run completes instead.
+
+        Example:
+        | ${run} = | Send Message | ${alice} | please [[fail]] |
+        | Wait For Run To Fail | ${run} |
+        """
+        self.wait_for_run_to_end(run, timeout)
+        if run.status != "failed":
+            raise AssertionError(
+                f"Run {run.name} of user '{run.user.label}' ended {run.status}, expected agent_error: "
+                f"{describe_frames(run.event_frames) if run.event_frames else run.rejection}"
+            )
+        return str((run.events[-1].get("payload") or {}).get("message"))
+
+    @keyword("Wait For Runs Of All Users")
+    def wait_for_runs_of_all_users(self, runs: list[RunHandle], timeout: timedelta = timedelta(seconds=60)) -> list:
+        """Wait for every run at once; return their answers in the same order and log per-user timings.
+
+        Fails listing every run that did not complete (user, run, what arrived instead).
+
+        Example:
+        | ${answers} = | Wait For Runs Of All Users | ${runs} | timeout=1 min |
+        """
+        runs = list(runs)
+        seconds = _seconds(timeout)
+
+        async def wait_all() -> list:
+            return await asyncio.gather(
+                *(self._connection_of(run).wait_for_run(run, seconds) for run in runs), return_exceptions=True
+            )
+
+        results = self._run(wait_all(), seconds)
+        self.log_run_timings(runs)
+        problems = [str(r) for r in results if isinstance(r, BaseException)]
+        problems += [
+            f"Run {run.name} of user '{run.user.label}' ended {run.status}: {describe_frames(run.event_frames)}"
+            for run, result in zip(runs, results)
+            if not isinstance(result, BaseException) and run.status != "completed"
+        ]
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise AssertionError(f"{len(problems)} of {len(runs)} runs did not complete{more}: "
+                                 + " | ".join(problems[:3]))
+        return [run.answer for run in runs]
+
+    @keyword("Log Run Timings")
+    def log_run_timings(self, runs: list[RunHandle]) -> None:
+        """Log a table of runs: user, run id, status, time to first event, time to completion.
+
+        Example:
+        | Log Run Timings | ${runs} |
+        """
+        logger.info(htmllog.table(
+            ("user", "connection", "run", "status", "events", "first event", "completed"),
+            ((r.user.label, r.connection, r.run_id or r.client_message_id, r.status, len(r.events),
+              _ms(r.time_to_first_event), _ms(r.time_to_done)) for r in runs),
+            f"{len(runs)} runs",
+        ), html=True)
+
+    @keyword("Wait For Event")
+    def wait_for_event(
+        self,
+        target: UserConnection | TestUser | str,
+        event_type: str,
+        timeout: timedelta = timedelta(seconds=10),
+        **fields: str,
+    ) -> dict:
+        """Wait for an incoming frame of ``event_type`` whose fields equal the given values; return it.
+
+        Fields are dotted paths into the frame (``payload.agent=security``,
+        ``code=invalid_json``).  Frames that arrived before the call count too.
+
+        Example:
+        | ${event} = | Wait For Event | ${alice} | agent_thinking | payload.handoff_from=triage |
+        | Wait For Event | ${alice} | error | code=thread_not_found | timeout=5s |
+        """
+        connection = self._resolve(target)
+        seconds = _seconds(timeout)
+        frame = self._run(connection.wait_for_event(event_type, fields, seconds), seconds)
+        return dict(frame.data or {})
+
+    @keyword("Connection Should Be Closed With Code")
+    def connection_should_be_closed_with_code(
+        self, target: UserConnection | TestUser | str, code: int, timeout: timedelta = timedelta(seconds=10)
+    ) -> None:
+        """Wait until the server closes the connection and fail unless the close code is ``code``.
+
+        Example:
+        | Log Out | ${alice} |
+        | Connection Should Be Closed With Code | ${conn} | 4401 |
+        """
+        connection = self._resolve(target)
+        seconds = _seconds(timeout)
+        closed = self._run(connection.wait_closed(seconds), seconds)
+        if not closed:
+            raise AssertionError(
+                f"Connection {connection.label} of user '{connection.user.label}' was still open after {seconds:g} s, "
+                f"expected close code {code}. Last frames: {describe_frames(connection.frames)}"
+            )
+        if connection.close_code != code:
+            raise AssertionError(
+                f"Connection {connection.label} of user '{connection.user.label}' closed with code "
+                f"{connection.close_code} '{connection.close_reason}', expected {code}."
+            )
+
+    # ------------------------------------------------------------------ runs
+    @keyword("Run Events Should Be In Order")
+    def run_events_should_be_in_order(self, run: RunHandle) -> None:
+        """Fail unless the run's events follow the contract.
+
+        ``agent_started``, ``agent_thinking``+, (``tool_executing``,
+        ``tool_completed``)+ with matching ``tool_call_id``, then
+        ``agent_completed`` or ``agent_error``; ``seq`` 1..n contiguous; one run id.
+
+        Example:
+        | Run Events Should Be In Order | ${run} |
+        """
+        problems = check_run_events(run.events)
+        if problems:
+            raise AssertionError(
+                f"Events of run {run.name} of user '{run.user.label}' break the contract: "
+                + "; ".join(problems)
+            )
+        logger.info(f"Run {run.name}: {' → '.join(types_of(run.events))}")
+
+    @keyword("Event Sequence Should Be")
+    def event_sequence_should_be(self, run: RunHandle, pattern: str) -> None:
+        """Fail unless the run's event types, in arrival order, match ``pattern`` exactly.
+
+        Type names (``agent_started`` or short ``started``), ``( )``, ``|`` and
+        the repeaters ``+ * ?``.
+
+        Example:
+        | Event Sequence Should Be | ${run} | started thinking+ (tool_executing tool_completed)+ completed |
+        """
+        if not matches_pattern(run.events, pattern):
+            raise AssertionError(
+                f"Events of run {run.name} of user '{run.user.label}' are {types_of(run.events)}, "
+                f"which does not match '{pattern}'."
+            )
+
+    @keyword("Get Run Events")
+    def get_run_events(self, run: RunHandle, event_type: str | None = None) -> list:
+        """The run's events (frames as dictionaries) in arrival order, optionally only of ``event_type``.
+
+        Example:
+        | ${thinking} = | Get Run Events | ${run} | agent_thinking |
+        """
+        return [dict(e) for e in run.events if event_type is None or e.get("type") == event_type]
+
+    @keyword("Run Should Hand Off")
+    def run_should_hand_off(self, run: RunHandle, to: str | None = None) -> str:
+        """Fail unless the run's events show triage handing off to a specialist; returns the specialist.
+
+        ``to`` names the expected specialist (``cost``, ``security``, ``performance``, ``general``).
+
+        Example:
+        | Run Should Hand Off | ${run} | to=cost |
+        """
+        agents = [str((e.get("payload") or {}).get("agent")) for e in run.events]
+        handoffs = [e for e in run.events if (e.get("payload") or {}).get("handoff_from")]
+        if not agents or agents[0] != "triage" or not handoffs:
+            raise AssertionError(f"Run {run.name} of user '{run.user.label}' shows no handoff from triage: "
+                                 f"agents in order {agents}.")
+        specialist = str(handoffs[0]["payload"]["agent"])
+        if to and specialist != to:
+            raise AssertionError(f"Run {run.name} of user '{run.user.label}' was handed to '{specialist}', "
+                                 f"expected '{to}'.")
+        return specialist
+
+    @keyword("Get Connection Frames")
+    def get_connection_frames(self, target: UserConnection | TestUser | str, event_type: str | None = None) -> list:
+        """Incoming frames of the connection as dictionaries, optionally only of ``event_type``.
+
+        Example:
+        | ${errors} = | Get Connection Frames | ${alice} | error |
+        """
+        connection = self._resolve(target)
+        return [dict(f.data) for f in connection.frames
+                if f.direction == "in" and f.data is not None and (event_type is None or f.type == event_type)]
+
+    @staticmethod
+    def _fields(data: Mapping[str, Any]) -> str:
+        return ", ".join(f"{k}={v}" for k, v in data.items())

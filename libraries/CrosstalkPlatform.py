@@ -1,0 +1,177 @@
+"""Robot Framework library: the platform under test (start/attach, target variables, health)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from datetime import timedelta
+from urllib.parse import urlsplit, urlunsplit
+
+from crosstalk.secrets import mask_url
+from crosstalk.sharedplatform import PlatformError, SharedPlatform, check_health, wait_healthy
+from robot.api import logger
+from robot.api.deco import keyword, library
+from robot.libraries.BuiltIn import BuiltIn
+
+TARGET_VARIABLES = (
+    "AUTH_URL", "BACKEND_URL", "WS_URL", "AUTH_DATABASE_URL", "BACKEND_DATABASE_URL", "REDIS_URL",
+)
+# known for the reference platform; optional for a configured target (security tests use them)
+TOKEN_VARIABLES = ("JWT_ISSUER", "JWT_AUDIENCE", "JWT_PRIVATE_KEY")
+STATE_KEYS = {name: name.lower() for name in TARGET_VARIABLES}
+
+
+def _ws_from_backend(backend_url: str) -> str:
+    parts = urlsplit(backend_url)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/ws", "", ""))
+
+
+@library(scope="GLOBAL", auto_keywords=False)
+class CrosstalkPlatform:
+    """Attaches the suites to the platform under test, or starts the reference platform.
+
+    Target variables, in order of precedence: ``--variable``, a variable file
+    (``--variablefile resources/env/external.py``), environment variables.
+    When ``AUTH_URL`` is set nowhere, the reference platform is started (with
+    the fault switches from ``REFPLAT_FAULTS``) and shared by every robot/pabot
+    process of the run; the variables ``${AUTH_URL}``, ``${BACKEND_URL}``,
+    ``${WS_URL}``, ``${AUTH_DATABASE_URL}``, ``${BACKEND_DATABASE_URL}`` and
+    ``${REDIS_URL}`` are then set globally.
+    """
+
+    def __init__(self) -> None:
+        self._shared: SharedPlatform | None = None
+        self._acquired = 0
+        self.target: dict[str, str] = {}
+
+    @staticmethod
+    def _configured(name: str) -> str | None:
+        value = BuiltIn().get_variable_value("${%s}" % name)  # noqa: UP031
+        if value in (None, ""):
+            value = os.environ.get(name) or None
+        return str(value) if value is not None else None
+
+    @keyword("Start Or Attach Platform")
+    def start_or_attach_platform(self, timeout: timedelta = timedelta(seconds=120)) -> dict:
+        """Use the configured target, or start (or join) the shared reference platform; wait until healthy.
+
+        Sets ``${AUTH_URL}``, ``${BACKEND_URL}``, ``${WS_URL}``, ``${AUTH_DATABASE_URL}``,
+        ``${BACKEND_DATABASE_URL}`` and ``${REDIS_URL}`` as global variables and
+        returns them as a dictionary.  Bad configuration fails here with one line.
+        Pair it with `Release Platform` in the suite teardown.
+
+        Example:
+        | Suite Setup    | Start Or Attach Platform |
+        | Suite Teardown | Release Platform         |
+        """
+        seconds = timeout.total_seconds()
+        if self._configured("AUTH_URL"):
+            target = self._configured_target(seconds)
+            extra = {name: self._configured(name) or "" for name in TOKEN_VARIABLES}
+            where = "configured target"
+        else:
+            if self._shared is None:
+                self._shared = SharedPlatform(os.environ.get("REFPLAT_FAULTS", ""))
+            state = self._shared.acquire(seconds)
+            self._acquired += 1
+            target = {name: str(state.get(key) or "") for name, key in STATE_KEYS.items()}
+            key_file = Path(state.get("data_dir") or ".") / "jwt-private-key.pem"
+            extra = {
+                "JWT_ISSUER": str(state.get("issuer") or ""),
+                "JWT_AUDIENCE": str(state.get("audience") or ""),
+                "JWT_PRIVATE_KEY": str(key_file) if key_file.is_file() else "",
+            }
+            faults = ", ".join(state.get("faults") or []) or "none"
+            where = f"reference platform (launcher pid {state.get('pids', {}).get('launcher')}, faults: {faults})"
+        for name, value in {**target, **extra}.items():
+            BuiltIn().set_global_variable("${%s}" % name, value)  # noqa: UP031
+        self.target = target
+        rows = "".join(f"<tr><td>{n}</td><td>{mask_url(v)}</td></tr>" for n, v in target.items())
+        logger.info(f"Using the {where}:<table>{rows}</table>", html=True)
+        return dict(target)
+
+    def _configured_target(self, seconds: float) -> dict[str, str]:
+        target = {name: self._configured(name) or "" for name in TARGET_VARIABLES}
+        if not target["BACKEND_URL"]:
+            raise PlatformError(
+                "AUTH_URL is set but BACKEND_URL is not: set both (variable file resources/env/external.py "
+                "shows all six), or unset AUTH_URL to use the reference platform."
+            )
+        for name in ("AUTH_URL", "BACKEND_URL"):
+            if urlsplit(target[name]).scheme not in ("http", "https"):
+                raise PlatformError(f"{name} '{target[name]}' is not an http(s) URL: fix the variable.")
+        target["WS_URL"] = target["WS_URL"] or _ws_from_backend(target["BACKEND_URL"])
+        wait_healthy(target["BACKEND_URL"], seconds)
+        self._check_auth(target["AUTH_URL"])
+        self._check_stores(target)
+        return target
+
+    @staticmethod
+    def _check_auth(auth_url: str) -> None:
+        import requests
+
+        url = auth_url.rstrip("/") + "/.well-known/jwks.json"
+        try:
+            response = requests.get(url, timeout=5)
+        except requests.RequestException as exc:
+            reason = "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
+            raise PlatformError(
+                f"Auth service {auth_url} is unreachable: {reason}. Start it or fix AUTH_URL."
+            ) from None
+        if response.status_code != 200:
+            raise PlatformError(f"Auth service {auth_url} answered {response.status_code} on {url}: fix AUTH_URL.")
+
+    @staticmethod
+    def _check_stores(target: dict[str, str]) -> None:
+        # wrong database credentials should fail here, not in the middle of an isolation test
+        import psycopg2
+        import redis
+
+        for name in ("AUTH_DATABASE_URL", "BACKEND_DATABASE_URL"):
+            url = target[name]
+            if not url:
+                logger.warn(f"{name} is not set: checks that read the database will fail.")
+                continue
+            try:
+                psycopg2.connect(url, connect_timeout=5).close()
+            except psycopg2.Error as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise PlatformError(f"{name} {mask_url(url)} is not usable: {first}") from None
+        if not target["REDIS_URL"]:
+            logger.warn("REDIS_URL is not set: checks that read Redis will fail.")
+            return
+        try:
+            client = redis.Redis.from_url(target["REDIS_URL"], socket_timeout=5, socket_connect_timeout=5)
+            client.ping()
+            client.close()
+        except redis.RedisError as exc:
+            raise PlatformError(f"REDIS_URL {mask_url(target['REDIS_URL'])} is not usable: {exc}") from None
+
+    @keyword("Release Platform")
+    def release_platform(self) -> None:
+        """Give back this process's claim on the shared reference platform (the last holder stops it).
+
+        Does nothing for a configured target.  Safe to call more than once.
+
+        Example:
+        | Suite Teardown | Release Platform |
+        """
+        if self._shared is None or self._acquired == 0:
+            return
+        self._acquired -= 1
+        if self._acquired == 0 and self._shared.release():
+            logger.info("The reference platform was stopped (last holder).")
+
+    @keyword("Platform Should Be Healthy")
+    def platform_should_be_healthy(self, timeout: timedelta = timedelta(seconds=10)) -> None:
+        """Fail unless ``GET ${BACKEND_URL}/health`` answers 200 within ``timeout``.
+
+        Example:
+        | Platform Should Be Healthy | timeout=5s |
+        """
+        backend = self._configured("BACKEND_URL")
+        if not backend:
+            raise PlatformError("BACKEND_URL is not set: run Start Or Attach Platform in the suite setup first.")
+        wait_healthy(backend, timeout.total_seconds())
+        check_health(backend)

@@ -1,0 +1,227 @@
+"""Start, share and stop the reference platform across robot/pabot processes.
+
+The first process that needs the platform takes an ``fcntl`` lock in
+``results/.platform/<faults>/``, starts ``python -m reference_platform`` detached
+(its own session, so a Ctrl-C on one robot does not kill the others' platform),
+and records itself in the holders file.  Later processes find the state file,
+check the launcher pid is alive and the backend answers, and add themselves.
+Each process removes itself on release; the last one stops the platform.  Dead
+holders (a killed robot) are pruned, and stale state with a dead launcher is
+replaced, so the scheme works the same under robot, pabot and concurrent robots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PLATFORM_ROOT = REPO_ROOT / "results" / ".platform"
+START_TIMEOUT = 120.0
+STOP_TIMEOUT = 20.0
+
+
+class PlatformError(AssertionError):
+    """A one-line, actionable reason why the platform is not usable."""
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as dead
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def check_health(backend_url: str, timeout: float = 5.0) -> None:
+    """Raise PlatformError unless ``GET {backend_url}/health`` answers 200."""
+    url = backend_url.rstrip("/") + "/health"
+    try:
+        response = requests.get(url, timeout=timeout)
+    except requests.ConnectionError as exc:
+        reason = "connection refused" if "refused" in str(exc).lower() else "cannot connect"
+        raise PlatformError(
+            f"Backend {backend_url} is unreachable: {reason}. Start it or set BACKEND_URL / use "
+            "--variablefile resources/env/local.py"
+        ) from None
+    except requests.RequestException as exc:
+        raise PlatformError(f"Backend {backend_url} did not answer /health: {type(exc).__name__}.") from None
+    if response.status_code != 200:
+        raise PlatformError(
+            f"Backend {backend_url} is unhealthy: /health answered {response.status_code} {response.text[:120]}"
+        )
+
+
+def wait_healthy(backend_url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            check_health(backend_url, timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+            return
+        except PlatformError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path, timeout: float = START_TIMEOUT + 30) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "lock", "a+") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PlatformError(
+                        f"Timed out after {timeout:g} s waiting for the platform lock {directory / 'lock'}: "
+                        "another process holds it; if none is running, delete the file."
+                    ) from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class SharedPlatform:
+    """The reference platform shared by every process of this repository with the same faults."""
+
+    def __init__(self, faults: str = "", root: Path = PLATFORM_ROOT):
+        self.faults = ",".join(sorted(f.strip() for f in faults.split(",") if f.strip()))
+        self.directory = root / (self.faults.replace(",", "+") or "default")
+        self.state_file = self.directory / "state.json"
+        self.holders_file = self.directory / "holders.json"
+        self.log_file = self.directory / "platform.log"
+
+    def _holders(self) -> set[int]:
+        try:
+            holders = set(json.loads(self.holders_file.read_text()))
+        except (OSError, ValueError):
+            holders = set()
+        return {pid for pid in holders if pid_alive(pid)}
+
+    def _write_holders(self, holders: set[int]) -> None:
+        self.holders_file.write_text(json.dumps(sorted(holders)))
+
+    def _state(self) -> dict | None:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def acquire(self, timeout: float = START_TIMEOUT) -> dict:
+        """Return the running platform's state, starting it when no live one exists."""
+        with _locked(self.directory):
+            state = self._state()
+            if state and pid_alive(state.get("pids", {}).get("launcher")):
+                try:
+                    check_health(state["backend_url"])
+                except PlatformError:
+                    self._stop(state)
+                    state = None
+            else:
+                if state:
+                    self._stop(state)
+                state = None
+            if state is None:
+                state = self._start(timeout)
+                holders = set()
+            else:
+                holders = self._holders()
+            holders.add(os.getpid())
+            self._write_holders(holders)
+            return state
+
+    def release(self) -> bool:
+        """Drop this process's claim; stop the platform if no live holder remains. True when stopped."""
+        with _locked(self.directory):
+            holders = self._holders()
+            holders.discard(os.getpid())
+            self._write_holders(holders)
+            if holders:
+                return False
+            state = self._state()
+            if state:
+                self._stop(state)
+            return True
+
+    def _start(self, timeout: float) -> dict:
+        self.state_file.unlink(missing_ok=True)
+        env = dict(os.environ)
+        env.pop("AUTH_URL", None)
+        if self.faults:
+            env["REFPLAT_FAULTS"] = self.faults
+        else:
+            env.pop("REFPLAT_FAULTS", None)
+        command = [
+            sys.executable, "-m", "reference_platform", "--auth-port", "0", "--backend-port", "0",
+            "--state-file", str(self.state_file),
+        ]
+        with open(self.log_file, "ab") as log:
+            process = subprocess.Popen(
+                command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # survives Ctrl-C of the robot that started it
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise PlatformError(
+                    f"The reference platform exited with code {process.returncode} while starting: "
+                    f"{self._last_log_line()} (full log: {self.log_file})"
+                )
+            state = self._state()
+            if state and state.get("backend_url"):
+                wait_healthy(state["backend_url"], max(5.0, deadline - time.monotonic()))
+                return state
+            time.sleep(0.2)
+        process.terminate()
+        raise PlatformError(
+            f"The reference platform did not become healthy within {timeout:g} s: {self._last_log_line()} "
+            f"(full log: {self.log_file})"
+        )
+
+    def _last_log_line(self) -> str:
+        try:
+            lines = [line for line in self.log_file.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            return "no log"
+        return lines[-1].strip() if lines else "no output"
+
+    def _stop(self, state: dict) -> None:
+        pid = state.get("pids", {}).get("launcher")
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while pid_alive(pid) and time.monotonic() < deadline:
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, os.WNOHANG)
+                time.sleep(0.1)
+            if pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+        self.state_file.unlink(missing_ok=True)
