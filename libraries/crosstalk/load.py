@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import json
 import os
+import re
 import secrets
 import threading
 import time
@@ -179,7 +181,10 @@ class LoadUser:
 
     # ---------------------------------------------------------------- sending
     async def send(self, intended: float) -> asyncio.Future:
-        """Send one message (intended at ``intended``, monotonic); the future resolves to an error kind or None."""
+        """Send one message meant to leave at ``intended`` (monotonic).
+
+        The future resolves to None when the run completed correctly, else to the error kind.
+        """
         assert self.connection is not None
         n = next(self.counter)
         cmid = f"{self.user.label}-{n}-{uuid.uuid4().hex[:8]}"
@@ -355,10 +360,8 @@ class ResourceSampler:
             delta += total - previous if previous is not None else (0.0 if baseline else total)
             self._last[proc.pid] = total
         self.memory_peak = max(self.memory_peak, rss)
-        try:
+        with contextlib.suppress(psutil.Error):
             self.generator_memory_peak = max(self.generator_memory_peak, psutil.Process().memory_info().rss)
-        except psutil.Error:
-            pass
         if not baseline:
             self.cpu_seconds += delta
             elapsed = getattr(self, "_last_at", None)
@@ -401,7 +404,8 @@ class LoadRun:
                              return_exceptions=True)
 
     def __str__(self) -> str:
-        return f"LoadRun({self.metrics.name}, {len(self.load_users)} users, {self.metrics.completed} completed)"
+        m = self.metrics
+        return f"LoadRun({m.name}, {len(self.load_users)} users, {m.completed} completed)"
 
     __repr__ = __str__
 
@@ -474,26 +478,31 @@ async def run_load(
     users: Sequence[TestUser] | None = None,
     platform_pids: Sequence[int] = (),
     run: LoadRun | None = None,
+    previous: LoadRun | None = None,
 ) -> LoadRun:
-    """Drive one load run on the engine loop; the connections stay open (``run.close()``)."""
+    """Drive one load run on the engine loop; the connections stay open (``run.close()``).
+
+    With ``previous``, its users and their open connections carry on into this
+    run (a new round of a sustained test), measured in fresh metrics.
+    """
     config.validate()
     metrics = run.metrics if run else LoadMetrics(config.name)
     run = run or LoadRun(config, metrics)
     run.ws_url = ws_url
-    test_users = list(users) if users else new_load_users(config.users, config.name.replace(" ", "_")[:12])
-    config.users = len(test_users)
-    run.load_users = [LoadUser(u, metrics.user(u.label), metrics) for u in test_users]
-
-    run.phase = "logging in"
-    loop = asyncio.get_running_loop()
-    with concurrent.futures.ThreadPoolExecutor(config.login_concurrency, "crosstalk-login") as pool:
-        jobs = [loop.run_in_executor(pool, register_and_login, auth_url, u) for u in test_users
-                if u.tokens is None]
-        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            metrics.record_error("login_failed", str(outcome))
-    run.load_users = [lu for lu in run.load_users if lu.user.tokens is not None]
+    if previous is not None:
+        run.load_users = previous.load_users
+        for lu in run.load_users:
+            lu.metrics, lu.stats = metrics, metrics.user(lu.user.label)
+            if lu.connection is not None and not lu.connection.closed:
+                metrics.connected += 1
+        config.users = len(run.load_users)
+    else:
+        prefix = re.sub(r"[^A-Za-z0-9]", "", config.name)[:10] or "load"
+        test_users = list(users) if users else new_load_users(config.users, prefix)
+        config.users = len(test_users)
+        run.load_users = [LoadUser(u, metrics.user(u.label), metrics) for u in test_users]
+        run.phase = "logging in"
+        await _login_all(run, auth_url)
 
     sampler = ResourceSampler(platform_pids).start() if platform_pids else None
     cpu_process, cpu_engine, wall = time.process_time(), time.thread_time(), time.monotonic()
@@ -502,9 +511,10 @@ async def run_load(
     try:
         run.phase = "connecting"
         ramp = config.ramp_up
-        n = max(len(run.load_users), 1)
+        todo = [lu for lu in run.load_users if lu.connection is None or lu.connection.closed]
+        n = max(len(todo), 1)
         if config.start_together or config.model is LoadModel.OPEN:
-            await asyncio.gather(*(_connect(run, lu, ramp * i / n) for i, lu in enumerate(run.load_users)))
+            await asyncio.gather(*(_connect(run, lu, ramp * i / n) for i, lu in enumerate(todo)))
             run.phase = "sending"
             if config.model is LoadModel.OPEN:
                 await _open_schedule(run)
@@ -512,8 +522,9 @@ async def run_load(
                 await asyncio.gather(*(_closed_user(run, lu, 0.0) for lu in run.load_users))
         else:
             async def user_flow(lu: LoadUser, delay: float) -> None:
-                await _connect(run, lu, delay)
-                await _closed_user(run, lu, 0.0)
+                if lu in todo:
+                    await _connect(run, lu, delay)
+                await _closed_user(run, lu, 0.0 if lu in todo else delay)
 
             run.phase = "sending"
             await asyncio.gather(*(user_flow(lu, ramp * i / n) for i, lu in enumerate(run.load_users)))
@@ -525,6 +536,40 @@ async def run_load(
         _record_resources(metrics, sampler, platform_pids, time.process_time() - cpu_process,
                           time.thread_time() - cpu_engine, time.monotonic() - wall)
     return run
+
+
+async def _login_all(run: LoadRun, auth_url: str) -> None:
+    loop = asyncio.get_running_loop()
+    todo = [lu.user for lu in run.load_users if lu.user.tokens is None]
+    with concurrent.futures.ThreadPoolExecutor(run.config.login_concurrency, "crosstalk-login") as pool:
+        outcomes = await asyncio.gather(
+            *(loop.run_in_executor(pool, register_and_login, auth_url, u) for u in todo),
+            return_exceptions=True,
+        )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            run.metrics.record_error("login_failed", str(outcome))
+    run.load_users = [lu for lu in run.load_users if lu.user.tokens is not None]
+
+
+_CANARY_RE = re.compile(r"CANARY-[A-Za-z0-9_-]+")
+
+
+def foreign_canaries(run: LoadRun) -> list[str]:
+    """Every place a user's incoming frames carry another load user's canary (empty: no contamination)."""
+    owners = {lu.user.canary: lu.user.label for lu in run.load_users}
+    found = []
+    for lu in run.load_users:
+        own = lu.user.canary
+        for frame in lu.user.frames:
+            if frame.direction != "in" or "CANARY-" not in frame.raw:
+                continue
+            for canary in _CANARY_RE.findall(frame.raw):
+                base = canary.rsplit("-m", 1)[0]
+                if base != own and base in owners:
+                    found.append(f"user '{lu.user.label}' received {owners[base]}'s canary in a "
+                                 f"{frame.type or 'non-JSON'} frame")
+    return found
 
 
 def _record_resources(metrics: LoadMetrics, sampler: ResourceSampler | None, pids: Sequence[int],
@@ -546,8 +591,8 @@ def _record_resources(metrics: LoadMetrics, sampler: ResourceSampler | None, pid
         metrics.info["generator_cpu_ms_per_message"] = round(1000.0 * process_cpu / metrics.completed, 4)
     if res.generator_core_pct is not None and res.generator_core_pct > GENERATOR_BUSY_PCT:
         metrics.warnings.append(
-            f"The load generator's engine thread used {res.generator_core_pct:.0f}% of a core: the generator, "
-            "not the platform, may be the bottleneck; spread the users over pabot processes."
+            f"The load generator's engine thread used {res.generator_core_pct:.0f}% of a core: the "
+            "generator, not the platform, may be the bottleneck; spread the users over pabot processes."
         )
 
 
