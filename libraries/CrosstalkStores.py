@@ -1,0 +1,315 @@
+"""Robot Framework library: the platform's PostgreSQL databases and Redis, by alias."""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any
+
+from crosstalk import htmllog
+from crosstalk.model import TestUser
+from crosstalk.secrets import mask_url
+from crosstalk.stores import (
+    IsolationLevel,
+    StoreError,
+    Stores,
+    begin,
+    connect_postgres,
+    connect_redis,
+    finish,
+    query,
+    read_value,
+    scan_keys,
+)
+from psycopg2 import sql as pgsql
+from robot.api import logger
+from robot.api.deco import keyword, library
+
+MAX_LOGGED_ROWS = 50
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _user_id(user: TestUser | str) -> str:
+    user_id = user.user_id if isinstance(user, TestUser) else str(user)
+    if not user_id:
+        label = getattr(user, "label", user)
+        raise StoreError(f"User '{label}' has no user_id yet: register or log in first.")
+    return user_id
+
+
+def _label(user: TestUser | str) -> str:
+    return user.label if isinstance(user, TestUser) else str(user)
+
+
+def _cell(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+@library(scope="GLOBAL", auto_keywords=False)
+class CrosstalkStores:
+    """PostgreSQL (psycopg2) and Redis (redis-py) connections by alias.
+
+    Connect once in a suite setup, then refer to the connection by its alias:
+
+    | Connect To Postgres | backend | ${BACKEND_DATABASE_URL} |
+    | Connect To Redis    | cache   | ${REDIS_URL}            |
+    | ${rows} = | Query | backend | SELECT * FROM threads WHERE user_id = %s | ${alice.user_id} |
+
+    Queries are always parameterized (``%s`` placeholders, values as extra
+    arguments).  The SQL is logged in ``<code>``, the result as a table capped at
+    50 rows.  Connections run in autocommit; ``Begin Transaction`` opens an
+    explicit transaction at a chosen isolation level.  Passwords in URLs are
+    masked in every message.
+    """
+
+    def __init__(self) -> None:
+        self.stores = Stores()
+
+    # ------------------------------------------------------------ connections
+    @keyword("Connect To Postgres")
+    def connect_to_postgres(self, alias: str, url: str) -> None:
+        """Opens a PostgreSQL connection under ``alias`` (autocommit).
+
+        A bad URL or wrong credentials fail with one line naming the alias and the host.
+
+        Example:
+        | Connect To Postgres | backend | ${BACKEND_DATABASE_URL} |
+        """
+        if alias in self.stores.postgres:
+            self.stores.postgres.pop(alias).close()
+        self.stores.postgres[alias] = connect_postgres(alias, url)
+        self.stores.urls[alias] = url
+        logger.info(f"Connected Postgres alias '{alias}' to {mask_url(url)}")
+
+    @keyword("Connect To Redis")
+    def connect_to_redis(self, alias: str, url: str) -> None:
+        """Opens a Redis connection under ``alias`` and checks it with PING.
+
+        Example:
+        | Connect To Redis | cache | ${REDIS_URL} |
+        """
+        if alias in self.stores.redis:
+            self.stores.redis.pop(alias).close()
+        self.stores.redis[alias] = connect_redis(alias, url)
+        self.stores.urls[alias] = url
+        logger.info(f"Connected Redis alias '{alias}' to {mask_url(url)}")
+
+    @keyword("Disconnect From All Stores")
+    def disconnect_from_all_stores(self) -> None:
+        """Closes every Postgres and Redis connection (an open transaction is rolled back by the server).
+
+        Example:
+        | Disconnect From All Stores |
+        """
+        closed = list(self.stores.close_all())
+        logger.info(f"Closed store connections: {', '.join(closed) or 'none'}")
+
+    def postgres_url(self, alias: str) -> str | None:
+        return self.stores.urls.get(alias) if alias in self.stores.postgres else None
+
+    def redis_client(self, alias: str):
+        return self.stores.rd(alias)
+
+    # ------------------------------------------------------------ queries
+    def _run(self, alias: str, statement: Any, params: tuple[Any, ...], log: bool = True) -> list[dict]:
+        conn = self.stores.pg(alias)
+        shown = statement.as_string(conn) if isinstance(statement, pgsql.Composable) else str(statement)
+        try:
+            rows = query(conn, statement, params)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(f"Query on '{alias}' failed: {first} (SQL: {shown})") from None
+        if log:
+            params_text = f" with {list(params)!r}" if params else ""
+            logger.info(
+                f"<code>{html.escape(shown)}</code>{html.escape(params_text)} on '{html.escape(alias)}': "
+                f"{len(rows)} row(s)", html=True,
+            )
+            if rows:
+                headers = list(rows[0])
+                cells = ([_cell(row[h]) for h in headers] for row in rows)
+                logger.info(htmllog.table(headers, cells, max_rows=MAX_LOGGED_ROWS), html=True)
+        return rows
+
+    @keyword("Query")
+    def query(self, alias: str, sql: str, *params: Any) -> list[dict]:
+        """Runs a parameterized statement and returns the rows as dictionaries.
+
+        Use ``%s`` placeholders and pass the values as extra arguments; never paste values into the SQL.
+
+        Example:
+        | ${rows} = | Query | backend | SELECT title FROM threads WHERE user_id = %s | ${alice.user_id} |
+        | Should Be Equal | ${rows}[0][title] | Hello |
+        """
+        return self._run(alias, sql, params)
+
+    @keyword("Row Count Should Be")
+    def row_count_should_be(self, alias: str, sql: str, expected: int, *params: Any) -> None:
+        """Fails unless the query returns exactly ``expected`` rows.
+
+        Example:
+        | Row Count Should Be | backend | SELECT 1 FROM messages WHERE thread_id = %s | 2 | ${thread} |
+        """
+        rows = self._run(alias, sql, params)
+        if len(rows) != expected:
+            raise AssertionError(f"Expected {expected} row(s) on '{alias}', got {len(rows)}: {sql}")
+
+    @keyword("Rows Should Contain")
+    def rows_should_contain(self, alias: str, sql: str, *params: Any, **expected: Any) -> dict:
+        """Fails unless some row of the query has all the ``column=value`` pairs given; returns that row.
+
+        Values are compared as text, so ``message_count=2`` matches the integer 2.
+
+        Example:
+        | Rows Should Contain | backend | SELECT * FROM messages WHERE thread_id = %s | ${t} | role=agent |
+        """
+        if not expected:
+            raise StoreError("Rows Should Contain needs at least one column=value pair, e.g. role=agent.")
+        rows = self._run(alias, sql, params)
+        for row in rows:
+            missing = [c for c in expected if c not in row]
+            if missing:
+                raise StoreError(f"Columns {missing} are not in the result; it has {list(row)}.")
+            if all(str(row[c]) == str(v) for c, v in expected.items()):
+                return row
+        wanted = ", ".join(f"{c}={v}" for c, v in expected.items())
+        raise AssertionError(f"No row on '{alias}' has {wanted} among {len(rows)} row(s): {sql}")
+
+    def _user_rows(self, alias: str, table: str, user: TestUser | str, column: str) -> list[dict]:
+        for name in (table, column):
+            if not _IDENTIFIER.match(name):
+                raise StoreError(f"'{name}' is not a plain table or column name (letters, digits, _).")
+        statement = pgsql.SQL("SELECT * FROM {} WHERE {} = %s ORDER BY created_at").format(
+            pgsql.Identifier(table), pgsql.Identifier(column)
+        )
+        return self._run(alias, statement, (_user_id(user),))
+
+    @keyword("Get Rows Of User")
+    def get_rows_of_user(
+        self, alias: str, table: str, user: TestUser | str, column: str = "user_id"
+    ) -> list[dict]:
+        """Returns every row of ``table`` whose ``column`` (default ``user_id``) is the user's id.
+
+        Example:
+        | ${threads} = | Get Rows Of User | backend | threads | ${alice} |
+        """
+        return self._user_rows(alias, table, user, column)
+
+    @keyword("Rows Of User Should Be")
+    def rows_of_user_should_be(
+        self, alias: str, table: str, user: TestUser | str, expected: int, column: str = "user_id"
+    ) -> list[dict]:
+        """Fails unless ``table`` holds exactly ``expected`` rows of the user; returns them.
+
+        Example:
+        | Rows Of User Should Be | backend | messages | ${alice} | 2 |
+        """
+        rows = self._user_rows(alias, table, user, column)
+        if len(rows) != expected:
+            raise AssertionError(
+                f"Expected {expected} row(s) of {_label(user)} in {table} on '{alias}', got {len(rows)}."
+            )
+        return rows
+
+    # ------------------------------------------------------------ transactions
+    @keyword("Begin Transaction")
+    def begin_transaction(
+        self, alias: str, isolation: IsolationLevel = IsolationLevel.READ_COMMITTED
+    ) -> None:
+        """Opens an explicit transaction on ``alias`` at the given isolation level.
+
+        Levels: ``READ COMMITTED``, ``REPEATABLE READ``, ``SERIALIZABLE``.
+
+        Example:
+        | Begin Transaction | backend | isolation=REPEATABLE READ |
+        | Query | backend | UPDATE threads SET title = %s WHERE thread_id = %s | New | ${thread} |
+        | Commit | backend |
+        """
+        conn = self.stores.pg(alias)
+        if not conn.autocommit:
+            raise StoreError(f"A transaction is already open on '{alias}': Commit or Rollback it first.")
+        begin(conn, isolation)
+        logger.info(f"BEGIN ISOLATION LEVEL {isolation.value} on '{alias}'")
+
+    @keyword("Commit")
+    def commit(self, alias: str) -> None:
+        """Commits the open transaction on ``alias``.
+
+        Example:
+        | Commit | backend |
+        """
+        finish(self.stores.pg(alias), commit=True)
+        logger.info(f"COMMIT on '{alias}'")
+
+    @keyword("Rollback")
+    def rollback(self, alias: str) -> None:
+        """Rolls back the open transaction on ``alias``.
+
+        Example:
+        | Rollback | backend |
+        """
+        finish(self.stores.pg(alias), commit=False)
+        logger.info(f"ROLLBACK on '{alias}'")
+
+    # ------------------------------------------------------------ Redis
+    @keyword("List Keys")
+    def list_keys(self, alias: str, pattern: str = "*") -> list[str]:
+        """Returns the keys matching a glob ``pattern``, sorted (SCAN, never KEYS).
+
+        Example:
+        | ${keys} = | List Keys | cache | session:${alice.user_id}:* |
+        """
+        keys = scan_keys(self.stores.rd(alias), pattern)
+        shown = ", ".join(keys[:MAX_LOGGED_ROWS]) + (" …" if len(keys) > MAX_LOGGED_ROWS else "")
+        logger.info(f"SCAN MATCH {pattern} on '{alias}': {len(keys)} key(s): {shown}")
+        return keys
+
+    @keyword("Redis Keys Of User")
+    def redis_keys_of_user(self, alias: str, user: TestUser | str) -> list[str]:
+        """Returns every key that contains the user's id (every user-scoped key carries it).
+
+        Example:
+        | ${keys} = | Redis Keys Of User | cache | ${alice} |
+        """
+        return self.list_keys(alias, f"*{_user_id(user)}*")
+
+    @keyword("Get Redis Value")
+    def get_redis_value(self, alias: str, key: str) -> Any:
+        """Returns the value of ``key`` read by its type.
+
+        string -> text, hash -> dict, list -> list, set -> sorted list, zset -> list of [member, score].
+
+        Fails when the key does not exist.
+
+        Example:
+        | ${session} = | Get Redis Value | cache | ${session_key} |
+        | Should Be Equal | ${session}[user_id] | ${alice.user_id} |
+        """
+        kind, value = read_value(self.stores.rd(alias), key)
+        if kind == "none":
+            raise AssertionError(f"Redis key '{key}' does not exist on '{alias}'.")
+        logger.info(f"Redis {kind} '{key}' on '{alias}': {_cell(value)}")
+        return value
+
+    @keyword("Redis Key Should Exist")
+    def redis_key_should_exist(self, alias: str, key: str) -> None:
+        """Fails unless ``key`` exists.
+
+        Example:
+        | Redis Key Should Exist | cache | ctx:${alice.user_id}:${thread} |
+        """
+        if not self.stores.rd(alias).exists(key):
+            raise AssertionError(f"Redis key '{key}' does not exist on '{alias}'.")
+
+    @keyword("Redis Key Should Not Exist")
+    def redis_key_should_not_exist(self, alias: str, key: str) -> None:
+        """Fails if ``key`` exists, showing its type.
+
+        Example:
+        | Redis Key Should Not Exist | cache | session:${alice.user_id}:${connection_id} |
+        """
+        client = self.stores.rd(alias)
+        if client.exists(key):
+            kind = client.type(key)
+            raise AssertionError(f"Redis key '{key}' exists on '{alias}' (type {kind}) but should not.")
