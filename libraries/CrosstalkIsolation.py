@@ -1,0 +1,331 @@
+"""Robot Framework library: canaries and the isolation oracle across a set of test users."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psycopg2
+import requests
+from crosstalk import htmllog, oracle
+from crosstalk.model import Evidence, TestUser
+from crosstalk.oracle import Observations, RuleResult, SessionRecord
+from crosstalk.secrets import mask_url
+from crosstalk.stores import StoreError, connect_postgres, connect_redis, query, read_value, scan_keys
+from robot.api import logger
+from robot.api.deco import keyword, library
+from robot.libraries.BuiltIn import BuiltIn, RobotNotRunningError
+
+HTTP_TIMEOUT = 15.0
+MAX_PARALLEL = 16
+SKIP = {"", "none", "skip", "off"}
+
+_ROWS_SQL = {
+    "threads": "SELECT * FROM threads WHERE user_id = ANY(%s::uuid[]) OR thread_id = ANY(%s::uuid[])",
+    "messages": "SELECT * FROM messages WHERE user_id = ANY(%s::uuid[]) OR thread_id = ANY(%s::uuid[])",
+    "runs": "SELECT * FROM runs WHERE user_id = ANY(%s::uuid[]) OR thread_id = ANY(%s::uuid[])",
+}
+
+
+def _variable(name: str) -> Any:
+    try:
+        return BuiltIn().get_variable_value("${%s}" % name)  # noqa: UP031
+    except RobotNotRunningError:
+        return None
+
+
+def _library(name: str) -> Any:
+    try:
+        return BuiltIn().get_library_instance(name)
+    except (RuntimeError, RobotNotRunningError):
+        return None
+
+
+@library(scope="GLOBAL", auto_keywords=False)
+class CrosstalkIsolation:
+    """The isolation oracle: did any user see or store anything of another user?
+
+    Every test user carries a unique ``canary``; suites weave it into the messages
+    they send.  `Check Isolation` gathers, for every user: the frames their sockets
+    received, their REST views (``GET /threads`` and each thread's messages, fetched
+    with their own token), their rows in the backend database (``threads``,
+    ``messages``, ``runs``), the Redis values of every key that carries their user
+    id, and the Redis session records; then it runs every rule and logs a table
+    "rule | users | items checked | violations".
+
+    The database and Redis are read from ``${BACKEND_DATABASE_URL}`` and
+    ``${REDIS_URL}`` (or given URLs; ``NONE`` skips a source).  A violation fails
+    with one line naming both users and where the foreign data was found.
+    """
+
+    def __init__(self) -> None:
+        self._http = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=MAX_PARALLEL)
+        self._http.mount("http://", adapter)
+        self._http.mount("https://", adapter)
+
+    # ------------------------------------------------------------ evidence
+    def _get(self, url: str, user: TestUser) -> requests.Response | None:
+        try:
+            return self._http.get(url, headers={"Authorization": f"Bearer {user.access_token}"},
+                                  timeout=HTTP_TIMEOUT)
+        except requests.RequestException as exc:
+            raise AssertionError(
+                f"Isolation check could not read {url} for {user.label}: {type(exc).__name__}"
+            ) from None
+
+    def _rest_of(self, user: TestUser, base: str) -> tuple[list[str], list[Evidence], str]:
+        """(listed thread ids, bodies, note) of one user's own REST view."""
+        if not user.tokens:
+            return [], [], "not logged in"
+        response = self._get(f"{base}/threads", user)
+        if response is None or response.status_code != 200:
+            code = response.status_code if response is not None else "no answer"
+            return [], [], f"GET /threads answered {code} (token revoked?)"
+        body = response.json()
+        listed = [str(t.get("thread_id")) for t in body if isinstance(t, dict)]
+        evidence = [Evidence(user.label, "REST GET /threads", response.text)]
+        for thread_id in sorted(set(listed) | user.thread_ids):
+            messages = self._get(f"{base}/threads/{thread_id}/messages", user)
+            if messages is not None and messages.status_code == 200:
+                evidence.append(Evidence(
+                    user.label, f"REST GET /threads/{oracle.short(thread_id)}/messages", messages.text
+                ))
+        return listed, evidence, f"{len(listed)} threads listed, {len(evidence)} bodies"
+
+    def _gather_rest(self, users: list[TestUser], base: str, obs: Observations, sources: list) -> None:
+        workers = max(1, min(MAX_PARALLEL, len(users)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(lambda u: self._rest_of(u, base), users))
+        for user, (listed, evidence, note) in zip(users, results, strict=True):
+            if evidence:
+                obs.rest_thread_lists[user.label] = listed
+            obs.evidence.extend(evidence)
+            sources.append((f"REST {user.label}", note))
+
+    @staticmethod
+    def _gather_rows(users: list[TestUser], url: str, obs: Observations, sources: list) -> None:
+        by_id = {u.user_id: u for u in users if u.user_id}
+        known_threads = sorted({t for u in users for t in u.thread_ids})
+        conn = connect_postgres("backend (isolation check)", url)
+        try:
+            rows = {table: query(conn, sql, (list(by_id), known_threads)) for table, sql in _ROWS_SQL.items()}
+        except psycopg2.Error as exc:
+            raise StoreError(f"Isolation check could not read the backend DB: {str(exc).strip()}") from None
+        finally:
+            conn.close()
+        for row in rows["threads"]:
+            obs.db_thread_owners[str(row["thread_id"])] = str(row["user_id"])
+        for table, table_rows in rows.items():
+            for row in table_rows:
+                owner = by_id.get(str(row.get("user_id")))
+                if owner is None:
+                    continue  # a row of someone outside this check (another suite's user)
+                key = row.get("message_id") or row.get("run_id") or row.get("thread_id")
+                obs.evidence.append(Evidence(
+                    owner.label, f"backend DB {table} row {oracle.short(key)}", oracle.row_text(row)
+                ))
+                if table != "threads":
+                    obs.db_row_threads.append((owner.label, table, str(row["thread_id"])))
+        counts = ", ".join(f"{len(r)} {t}" for t, r in rows.items())
+        sources.append(("backend DB", f"{counts} rows from {mask_url(url)}"))
+
+    @staticmethod
+    def _gather_redis(users: list[TestUser], url: str, obs: Observations, sources: list) -> None:
+        client = connect_redis("redis (isolation check)", url)
+        try:
+            keys = scan_keys(client, "*")
+            attributed = 0
+            for key in keys:
+                owner = oracle.attribute_key(key, users)
+                is_session = key.startswith("session:")
+                if owner is None and not is_session:
+                    continue
+                kind, value = read_value(client, key)
+                if value is None:
+                    continue  # expired between SCAN and read
+                if is_session and isinstance(value, dict):
+                    obs.sessions.append(SessionRecord(key, value))
+                if owner is not None:
+                    attributed += 1
+                    text = oracle.value_text(value)
+                    obs.evidence.append(Evidence(owner.label, f"Redis {kind} {key}", text))
+        finally:
+            client.close()
+        sessions = len(obs.sessions)
+        sources.append(("Redis", f"{len(keys)} keys scanned, {attributed} attributed, {sessions} sessions"))
+
+    @staticmethod
+    def _connected_user_ids() -> set[str] | None:
+        chat = _library("CrosstalkChat")
+        connections = getattr(chat, "_connections", None)
+        if connections is None:
+            return None
+        return {c.user.user_id for c in connections.values() if not c.closed and c.user.user_id}
+
+    def _observe(
+        self, users: list[TestUser], backend_url: str | None, database_url: str | None, redis_url: str | None,
+    ) -> tuple[Observations, list]:
+        obs = Observations(connected_user_ids=self._connected_user_ids())
+        sources: list = [("frames", f"{sum(len(u.frames) for u in users)} frames of {len(users)} users")]
+        backend = backend_url if backend_url is not None else _variable("BACKEND_URL")
+        if str(backend or "").lower() not in SKIP:
+            self._gather_rest(users, str(backend).rstrip("/"), obs, sources)
+        database = database_url if database_url is not None else _variable("BACKEND_DATABASE_URL")
+        if str(database or "").lower() not in SKIP:
+            self._gather_rows(users, str(database), obs, sources)
+        redis_source = redis_url if redis_url is not None else _variable("REDIS_URL")
+        if str(redis_source or "").lower() not in SKIP:
+            self._gather_redis(users, str(redis_source), obs, sources)
+        return obs, sources
+
+    # ------------------------------------------------------------ reporting
+    @staticmethod
+    def _report(results: list[RuleResult], sources: list | None = None) -> None:
+        if sources:
+            logger.info(htmllog.table(("source", "gathered"), sources, "Isolation evidence"), html=True)
+        logger.info(htmllog.table(
+            ("rule", "users", "items checked", "violations"), oracle.summary_rows(results), "Isolation rules",
+        ), html=True)
+        violations = [(v.rule, v.message) for r in results for v in r.violations]
+        if violations:
+            logger.info(htmllog.table(("rule", "violation"), violations, "Isolation violations"), html=True)
+        message = oracle.failure_message(results)
+        if message:
+            raise AssertionError(message)
+
+    @staticmethod
+    def _users(users: tuple[Any, ...]) -> list[TestUser]:
+        flat: list[Any] = []
+        for item in users:
+            flat.extend(item if isinstance(item, (list, tuple)) else [item])
+        bad = [repr(u) for u in flat if not isinstance(u, TestUser)]
+        if bad:
+            raise ValueError(
+                "Isolation keywords take TestUser objects (from Create Test Users), "
+                f"got {', '.join(bad[:3])}."
+            )
+        return flat
+
+    def _check(self, users: tuple[Any, ...], rules: list[str] | None, backend_url: str | None = None,
+               database_url: str | None = None, redis_url: str | None = None, gather: bool = True) -> None:
+        checked = self._users(users)
+        oracle.check_users(checked)
+        if gather:
+            obs, sources = self._observe(checked, backend_url, database_url, redis_url)
+        else:
+            obs, sources = Observations(), [("frames", f"{sum(len(u.frames) for u in checked)} frames")]
+        self._report(oracle.run_rules(checked, obs, rules), sources)
+
+    # ------------------------------------------------------------ keywords
+    @keyword("Check Isolation")
+    def check_isolation(
+        self, *users: TestUser | list, backend_url: str | None = None, database_url: str | None = None,
+        redis_url: str | None = None,
+    ) -> None:
+        """Runs every isolation rule across ``users`` and fails listing every violation found.
+
+        Rules: thread ids unique per user; access tokens and ``jti`` unique; every
+        event a user received carries that user's id and one of that user's own runs;
+        no user's canary in another user's frames, REST bodies, database rows or
+        Redis values; ``GET /threads`` lists only the caller's threads; ``messages``
+        and ``runs`` rows stay in their user's own threads; Redis sessions belong to
+        the connection's user.  ``backend_url``, ``database_url`` and ``redis_url``
+        default to ``${BACKEND_URL}``, ``${BACKEND_DATABASE_URL}`` and ``${REDIS_URL}``;
+        ``NONE`` skips that source.
+
+        Example:
+        | Check Isolation | @{users} |
+        | Check Isolation | ${alice} | ${bob} | redis_url=NONE |
+        """
+        self._check(users, None, backend_url, database_url, redis_url)
+
+    @keyword("Canaries Should Not Leak")
+    def canaries_should_not_leak(self, *users: TestUser | list) -> None:
+        """Fails if any user's canary appears in a frame, REST body, row or Redis value of another user.
+
+        Example:
+        | Canaries Should Not Leak | ${alice} | ${bob} |
+        """
+        self._check(users, ["canaries do not leak"])
+
+    @keyword("Events Should Reach Only Their User")
+    def events_should_reach_only_their_user(self, *users: TestUser | list) -> None:
+        """Fails if a user received an event of another user's run (checks the frames only).
+
+        Example:
+        | Events Should Reach Only Their User | @{users} |
+        """
+        self._check(users, ["events reach only their user"], gather=False)
+
+    @keyword("Thread Ids Should Be Unique Per User")
+    def thread_ids_should_be_unique_per_user(self, *users: TestUser | list) -> None:
+        """Fails if one thread id shows up for two users (runs, REST listings, database owners).
+
+        Example:
+        | Thread Ids Should Be Unique Per User | @{users} |
+        """
+        self._check(users, ["thread ids unique per user"])
+
+    @keyword("Tokens Should Be Unique Per User")
+    def tokens_should_be_unique_per_user(self, *users: TestUser | list) -> None:
+        """Fails if two users share an access token or a ``jti``, or a token's ``sub`` is another user.
+
+        Example:
+        | Tokens Should Be Unique Per User | @{users} |
+        """
+        self._check(users, ["tokens and jti unique"], gather=False)
+
+    @keyword("Threads Listed Should Be Own Threads")
+    def threads_listed_should_be_own_threads(self, *users: TestUser | list) -> None:
+        """Fails if any user's ``GET /threads`` lists a thread of someone else.
+
+        Example:
+        | Threads Listed Should Be Own Threads | ${alice} | ${bob} |
+        """
+        self._check(users, ["REST lists only own threads"], redis_url="NONE")
+
+    @keyword("Rows Should Stay In Own Threads")
+    def rows_should_stay_in_own_threads(self, *users: TestUser | list) -> None:
+        """Fails if a ``messages`` or ``runs`` row of a user was written into another user's thread.
+
+        Example:
+        | Rows Should Stay In Own Threads | ${alice} | ${bob} |
+        """
+        self._check(users, ["DB rows stay in own threads"], backend_url="NONE", redis_url="NONE")
+
+    @keyword("Sessions Should Belong To Their User")
+    def sessions_should_belong_to_their_user(self, *users: TestUser | list) -> None:
+        """Fails if a Redis session record of these users names another user or outlives its connection.
+
+        Example:
+        | Sessions Should Belong To Their User | @{users} |
+        """
+        self._check(users, ["sessions belong to their user"], backend_url="NONE", database_url="NONE")
+
+    @keyword("Message With Canary")
+    def message_with_canary(self, user: TestUser, text: str) -> str:
+        """Returns ``text`` with the user's canary woven in, so a leak of this message can be traced.
+
+        Example:
+        | ${message} = | Message With Canary | ${alice} | What does my plan cost? |
+        """
+        return f"{text} (ref {user.canary})"
+
+    @keyword("Log Isolation Evidence")
+    def log_isolation_evidence(self, *users: TestUser | list) -> None:
+        """Logs, per user, what the oracle would read: thread ids, run ids and frame counts.
+
+        Example:
+        | Log Isolation Evidence | @{users} |
+        """
+        checked = self._users(users)
+        logger.info(htmllog.table(
+            ("user", "user id", "canary", "threads", "runs", "frames in", "frames out"),
+            ((u.label, u.user_id, u.canary, len(u.thread_ids), len(u.run_ids),
+              sum(f.direction == "in" for f in u.frames), sum(f.direction == "out" for f in u.frames))
+             for u in checked),
+            "Isolation evidence per user",
+        ), html=True)
+        logger.debug(json.dumps({u.label: sorted(u.thread_ids) for u in checked}))
