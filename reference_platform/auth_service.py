@@ -133,7 +133,9 @@ class AuthService:
         if not isinstance(token, str) or not token:
             return JSONResponse(REFRESH_FAILED, status_code=401)
         token_hash = _hash_refresh(token)
-        if faults.on("refresh_reuse"):
+        if faults.on("refresh_race"):
+            row = await self._refresh_check_then_update(token_hash)
+        elif faults.on("refresh_reuse"):
             # The bug: "is it ours and not expired?" - used_at is recorded but never checked.
             row = await self.pool.fetchrow(
                 "UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1 AND revoked_at IS NULL "
@@ -156,6 +158,20 @@ class AuthService:
                 )
             return JSONResponse(REFRESH_FAILED, status_code=401)
         return JSONResponse(await self._token_pair(str(row["user_id"]), row["family_id"]))
+
+    async def _refresh_check_then_update(self, token_hash: str):
+        # The bug: "is it unused?" and "mark it used" are two statements, so parallel refreshes all pass.
+        row = await self.pool.fetchrow(
+            "SELECT token_id, user_id, family_id FROM refresh_tokens WHERE token_hash = $1 "
+            "AND used_at IS NULL AND revoked_at IS NULL AND expires_at > now()", token_hash,
+        )
+        if row is None:
+            return None
+        await self.pool.fetchval("SELECT email FROM users WHERE user_id = $1", row["user_id"])
+        await self.pool.execute(
+            "UPDATE refresh_tokens SET used_at = now() WHERE token_id = $1", row["token_id"]
+        )
+        return row
 
     async def logout(self, request: Request) -> Response:
         claims = await authenticate(request, self.verifier, self.redis)

@@ -23,9 +23,11 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from . import agent, faults
+from .cache import ClientGone, ThreadListCache, unless_client_leaves
 from .common import BACKEND_SCHEMA, authenticate, create_pool, ensure_schema, health, unauthorized
 from .config import REVOCATION_CHANNEL, Settings
 from .tokens import Verifier, keys_from_jwks
+from .workspaces import WorkspaceService
 
 log = logging.getLogger("reference_platform.backend")
 
@@ -141,6 +143,10 @@ class BackendService:
         self._background: list[asyncio.Task] = []
         self._tasks: set[asyncio.Task] = set()
         self._rate_script = None
+        self.thread_cache = ThreadListCache(settings.redis_url)
+        self.workspaces = WorkspaceService(
+            settings.auth_database_url, settings.backend_database_url, self._user
+        )
 
     # ---------------------------------------------------------------- lifecycle
     @contextlib.asynccontextmanager
@@ -152,9 +158,13 @@ class BackendService:
         self._rate_script = self.redis.register_script(RATE_LIMIT_LUA)
         self.verifier = Verifier(await self._fetch_jwks(), self.settings.issuer, self.settings.audience)
         self._background.append(asyncio.create_task(self._listen_for_revocations()))
+        await self.thread_cache.start()
+        await self.workspaces.start()
         try:
             yield
         finally:
+            await self.workspaces.close()
+            await self.thread_cache.close()
             for task in self._background:
                 task.cancel()
             for conn in list(self.registry.values()):
@@ -250,14 +260,74 @@ class BackendService:
         user_id = await self._user(request)
         if user_id is None:
             return unauthorized()
+        try:
+            threads = await unless_client_leaves(request.receive, self._thread_list(user_id))
+        except ClientGone:
+            return Response(status_code=499)
+        return JSONResponse(threads)
+
+    async def _thread_list(self, user_id: uuid.UUID) -> list:
+        cached, generation = await self.thread_cache.get(str(user_id))
+        if cached is not None:
+            return cached
         rows = await self.pool.fetch(
             "SELECT thread_id, title, created_at FROM threads WHERE user_id = $1 ORDER BY created_at DESC",
             user_id,
         )
-        return JSONResponse([
+        threads = [
             {"thread_id": str(r["thread_id"]), "title": r["title"], "created_at": r["created_at"].isoformat()}
             for r in rows
-        ])
+        ]
+        await self.thread_cache.store(str(user_id), generation, threads)
+        return threads
+
+    async def add_message(self, request: Request) -> Response:
+        """POST /threads/{id}/messages {content}: append a user note without an agent run."""
+        user_id = await self._user(request)
+        if user_id is None:
+            return unauthorized()
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        content = body.get("content") if isinstance(body, dict) else None
+        if not isinstance(content, str) or not content:
+            return JSONResponse(
+                {"error": "missing_field", "message": "field 'content' must be a non-empty string"},
+                status_code=422,
+            )
+        tid = _uuid_or_none(request.path_params["thread_id"])
+        if tid is None:
+            return JSONResponse(NOT_FOUND, status_code=404)
+        message_id = uuid.uuid4()
+        if faults.on("lost_update"):
+            # The bug: read the count, do other work, write back count + 1; parallel writers overwrite.
+            count = await self.pool.fetchval(
+                "SELECT message_count FROM threads WHERE thread_id = $1 AND user_id = $2", tid, user_id
+            )
+            if count is None:
+                return JSONResponse(NOT_FOUND, status_code=404)
+            await self.pool.execute(
+                "INSERT INTO messages (message_id, thread_id, user_id, role, content) "
+                "VALUES ($1, $2, $3, 'user', $4)",
+                message_id, tid, user_id, content,
+            )
+            await self.pool.execute(
+                "UPDATE threads SET message_count = $2 WHERE thread_id = $1", tid, count + 1
+            )
+            count += 1
+        else:
+            count = await self.pool.fetchval(
+                "WITH t AS (UPDATE threads SET message_count = message_count + 1 WHERE thread_id = $1 "
+                "AND user_id = $2 RETURNING thread_id, message_count), "
+                "m AS (INSERT INTO messages (message_id, thread_id, user_id, role, content) "
+                "SELECT $3, thread_id, $2, 'user', $4 FROM t) SELECT message_count FROM t",
+                tid, user_id, message_id, content,
+            )
+            if count is None:
+                return JSONResponse(NOT_FOUND, status_code=404)
+        return JSONResponse({"message_id": str(message_id), "thread_id": str(tid), "message_count": count},
+                            status_code=201)
 
     async def get_thread(self, request: Request) -> Response:
         user_id = await self._user(request)
@@ -309,6 +379,7 @@ class BackendService:
         if owner is None:
             return JSONResponse(NOT_FOUND, status_code=404)
         await self.redis.delete(f"ctx:{owner}:{tid}")
+        await self.thread_cache.invalidate(str(owner))
         return Response(status_code=204)
 
     # ---------------------------------------------------------------- WebSocket
@@ -465,6 +536,8 @@ class BackendService:
         if row is None:
             return False
         run.thread_id = str(thread_id)
+        if new_thread:
+            await self.thread_cache.invalidate(run.conn.user_id)
         return True
 
     async def _history(self, run: Run) -> list[str]:
@@ -549,6 +622,9 @@ def create_app(settings: Settings) -> Starlette:
             Route("/threads/{thread_id}", service.get_thread),
             Route("/threads/{thread_id}", service.delete_thread, methods=["DELETE"]),
             Route("/threads/{thread_id}/messages", service.thread_messages),
+            Route("/threads/{thread_id}/messages", service.add_message, methods=["POST"]),
+            Route("/workspaces", service.workspaces.list),
+            Route("/workspaces", service.workspaces.create, methods=["POST"]),
             WebSocketRoute("/ws", service.websocket),
         ],
         lifespan=service.lifespan,

@@ -33,6 +33,15 @@ FAULTS: dict[str, str] = {
     "no_rate_limit": "no per-user message rate limit on the WebSocket",
     "no_frame_limit": "no size limit on WebSocket frames",
     "sql_concat": "message content is concatenated into SQL instead of passed as a parameter",
+    "lost_update": "POST /threads/{id}/messages bumps message_count as read-modify-write without a lock",
+    "cache_key_collision": "the cached thread list (GET /threads) is keyed without the user id",
+    "refresh_race": "refresh checks the token is unused, then marks it used in a second statement",
+    "redis_cancel_leak": "a cache read cancelled by a client disconnect returns its Redis connection to "
+    "the pool with the reply unread (redis-py 2624, the ChatGPT incident of March 2023)",
+    "no_rollback": "POST /workspaces commits each store on its own, so a failing step leaves the "
+    "earlier ones applied",
+    "workspace_backend_fail": "failure injection, not a bug: step 2 of POST /workspaces (backend) fails",
+    "workspace_analytics_fail": "failure injection, not a bug: step 3 of POST /workspaces (analytics) fails",
 }
 
 ENV_VAR = "REFPLAT_FAULTS"
