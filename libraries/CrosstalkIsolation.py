@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import psycopg2
 import requests
 from crosstalk import htmllog, oracle
+from crosstalk.metrics import format_seconds
 from crosstalk.model import Evidence, TestUser
-from crosstalk.oracle import Observations, RuleResult, SessionRecord
+from crosstalk.oracle import Observations, RoundStats, RuleResult, SessionRecord
 from crosstalk.secrets import mask_url
 from crosstalk.stores import StoreError, connect_postgres, connect_redis, query, read_value, scan_keys
 from robot.api import logger
@@ -329,3 +331,59 @@ class CrosstalkIsolation:
             "Isolation evidence per user",
         ), html=True)
         logger.debug(json.dumps({u.label: sorted(u.thread_ids) for u in checked}))
+
+    # ------------------------------------------------------------ round statistics
+    @keyword("Measure Chat Round")
+    def measure_chat_round(self, runs: list) -> RoundStats:
+        """Latency (mean, median, p95, max), throughput and fairness of finished runs; logs them as a table.
+
+        Latency of a run is send -> ``agent_completed``.  Throughput is completed
+        runs per second from the first send to the last completion.  Fairness is
+        Jain's index of each user's mean latency (1.0 = all users served alike).
+
+        Example:
+        | ${stats} = | Measure Chat Round | ${runs} |
+        | Chat Round Should Meet Thresholds | ${stats} | max_mean_latency=5s |
+        """
+        done = [r for r in runs if r.status == "completed" and r.time_to_done is not None]
+        latencies: dict[str, list[float]] = {}
+        for run in done:
+            latencies.setdefault(run.user.label, []).append(run.time_to_done)
+        if not done:
+            raise AssertionError(f"None of the {len(runs)} runs completed: nothing to measure.")
+        wall = max(r.done_monotonic for r in done) - min(r.sent_monotonic for r in runs)
+        stats = oracle.round_stats(latencies, wall)
+        logger.info(htmllog.table(("metric", "value"), [
+            ("runs completed", f"{stats.runs} of {len(runs)}"), ("users", stats.users),
+            ("mean latency", format_seconds(stats.mean)), ("median latency", format_seconds(stats.median)),
+            ("p95 latency", format_seconds(stats.p95)), ("max latency", format_seconds(stats.max)),
+            ("throughput", f"{stats.throughput:.1f} msg/s over {format_seconds(wall)}"),
+            ("fairness (Jain)", f"{stats.fairness:.3f}"),
+        ], "Chat round"), html=True)
+        return stats
+
+    @keyword("Chat Round Should Meet Thresholds")
+    def chat_round_should_meet_thresholds(
+        self, stats: RoundStats, max_mean_latency: timedelta = timedelta(seconds=5),
+        min_throughput: float = 2.0, min_fairness: float = 0.7,
+    ) -> None:
+        """Fails naming every threshold the round missed (mean latency, throughput, fairness).
+
+        Example:
+        | Chat Round Should Meet Thresholds | ${stats} | max_mean_latency=5s | min_fairness=0.7 |
+        """
+        limit = max_mean_latency.total_seconds()
+        missed = []
+        if stats.mean >= limit:
+            missed.append(f"mean latency {format_seconds(stats.mean)} >= {format_seconds(limit)}")
+        if stats.throughput <= min_throughput:
+            missed.append(f"throughput {stats.throughput:.2f} msg/s <= {min_throughput:g} msg/s")
+        if stats.fairness <= min_fairness:
+            missed.append(f"fairness {stats.fairness:.3f} <= {min_fairness:g}")
+        if missed:
+            raise AssertionError(f"Chat round of {stats.users} users missed: {'; '.join(missed)}")
+        logger.info(
+            f"Thresholds met: mean {format_seconds(stats.mean)} < {format_seconds(limit)}, "
+            f"throughput {stats.throughput:.1f} > {min_throughput:g} msg/s, "
+            f"fairness {stats.fairness:.3f} > {min_fairness:g}"
+        )

@@ -379,3 +379,49 @@ def value_text(value: Any) -> str:
 
 def row_text(row: Mapping[str, Any]) -> str:
     return json.dumps({k: v for k, v in row.items()}, default=str, sort_keys=True)
+
+
+# ---------------------------------------------------------------- round statistics
+@dataclass
+class RoundStats:
+    """Latency (seconds), throughput and fairness of one round of chat runs."""
+
+    runs: int
+    users: int
+    mean: float
+    median: float
+    p95: float
+    max: float
+    throughput: float  # completed runs per second, first send to last completion
+    fairness: float  # Jain's index of the users' mean latencies
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile: the smallest value with at least ``pct`` % of values at or below it."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("No values: no run completed, so there is no latency to measure.")
+    rank = max(1, -(-len(ordered) * pct // 100))
+    return ordered[int(rank) - 1]
+
+
+def jain(values: Sequence[float]) -> float:
+    total_sq = sum(x * x for x in values)
+    return 1.0 if not values or total_sq == 0 else sum(values) ** 2 / (len(values) * total_sq)
+
+
+def round_stats(latencies: Mapping[str, Sequence[float]], wall_seconds: float) -> RoundStats:
+    """Statistics of runs grouped by user label, over ``wall_seconds`` from first send to last completion."""
+    flat = [x for values in latencies.values() for x in values]
+    if not flat:
+        raise ValueError("No run completed, so there is no latency to measure.")
+    per_user = [sum(v) / len(v) for v in latencies.values() if v]
+    ordered = sorted(flat)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return RoundStats(
+        runs=len(flat), users=len(per_user), mean=sum(flat) / len(flat), median=median,
+        p95=percentile(flat, 95), max=ordered[-1],
+        throughput=len(flat) / wall_seconds if wall_seconds > 0 else float("inf"),
+        fairness=jain(per_user),
+    )

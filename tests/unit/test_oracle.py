@@ -189,3 +189,16 @@ def test_unknown_rule_names_the_known_ones(users):
 def test_redis_keys_are_attributed_by_user_id(users):
     assert oracle.attribute_key(f"ctx:{UID['b']}:t1", users) is users[1]
     assert oracle.attribute_key("ctx:latest", users) is None
+
+
+def test_round_stats_latency_throughput_fairness():
+    stats = oracle.round_stats({"a": [1.0, 3.0], "b": [2.0], "c": [2.0]}, wall_seconds=2.0)
+    assert (stats.runs, stats.users, stats.mean, stats.median, stats.max) == (4, 3, 2.0, 2.0, 3.0)
+    assert stats.p95 == 3.0 and stats.throughput == 2.0 and stats.fairness == 1.0
+
+
+def test_round_stats_unfair_and_empty():
+    assert oracle.round_stats({"a": [1.0], "b": [0.0], "c": [0.0], "d": [0.0]}, 1.0).fairness == 0.25
+    assert oracle.percentile([5, 1, 4, 2, 3], 50) == 3
+    with pytest.raises(ValueError, match="No run completed"):
+        oracle.round_stats({"a": []}, 1.0)
