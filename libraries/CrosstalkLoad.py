@@ -1,0 +1,367 @@
+"""Robot Framework library: concurrent chat load, SLA thresholds and stakeholder charts."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import time
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+
+from crosstalk import charts
+from crosstalk.engine import get_engine
+from crosstalk.load import LoadConfig, LoadModel, LoadRun, foreign_canaries, local_platform_pids, run_load
+from crosstalk.load import write_summary as _write_summary
+from crosstalk.metrics import LoadMetrics, format_seconds
+from crosstalk.model import TestUser
+from robot.api import logger
+from robot.api.deco import keyword, library
+from robot.libraries.BuiltIn import BuiltIn
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results" / "load"
+PROGRESS_EVERY = 5.0
+
+
+def _seconds(value: timedelta) -> float:
+    return value.total_seconds()
+
+
+@library(scope="GLOBAL", auto_keywords=False)
+class CrosstalkLoad:
+    """Drives N concurrent chat users from this process and asserts SLA thresholds.
+
+    Every simulated user is a real platform user with its own WebSocket; the
+    frames it receives are recorded on its ``TestUser`` so the isolation oracle
+    can check them afterwards (``${run.users}``).  Latencies go into HDR
+    histograms; each run logs a metrics table and charts into log.html and
+    writes a JSON summary under ``results/load/``.
+
+    Thresholds are one-line expressions ``<metric> <op> <value>[unit]``:
+    ``p95 < 250ms`` (time to first event, i.e. agent startup), ``completion.p99 < 1s``,
+    ``connect.max < 2s``, ``gap.p99 < 100ms``, ``fairness > 0.7``, ``errors == 0``,
+    ``errors.timeout == 0``, ``throughput > 2``, ``success_rate >= 100%``,
+    ``routing_accuracy == 100%``, ``platform_memory < 4GB``, ``platform_cpu < 80%``,
+    ``generator_cpu < 80%``.
+    """
+
+    def __init__(self) -> None:
+        self.runs: list[LoadRun] = []
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _variable(name: str, default: str | None = None) -> str | None:
+        value = BuiltIn().get_variable_value("${" + name + "}")
+        if value in (None, ""):
+            value = os.environ.get(name) or default
+        return None if value is None else str(value)
+
+    def _target(self) -> tuple[str, str]:
+        auth_url, ws_url = self._variable("AUTH_URL"), self._variable("WS_URL")
+        if not auth_url or not ws_url:
+            raise AssertionError(
+                "AUTH_URL and WS_URL are not set: start the platform first (suites/__init__.robot) "
+                "or pass --variable AUTH_URL:... --variable WS_URL:..."
+            )
+        return auth_url.rstrip("/"), ws_url
+
+    def _platform_pids(self) -> list[int]:
+        urls = [self._variable(n) or "" for n in ("AUTH_URL", "BACKEND_URL", "AUTH_DATABASE_URL",
+                                                  "BACKEND_DATABASE_URL", "REDIS_URL")]
+        return local_platform_pids(urls)
+
+    def _drive(self, config: LoadConfig, timeout: timedelta | None, users: list[TestUser] | None = None,
+               previous: LoadRun | None = None) -> LoadRun:
+        auth_url, ws_url = self._target()
+        run = LoadRun(config, LoadMetrics(config.name))
+        limit = _seconds(timeout) if timeout else 60.0 + config.message_timeout * config.messages * 2
+        future = get_engine().submit(
+            run_load(config, auth_url, ws_url, users=users, platform_pids=self._platform_pids(), run=run,
+                     previous=previous)
+        )
+        started = last = time.monotonic()
+        # progress from the main thread: robot.api.logger drops messages from the engine thread
+        while True:
+            try:
+                future.result(1.0)
+                break
+            except concurrent.futures.TimeoutError:
+                now = time.monotonic()
+                if now - started > limit:
+                    future.cancel()
+                    raise AssertionError(
+                        f"Load run '{config.name}' did not finish within {limit:g} s: {run.progress()}"
+                    ) from None
+                if now - last >= PROGRESS_EVERY:
+                    logger.console(run.progress())
+                    last = now
+        if time.monotonic() - started >= PROGRESS_EVERY:
+            logger.console(run.progress())
+        self.runs.append(run)
+        self._report(run)
+        return run
+
+    def _report(self, run: LoadRun) -> None:
+        metrics = run.metrics
+        logger.info(charts.report(metrics), html=True)
+        for warning in metrics.warnings:
+            logger.warn(warning)
+        for kind, example in metrics.error_examples.items():
+            logger.info(f"first {kind} error: {example}")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        directory = Path(self._variable("LOAD_RESULTS_DIR") or RESULTS_DIR)
+        path = directory / f"{metrics.name.replace(' ', '_')}-{stamp}-{os.getpid()}-{len(self.runs)}.json"
+        logger.info(f"Load summary written to {_write_summary(metrics, path)}")
+
+    # ------------------------------------------------------------------ keywords
+    @keyword("Run Chat Load")
+    def run_chat_load(
+        self,
+        users: int,
+        messages: int = 1,
+        model: LoadModel = LoadModel.CLOSED,
+        rate: float = 0.0,
+        think_time: timedelta = timedelta(0),
+        ramp_up: timedelta = timedelta(0),
+        start_together: bool = True,
+        message_timeout: timedelta = timedelta(seconds=30),
+        name: str = "load",
+        timeout: timedelta | None = None,
+    ) -> LoadRun:
+        """Registers ``users`` new users, connects each with its own WebSocket and sends ``messages`` each.
+
+        ``model=closed``: each user sends its next message when the previous run
+        ended, after ``think_time``.  ``model=open``: messages leave at ``rate``
+        per second in total whatever the server does, and latency counts from
+        the intended send time (no coordinated omission).  ``ramp_up`` spreads
+        the connects; with ``start_together`` (default) every user is connected
+        before the first message leaves, so all agents start at the same moment.
+
+        The connections stay open after the run (see `Load Connections Should
+        Be Held` and `Close Load Users`).  Logs a metrics table with charts and
+        writes a JSON summary under ``results/load/``; returns the run, whose
+        ``users`` attribute lists the ``TestUser`` objects for the isolation oracle.
+
+        Example:
+        | ${run} = | Run Chat Load | users=100 | messages=1 | name=agent startup |
+        | ${run} = | Run Chat Load | users=50 | messages=10 | model=open | rate=100 |
+        """
+        config = LoadConfig(
+            users=users, messages=messages, model=model, rate=rate, think_time=_seconds(think_time),
+            ramp_up=_seconds(ramp_up), start_together=start_together,
+            message_timeout=_seconds(message_timeout), name=name,
+        )
+        try:
+            config.validate()
+        except ValueError as exc:
+            raise ValueError(f"Run Chat Load: {exc}") from None
+        return self._drive(config, timeout)
+
+    @keyword("Run Next Load Round")
+    def run_next_load_round(
+        self,
+        previous: LoadRun,
+        messages: int = 1,
+        think_time: timedelta = timedelta(0),
+        message_timeout: timedelta = timedelta(seconds=30),
+        name: str | None = None,
+    ) -> LoadRun:
+        """Sends another round of ``messages`` per user over the same users and open connections.
+
+        The round is measured on its own (fresh histograms), so rounds can be
+        compared with `Load Rounds Should Be Consistent`.
+
+        Example:
+        | ${round2} = | Run Next Load Round | ${round1} | messages=5 |
+        """
+        config = LoadConfig(
+            users=len(previous.load_users), messages=messages, think_time=_seconds(think_time),
+            message_timeout=_seconds(message_timeout),
+            name=name or f"{previous.config.name} +1",
+        )
+        return self._drive(config, None, previous=previous)
+
+    @keyword("Run Load Rounds")
+    def run_load_rounds(
+        self,
+        users: int,
+        rounds: int,
+        messages: int = 1,
+        think_time: timedelta = timedelta(0),
+        message_timeout: timedelta = timedelta(seconds=30),
+        name: str = "round",
+    ) -> list[LoadRun]:
+        """Runs ``rounds`` rounds of ``messages`` per user over the same users and sockets; returns them.
+
+        The first round registers and connects the users; the next ones reuse
+        them (`Run Next Load Round`).  Each round gets its own charts and summary.
+
+        Example:
+        | ${rounds} = | Run Load Rounds | users=12 | rounds=3 | messages=3 | think_time=20ms |
+        """
+        if rounds < 1:
+            raise ValueError(f"Run Load Rounds needs at least 1 round (got {rounds}).")
+        done = [self.run_chat_load(users, messages, think_time=think_time, message_timeout=message_timeout,
+                                   name=f"{name} round 1")]
+        for number in range(2, rounds + 1):
+            done.append(self.run_next_load_round(done[-1], messages, think_time, message_timeout,
+                                                 name=f"{name} round {number}"))
+        return done
+
+    @keyword("Load Thresholds Should Hold")
+    def load_thresholds_should_hold(self, run: LoadRun, *thresholds: str) -> None:
+        """Checks every threshold expression against the run; fails listing each broken one with its value.
+
+        Example:
+        | Load Thresholds Should Hold | ${run} | p95 < 250ms | p99 < 500ms | errors == 0 | fairness > 0.7 |
+        """
+        if not thresholds:
+            raise ValueError("Load Thresholds Should Hold needs at least one threshold, e.g. 'p95 < 5s'.")
+        results = [run.metrics.check(expression) for expression in thresholds]
+        for result in results:
+            logger.info(str(result))
+        failed = [r for r in results if not r.passed]
+        if failed:
+            users = f"{len(run.load_users)} users"
+            raise AssertionError(
+                f"Load run '{run.metrics.name}' ({users}) broke {len(failed)} of {len(results)} thresholds: "
+                + "; ".join(f"{r.expression} but {r.description} = {r.shown}" for r in failed)
+            )
+
+    @keyword("Get Load Metric")
+    def get_load_metric(self, run: LoadRun, metric: str) -> float | None:
+        """Returns one measured value: seconds for latencies, bytes for memory, percent for rates.
+
+        Example:
+        | ${p95} = | Get Load Metric | ${run} | completion.p95 |
+        """
+        value, _, _ = run.metrics.value_of(metric)
+        return value
+
+    @keyword("Every User Should Have Own Unique Runs")
+    def every_user_should_have_own_unique_runs(self, run: LoadRun) -> None:
+        """Every message started exactly one run; no run id was handed out twice, within or across users.
+
+        Example:
+        | Every User Should Have Own Unique Runs | ${run} |
+        """
+        m = run.metrics
+        expected = m.sent
+        problems = []
+        if m.run_id_collisions:
+            problems.append(f"{m.run_id_collisions} run id collisions")
+        if len(m.run_ids) != expected:
+            problems.append(f"{len(m.run_ids)} unique run ids for {expected} messages sent")
+        seen: dict[str, str] = {}
+        for lu in run.load_users:
+            for run_id in lu.user.run_ids:
+                if run_id in seen and seen[run_id] != lu.user.label:
+                    problems.append(f"run {run_id} seen by both '{seen[run_id]}' and '{lu.user.label}'")
+                seen[run_id] = lu.user.label
+        if problems:
+            raise AssertionError(f"Load run '{m.name}': " + "; ".join(problems[:10]))
+        logger.info(f"{len(m.run_ids)} unique run ids for {expected} messages of {len(run.load_users)} users")
+
+    @keyword("No Load User Should See Another User's Canary")
+    def no_load_user_should_see_another_users_canary(self, run: LoadRun) -> None:
+        """Scans every frame every load user received for the other users' canaries and for misrouted events.
+
+        A fast load-time check; the isolation oracle (CrosstalkIsolation) adds
+        the stores and REST views.
+
+        Example:
+        | No Load User Should See Another User's Canary | ${run} |
+        """
+        leaks = foreign_canaries(run)
+        misrouted = run.metrics.misrouted
+        if leaks or misrouted:
+            raise AssertionError(
+                f"Load run '{run.metrics.name}': {len(leaks)} foreign canaries and {misrouted} misrouted "
+                "events: " + "; ".join(leaks[:10])
+            )
+        frames = sum(len(lu.user.frames) for lu in run.load_users)
+        logger.info(f"{frames} frames of {len(run.load_users)} users checked: no foreign canary, "
+                    "no misrouting")
+
+    @keyword("Load Connections Should Be Held")
+    def load_connections_should_be_held(self, run: LoadRun) -> None:
+        """Every user's WebSocket is still open and none dropped; the backend counts at least as many.
+
+        The backend's own count comes from its ``/metrics`` endpoint when it
+        has one (``active_websockets``); other processes' sockets may add to it.
+
+        Example:
+        | Load Connections Should Be Held | ${run} |
+        """
+        closed = [lu for lu in run.load_users if lu.connection is None or lu.connection.closed]
+        if closed:
+            details = "; ".join(
+                f"{lu.user.label}: "
+                + ("never connected" if lu.connection is None else
+                   f"closed with code {lu.connection.close_code} {lu.connection.close_reason}".strip())
+                for lu in closed[:10]
+            )
+            raise AssertionError(
+                f"Load run '{run.metrics.name}': {len(closed)} of {len(run.load_users)} WebSockets are not "
+                f"open: {details}"
+            )
+        count = self._backend_websockets()
+        if count is not None and count < len(run.load_users):
+            raise AssertionError(
+                f"Load run '{run.metrics.name}': the backend reports {count} active WebSockets but "
+                f"{len(run.load_users)} load users hold one open."
+            )
+        logger.info(f"{len(run.load_users)} WebSockets open, none dropped; backend reports "
+                    f"{'n/a' if count is None else count} active")
+
+    def _backend_websockets(self) -> int | None:
+        backend = self._variable("BACKEND_URL")
+        if not backend:
+            return None
+        try:
+            with urllib.request.urlopen(f"{backend.rstrip('/')}/metrics", timeout=5) as response:
+                return int(json.load(response).get("active_websockets"))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    @keyword("Close Load Users")
+    def close_load_users(self, *runs: LoadRun) -> None:
+        """Closes the WebSockets of the given load runs (all runs of this library when none is given).
+
+        Example:
+        | [Teardown] | Close Load Users | ${run} |
+        """
+        targets = list(runs) or self.runs
+        for run in targets:
+            get_engine().run(run.close(), 60)
+
+    @keyword("Load Rounds Should Be Consistent")
+    def load_rounds_should_be_consistent(
+        self, rounds: list[LoadRun], max_p95: timedelta, max_spread: timedelta, min_fairness: float = 0.7,
+        metric: str = "completion.p95",
+    ) -> None:
+        """Each round's ``metric`` is under ``max_p95``, rounds differ by at most ``max_spread``; all fair.
+
+        Example:
+        | Load Rounds Should Be Consistent | ${rounds} | max_p95=1s | max_spread=500ms | min_fairness=0.7 |
+        """
+        values = []
+        problems = []
+        for index, run in enumerate(rounds, start=1):
+            value, _, _ = run.metrics.value_of(metric)
+            values.append(value)
+            if value is None or value > _seconds(max_p95):
+                problems.append(f"round {index} {metric} = {format_seconds(value)} (limit {max_p95})")
+            if run.metrics.fairness < min_fairness:
+                problems.append(f"round {index} fairness = {run.metrics.fairness:.3f} (limit {min_fairness})")
+            if run.metrics.error_count:
+                problems.append(f"round {index} errors {dict(run.metrics.errors)}")
+        measured = [v for v in values if v is not None]
+        spread = max(measured) - min(measured) if measured else 0.0
+        logger.info("per-round " + metric + ": " + ", ".join(format_seconds(v) for v in values)
+                    + f"; spread {format_seconds(spread)}")
+        if spread > _seconds(max_spread):
+            problems.append(f"spread between rounds = {format_seconds(spread)} (limit {max_spread})")
+        if problems:
+            raise AssertionError(f"{len(rounds)} load rounds are not consistent: " + "; ".join(problems))

@@ -1,0 +1,43 @@
+*** Settings ***
+Documentation       Sustained performance: the same users chat for several rounds and every round
+...                 is as fast and as fair as the first (seed 001, test 2), then messages arrive at a
+...                 fixed rate whatever the platform does (open model, no coordinated omission).
+
+Resource            ../resources/load.resource
+
+Suite Teardown      Close Load Users
+
+Test Tags           performance    load
+
+
+*** Variables ***
+${SUSTAINED_USERS}      12
+${ROUNDS}               3
+${MESSAGES}             3
+${THINK_TIME}           20ms
+${ROUND_P95}            2s
+${ROUND_SPREAD}         1s
+${FAIRNESS_FLOOR}       0.7
+${THROUGHPUT_FLOOR}     2
+${OPEN_RATE}            40
+${OPEN_SECONDS}         3
+${OPEN_P99}             3s
+
+
+*** Test Cases ***
+Every Round Is As Fast And Fair As The First
+    [Documentation]    Per-round p95 under the limit, the spread between rounds small, fairness above
+    ...    the floor in each round, no errors, and isolation intact after all rounds.
+    ${rounds} =    Users Chat In Rounds    ${SUSTAINED_USERS}    ${ROUNDS}    ${MESSAGES}
+    ...    think_time=${THINK_TIME}
+    Load Rounds Should Be Consistent    ${rounds}    max_p95=${ROUND_P95}    max_spread=${ROUND_SPREAD}
+    ...    min_fairness=${FAIRNESS_FLOOR}
+    Service Levels Should Hold    ${rounds}[-1]    throughput > ${THROUGHPUT_FLOOR}    errors == 0
+    No User Saw Another User's Data    ${rounds}[-1]
+
+A Steady Arrival Rate Is Served On Time
+    [Documentation]    Open model: latency counts from when each message was due, so a stall on the
+    ...    platform shows in the percentiles instead of slowing the generator down.
+    ${run} =    Messages Arrive At A Steady Rate    ${SUSTAINED_USERS}    ${OPEN_RATE}    ${OPEN_SECONDS}
+    Service Levels Should Hold    ${run}    completion.p99 < ${OPEN_P99}    errors == 0
+    ...    success_rate >= 100%
