@@ -17,7 +17,7 @@ from robot.libraries.BuiltIn import BuiltIn
 
 from crosstalk import htmllog
 from crosstalk.model import TestUser, Tokens
-from crosstalk.secrets import mask
+from crosstalk.secrets import MaskedHeaders, mask, protect_requests_library_log
 from crosstalk.tokens import Forgery, forge, load_private_key, public_pem_from_jwk, split
 
 try:  # RF 7.4+
@@ -26,6 +26,8 @@ except ImportError:  # pragma: no cover - older Robot: plain strings only
     Secret = str  # type: ignore[misc,assignment]
 
 HTTP_TIMEOUT = 15.0
+# RequestsLibrary 0.9 logs the Authorization header and bodies in full; suites use it for REST
+protect_requests_library_log()
 MAX_PARALLEL = 32
 
 
@@ -116,8 +118,10 @@ class CrosstalkAuth:
         return tokens
 
     @staticmethod
-    def _token_of(user_or_token: TestUser | str | Any) -> str:
+    def _token_of(user_or_token: TestUser | Tokens | str | Any) -> str:
         if isinstance(user_or_token, TestUser):
+            return user_or_token.access_token
+        if isinstance(user_or_token, Tokens):
             return user_or_token.access_token
         return _plain(user_or_token)
 
@@ -227,13 +231,18 @@ class CrosstalkAuth:
         return tokens
 
     @keyword("Refresh Should Be Refused")
-    def refresh_should_be_refused(self, refresh_token: Secret | str) -> None:  # type: ignore[valid-type]
-        """Fail unless ``POST /auth/refresh`` with this refresh token answers 401.
+    def refresh_should_be_refused(
+        self, refresh_token: Tokens | Secret | str  # type: ignore[valid-type]
+    ) -> None:
+        """Fail unless ``POST /auth/refresh`` with this refresh token (or the refresh token of a
+        `Tokens` pair) answers 401.
 
         Example:
-        | Refresh Should Be Refused | ${old_refresh_token} |
+        | ${before} = | Set Variable | ${alice.tokens} |
+        | Refresh Tokens | ${alice} |
+        | Refresh Should Be Refused | ${before} |
         """
-        token = _plain(refresh_token)
+        token = refresh_token.refresh_token if isinstance(refresh_token, Tokens) else _plain(refresh_token)
         response = self._post("/auth/refresh", {"refresh_token": token})
         if response.status_code != 401:
             raise AssertionError(f"Refresh with {mask(token)} answered {response.status_code}, expected 401.")
@@ -242,8 +251,12 @@ class CrosstalkAuth:
     def log_out(self, user: TestUser) -> str:
         """Log ``user`` out (``POST /auth/logout``); returns the access token that was revoked.
 
+        The user keeps the revoked tokens, so keywords given the user now use the
+        revoked token (assigning the return value would log it: prefer the user).
+
         Example:
-        | ${revoked} = | Log Out | ${alice} |
+        | Log Out | ${alice} |
+        | Me Should Be Refused | ${alice} |
         """
         token = user.access_token
         response = self._post("/auth/logout", token=token)
@@ -254,7 +267,7 @@ class CrosstalkAuth:
         return token
 
     @keyword("Get Me")
-    def get_me(self, user_or_token: TestUser | str) -> dict:
+    def get_me(self, user_or_token: TestUser | Tokens | Secret | str) -> dict:
         """``GET /auth/me`` with the user's current access token (or the given token); returns the JSON body.
 
         Example:
@@ -268,7 +281,7 @@ class CrosstalkAuth:
         return response.json()
 
     @keyword("Me Should Be Refused")
-    def me_should_be_refused(self, token: Secret | str | TestUser) -> None:  # type: ignore[valid-type]
+    def me_should_be_refused(self, token: TestUser | Tokens | Secret | str) -> None:  # type: ignore[valid-type]
         """Fail unless ``GET /auth/me`` with ``token`` answers 401.
 
         Example:
@@ -281,14 +294,14 @@ class CrosstalkAuth:
                                  "expected 401.")
 
     @keyword("Bearer Headers")
-    def bearer_headers(self, user_or_token: TestUser | str) -> dict:
+    def bearer_headers(self, user_or_token: TestUser | Tokens | Secret | str) -> dict:
         """``{"Authorization": "Bearer <token>"}`` for RequestsLibrary calls (it masks the header in its log).
 
         Example:
         | ${headers} = | Bearer Headers | ${alice} |
         | GET On Session | backend | /threads | headers=${headers} |
         """
-        return {"Authorization": f"Bearer {self._token_of(user_or_token)}"}
+        return MaskedHeaders(Authorization=f"Bearer {self._token_of(user_or_token)}")
 
     # ------------------------------------------------------------------ tokens
     def _fetch_jwks(self, refresh: bool = False) -> dict[str, Any]:
@@ -307,7 +320,7 @@ class CrosstalkAuth:
         raise AssertionError(f"No key with kid '{kid}' in the JWKS of {self._auth_url()}.")
 
     @keyword("Validate Token Against JWKS")
-    def validate_token_against_jwks(self, user_or_token: TestUser | str) -> dict:
+    def validate_token_against_jwks(self, user_or_token: TestUser | Tokens | Secret | str) -> dict:
         """Verify an access token with PyJWT against the auth service's JWKS; return its claims.
 
         Checks RS256, the ``kid``, the signature, ``exp``, and ``iss``/``aud``

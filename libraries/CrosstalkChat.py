@@ -24,6 +24,11 @@ from crosstalk.model import TestUser
 from crosstalk.secrets import mask
 from crosstalk.sequence import check_run_events, matches_pattern, types_of
 
+try:  # RF 7.4+
+    from robot.api.types import Secret
+except ImportError:  # pragma: no cover - older Robot: plain strings only
+    Secret = str  # type: ignore[misc,assignment]
+
 # the engine call gets a little longer than the wait itself so the wait's own,
 # better worded timeout message is the one the user sees
 GRACE = 5.0
@@ -105,7 +110,7 @@ class CrosstalkChat:
     def connect(
         self,
         user: TestUser,
-        token: str | None = None,
+        token: Secret | str | None = None,
         origin: str | None = None,
         timeout: timedelta = timedelta(seconds=10),
     ) -> UserConnection:
@@ -150,7 +155,7 @@ class CrosstalkChat:
     def connection_should_be_refused(
         self,
         user: TestUser,
-        token: str | None = None,
+        token: Secret | str | None = None,
         origin: str | None = None,
         status: int = 401,
         close_code: int = 4401,
@@ -198,7 +203,7 @@ class CrosstalkChat:
 
     @keyword("Reconnect")
     def reconnect(
-        self, target: UserConnection | TestUser | str, token: str | None = None,
+        self, target: UserConnection | TestUser | str, token: Secret | str | None = None,
         timeout: timedelta = timedelta(seconds=10),
     ) -> UserConnection:
         """Close the connection (if still open) and open a new one for the same user; returns the new one.

@@ -41,6 +41,14 @@ class Tokens:
     refresh_token: str
     expires_in: int = 0
 
+    def __repr__(self) -> str:  # Robot logs assigned values: never show a token whole
+        def short(token: str) -> str:
+            return token[:6] + "…" if len(token) > 12 else "***"
+
+        return f"Tokens(access_token={short(self.access_token)}, refresh_token={short(self.refresh_token)})"
+
+    __str__ = __repr__
+
 
 @dataclass
 class Evidence:

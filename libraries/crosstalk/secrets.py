@@ -6,6 +6,7 @@ apart in a transcript (``eyJhbG…``), and nothing else.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -56,3 +57,66 @@ def mask_mapping(data: Any) -> Any:
     if isinstance(data, str):
         return mask_text(data)
     return data
+
+
+def mask_body(data: Any) -> Any:
+    """A logged HTTP body with secret JSON fields and tokens masked (other types unchanged)."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data
+    if not isinstance(data, str):
+        return data
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return mask_text(data)
+    return json.dumps(mask_mapping(parsed))
+
+
+def protect_requests_library_log() -> bool:
+    """Make RequestsLibrary (0.9.x logs the Authorization header and bodies in full) log masked values.
+
+    Idempotent; returns False when RequestsLibrary is not installed.  Headers
+    are masked on the logged request only for the duration of the log call.
+    """
+    try:
+        from RequestsLibrary import log as rl_log
+    except ImportError:
+        return False
+    if getattr(rl_log, "_crosstalk_masked", False):
+        return True
+    original_format = rl_log.format_data_to_log_string
+    original_log_request = rl_log.log_request
+
+    def format_data_to_log_string(data: Any, *args: Any, **kwargs: Any) -> Any:
+        return original_format(mask_body(data), *args, **kwargs)
+
+    def log_request(response: Any) -> None:
+        requests_seen = [response.request, *(r.request for r in response.history or [])]
+        saved = []
+        for request in requests_seen:
+            value = request.headers.get("Authorization")
+            if value:
+                saved.append((request, value))
+                request.headers["Authorization"] = mask_text(value)
+        try:
+            original_log_request(response)
+        finally:
+            for request, value in saved:
+                request.headers["Authorization"] = value
+
+    rl_log.format_data_to_log_string = format_data_to_log_string
+    rl_log.log_request = log_request
+    rl_log._crosstalk_masked = True
+    return True
+
+
+class MaskedHeaders(dict):
+    """A headers dict that shows its secret values masked when Robot logs it."""
+
+    def __repr__(self) -> str:
+        return repr({key: mask_text(str(value)) for key, value in self.items()})
+
+    __str__ = __repr__
