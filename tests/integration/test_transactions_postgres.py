@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import timedelta
@@ -63,17 +64,21 @@ DEADLOCK = [
 
 
 @pytest.fixture(scope="module")
-def server_url(tmp_path_factory):
+def server_url():
     if os.environ.get("DATABASE_URL"):
         yield os.environ["DATABASE_URL"]
         return
-    from reference_platform.embedded import EmbeddedPostgres
+    from reference_platform.embedded import EmbeddedPostgres, remove_data_dir
 
-    pg = EmbeddedPostgres(tmp_path_factory.mktemp("txpg")).start()
+    # Not under pytest's basetemp: every new pytest session resets /tmp/pytest-of-<user>
+    # to mode 0700, which cuts the non-root postgres user off its running data directory.
+    data_dir = Path(tempfile.mkdtemp(prefix="crosstalk-txpg-"))
+    pg = EmbeddedPostgres(data_dir).start()
     try:
         yield pg.url
     finally:
         pg.stop()
+        remove_data_dir(data_dir)
 
 
 @pytest.fixture(scope="module")
