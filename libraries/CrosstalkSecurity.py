@@ -10,6 +10,7 @@ after a socket closed (``/metrics``).  The handshake uses the synchronous
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -149,6 +150,51 @@ class CrosstalkSecurity:
                 f"{status}; then received: {probe.describe(probe.received)}")
         finally:
             connection.close()
+
+    # ------------------------------------------------------------ races
+    @keyword
+    def post_concurrently(
+        self, url: str, body: dict[str, Any], count: int = 8, timeout: timedelta = DEFAULT_TIMEOUT,
+    ) -> list[int]:
+        """Sends ``count`` identical ``POST url`` requests released at the same instant; returns
+        their HTTP status codes (in completion order).
+
+        A check-then-act race (e.g. a refresh token checked "unused", then marked used)
+        lets several of them through; a correct server lets exactly one.
+
+        Example:
+        | ${statuses}= | Post Concurrently | ${AUTH_URL}/auth/refresh | ${body} | count=8 |
+        | Should Be Equal As Integers | ${{ $statuses.count(200) }} | 1 |
+        """
+        barrier = threading.Barrier(count)
+        statuses: list[int] = []
+        errors: list[str] = []
+        lock = threading.Lock()
+
+        def fire() -> None:
+            with requests.Session() as session:
+                # connect first so that the barrier releases requests, not TCP handshakes
+                session.head(url, timeout=_s(timeout))
+                barrier.wait(_s(timeout))
+                try:
+                    status = session.post(url, json=body, timeout=_s(timeout)).status_code
+                except requests.RequestException as error:
+                    with lock:
+                        errors.append(f"{type(error).__name__}: {error}")
+                    return
+                with lock:
+                    statuses.append(status)
+
+        threads = [threading.Thread(target=fire, daemon=True) for _ in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(_s(timeout) * 3)
+        if errors or len(statuses) != count:
+            raise AssertionError(f"{count} concurrent POST {url}: only {len(statuses)} answered within "
+                                 f"{_s(timeout):g} s; errors: {'; '.join(errors[:3]) or 'none'}")
+        logger.info(f"{count} concurrent POST {url}: statuses {statuses}")
+        return statuses
 
     # ------------------------------------------------------------ sessions and server resources
     @keyword

@@ -17,8 +17,8 @@ Test Tags           security
 
 *** Test Cases ***
 Another User's Thread Is Invisible Over REST
-    [Documentation]    API1: read, list messages of, and delete another user's thread by id → 404, no byte
-    ...    of their data, and their thread survives.
+    [Documentation]    API1: read, list messages of, write into and delete another user's thread by id
+    ...    (path and body) → 404, no byte of their data, and their thread survives untouched.
     [Tags]    bola    rest
     [Template]    Intruder Cannot Reach Owner's Thread Over REST
     # intruder    owner
@@ -78,6 +78,12 @@ Reused Refresh Token Revokes The Whole Family
     [Tags]    revocation    rest
     ${erin}=    A Logged-In User    erin
     Reusing A Refresh Token Should Revoke Its Family    ${erin}
+
+Concurrent Refreshes Of One Token Have One Winner
+    [Documentation]    API2 race: a refresh token replayed in parallel must still be single-use.
+    [Tags]    revocation    race    rest
+    ${fay}=    A Logged-In User    fay
+    Concurrent Refreshes Should Have One Winner    ${fay}
 
 Cross-Site WebSocket Hijacking Is Refused
     [Documentation]    WSTG-CLNT-10: a page on another site must not open a socket with the user's

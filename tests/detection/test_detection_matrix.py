@@ -63,28 +63,35 @@ class Row:
 MATRIX: tuple[Row, ...] = (
     Row("crosstalk", ("concurrent",), "Every User Gets Only Their Own Events", "isolation violation"),
     Row("shared_context", ("isolation-details",), "Tool Results Draw Only On The Caller's Data", "canary"),
-    Row("bola_rest", ("bola",), "Another User's Thread Is Invisible Over REST", "404"),
-    Row("bola_ws", ("bola",), "Another User's Thread Is Refused In WebSocket Frames", "thread_not_found"),
+    Row("bola_rest", ("bola",), "Another User's Thread Is Invisible Over REST", "answered HTTP 200 instead of 404"),
+    Row("bola_ws", ("bola",), "Another User's Thread Is Refused In WebSocket Frames",
+        "was not refused with thread_not_found"),
     Row("drop_event", ("golden-path",), "One Chat Streams All Five Events In Order", "tool_completed"),
     Row("reorder_events", ("golden-path",), "One Chat Streams All Five Events In Order", "order"),
-    Row("logout_no_revoke", ("revocation",), "Access Token Is Dead After Logout", "after logout"),
-    Row("refresh_reuse", ("revocation",), "Reused Refresh Token Revokes The Whole Family", "reuse"),
+    Row("logout_no_revoke", ("revocation",), "Access Token Is Dead After Logout",
+        "with the access token after logout answered HTTP 200"),
+    Row("refresh_reuse", ("revocation",), "Reused Refresh Token Revokes The Whole Family",
+        "answered 200, expected 401"),
+    Row("refresh_race", ("revocation",), "Concurrent Refreshes Of One Token Have One Winner",
+        "concurrent refreshes with one token succeeded"),
     Row("jwt_alg_none", ("authentication",), "Missing And Forged Tokens Are Refused",
-        "with the alg none token answered HTTP 200"),
+        "with the ALG_NONE token answered HTTP 200"),
     Row("jwt_hs256_confusion", ("authentication",), "Missing And Forged Tokens Are Refused",
-        "with the hs256 signed with the public key token answered HTTP 200"),
+        "with the HS256_CONFUSION token answered HTTP 200"),
     Row("jwt_accept_expired", ("authentication",), "Properly Signed Tokens With Bad Claims Are Refused",
-        "with the expired token answered HTTP 200"),
-    Row("ws_origin_unchecked", ("cswsh",), "Cross-Site WebSocket Hijacking Is Refused", "origin"),
-    Row("session_leak", ("sessions",), "Closed Connections Leave No Session Behind", "session"),
+        "with the EXPIRED token answered HTTP 200"),
+    Row("ws_origin_unchecked", ("cswsh",), "Cross-Site WebSocket Hijacking Is Refused",
+        "was accepted: expected HTTP 403"),
+    Row("session_leak", ("sessions",), "Closed Connections Leave No Session Behind",
+        "sessions are not removed when their socket closes"),
     Row("connection_leak", ("sessions",), "Closed Connections Free Their Server Resources",
-        "tracked_connections"),
+        "closed sockets are still held by the server"),
     Row("no_rate_limit", ("resource-limits",), "A Message Flood Is Throttled Without Slowing Others",
-        "rate_limited"),
+        "no rate_limited error"),
     Row("no_frame_limit", ("resource-limits",), "An Oversized Frame Is Refused Without Harming Others",
         "frame_too_large"),
     Row("sql_concat", ("input",), "Hostile Content Is Stored And Returned Verbatim",
-        "ended in agent_error"),
+        "ended failed instead of completed"),
 )
 ROWS = {row.fault: row for row in MATRIX}
 
@@ -189,7 +196,7 @@ class Platform:
         # Tokens with a valid signature but a bad claim (expired, wrong aud…) need the signing key.
         key = Path(self.state.get("data_dir") or "/nonexistent") / "jwt-private-key.pem"
         if key.is_file():
-            arguments += ["--variable", f"JWT_PRIVATE_KEY:{key}"]
+            arguments += ["--variable", f"JWT_PRIVATE_KEY_FILE:{key}"]
         return arguments
 
 
