@@ -63,7 +63,8 @@ class Row:
 MATRIX: tuple[Row, ...] = (
     Row("crosstalk", ("concurrent",), "Every User Gets Only Their Own Events", "isolation violation"),
     Row("shared_context", ("isolation-details",), "Tool Results Draw Only On The Caller's Data", "canary"),
-    Row("bola_rest", ("bola",), "Another User's Thread Is Invisible Over REST", "answered HTTP 200 instead of 404"),
+    Row("bola_rest", ("bola",), "Another User's Thread Is Invisible Over REST",
+        "answered HTTP 200 instead of 404"),
     Row("bola_ws", ("bola",), "Another User's Thread Is Refused In WebSocket Frames",
         "was not refused with thread_not_found"),
     Row("drop_event", ("golden-path",), "One Chat Streams All Five Events In Order", "tool_completed"),
