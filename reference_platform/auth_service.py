@@ -24,7 +24,7 @@ from starlette.routing import Route
 from . import faults
 from .common import AUTH_SCHEMA, authenticate, create_pool, ensure_schema, error, health, unauthorized
 from .config import REVOCATION_CHANNEL, Settings
-from .tokens import Signer, Verifier
+from .tokens import Signer, Verifier, generate_private_key_pem
 
 # OWASP minimum for argon2id: cheap enough for hundreds of CI registrations, still a real hash.
 HASHER = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
@@ -52,10 +52,9 @@ async def _json(request: Request) -> dict | None:
 class AuthService:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.signer = Signer(
-            Path(settings.jwt_private_key_path).read_bytes(), settings.issuer, settings.audience,
-            settings.access_token_ttl,
-        )
+        key_pem = (Path(settings.jwt_private_key_path).read_bytes() if settings.jwt_private_key_path
+                   else generate_private_key_pem())  # a new key per start unless one was given
+        self.signer = Signer(key_pem, settings.issuer, settings.audience, settings.access_token_ttl)
         self.verifier = Verifier(self.signer.verification_keys(), settings.issuer, settings.audience)
         self.pool: asyncpg.Pool | None = None
         self.redis: aioredis.Redis | None = None

@@ -1,8 +1,9 @@
 """Settings shared by the launcher and the two services.
 
-The launcher builds one ``Settings`` and hands it to each service process as JSON
-in the ``REFPLAT_SETTINGS`` environment variable, so both services always agree
-on issuer, audience, limits and faults.
+The launcher builds one ``Settings`` and hands it to each service process as one
+JSON line on its stdin (or, when a service is started by hand, in the
+``REFPLAT_SETTINGS`` environment variable), so both services always agree on
+issuer, audience, limits and faults.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import logging
 import socket
 import sys
@@ -22,13 +23,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reference_platform.serve")
     parser.add_argument("service", choices=["auth", "backend"])
     parser.add_argument("--fd", type=int, required=True, help="listening socket inherited from the launcher")
+    parser.add_argument("--settings-stdin", action="store_true",
+                        help="read the settings JSON from stdin (the launcher starts us before the databases "
+                        "are ready, so the imports overlap with PostgreSQL's start)")
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
     logging.basicConfig(level=logging.WARNING, format=f"[{args.service}] %(levelname)s %(name)s: %(message)s")
     if args.service == "auth":
         from .auth_service import create_app
     else:
         from .backend_service import create_app
+    if args.settings_stdin:
+        line = sys.stdin.readline()
+        if not line.strip():
+            return 3  # the launcher gave up before the databases were ready
+        settings = Settings(**json.loads(line))
+    else:
+        settings = Settings.from_env()
     sock = socket.socket(fileno=args.fd)
     config = uvicorn.Config(
         create_app(settings),

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -322,6 +323,41 @@ def test_scratch_names_are_unique_and_drop_terminates_leftover_sessions(server_u
         assert cur.fetchone()[0] == 0
     conn.close()
     leftover.close()
+
+
+def test_user_without_createdb_gets_a_scratch_schema_instead(server_url):
+    tag = uuid.uuid4().hex[:8]
+    role, home = f"crosstalk_nocreatedb_{tag}", f"crosstalk_home_{tag}"
+    admin = psycopg2.connect(server_url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE ROLE {role} LOGIN NOCREATEDB NOSUPERUSER")
+        cur.execute(f"CREATE DATABASE {home} OWNER {role}")
+    user_url = psycopg2.extensions.make_dsn(server_url, user=role, dbname=home)
+    try:
+        scratch = ScratchDatabase.create(user_url)
+        assert scratch.schema_only
+        engine = TransactionEngine(scratch.dsn)
+        engine.query("CREATE TABLE budget (id int PRIMARY KEY, amount int NOT NULL)")
+        engine.query("INSERT INTO budget VALUES (1, 10)")
+        result = lost_update(engine, RR)
+        assert result.losers == {"T2": "40001"}
+        # deadlock_timeout is superuser-only: the session falls back to the server default
+        assert engine.sessions["T1"].deadlock_timeout_ms is None
+        engine.close_all()
+        scratch.drop()
+        with admin.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (scratch.name,))
+            assert cur.fetchone()[0] == 0
+        with psycopg2.connect(user_url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (scratch.name,))
+            assert cur.fetchone()[0] == 0
+        conn.close()
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {home} WITH (FORCE)")
+            cur.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.close()
 
 
 def test_missing_or_unreachable_server_gives_one_line_errors(monkeypatch):
