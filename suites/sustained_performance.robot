@@ -22,6 +22,10 @@ ${THROUGHPUT_FLOOR}     2
 ${OPEN_RATE}            40
 ${OPEN_SECONDS}         3
 ${OPEN_P99}             3s
+${MESSAGE_TIMEOUT}      30s
+# 0 skips the soak test; run_crosstalk.py --soak 1000 sets it
+${SOAK_USERS}           0
+${SOAK_P99}             10s
 
 
 *** Test Cases ***
@@ -29,7 +33,7 @@ Every Round Is As Fast And Fair As The First
     [Documentation]    Per-round p95 under the limit, the spread between rounds small, fairness above
     ...    the floor in each round, no errors, and isolation intact after all rounds.
     ${rounds} =    Users Chat In Rounds    ${SUSTAINED_USERS}    ${ROUNDS}    ${MESSAGES}
-    ...    think_time=${THINK_TIME}
+    ...    think_time=${THINK_TIME}    timeout=${MESSAGE_TIMEOUT}
     Load Rounds Should Be Consistent    ${rounds}    max_p95=${ROUND_P95}    max_spread=${ROUND_SPREAD}
     ...    min_fairness=${FAIRNESS_FLOOR}
     Service Levels Should Hold    ${rounds}[-1]    throughput > ${THROUGHPUT_FLOOR}    errors == 0
@@ -41,3 +45,14 @@ A Steady Arrival Rate Is Served On Time
     ${run} =    Messages Arrive At A Steady Rate    ${SUSTAINED_USERS}    ${OPEN_RATE}    ${OPEN_SECONDS}
     Service Levels Should Hold    ${run}    completion.p99 < ${OPEN_P99}    errors == 0
     ...    success_rate >= 100%
+
+A Thousand Users Are Held From One Process
+    [Documentation]    Soak: ${SOAK_USERS} users, one WebSocket each, all open at once from this one
+    ...    process; every run completes correctly and no data crosses between them.
+    [Tags]    soak
+    Skip If    ${SOAK_USERS} == 0    Soak test off: pass --variable SOAK_USERS:1000 (run_crosstalk.py --soak)
+    ${run} =    Users Start Agents At The Same Moment    ${SOAK_USERS}    timeout=${MESSAGE_TIMEOUT}
+    Every Agent Started Once For Its Own User    ${run}
+    No Load User Should See Another User's Canary    ${run}
+    Every Connection Stayed Up And Routed Correctly    ${run}
+    Service Levels Should Hold    ${run}    completion.p99 < ${SOAK_P99}
