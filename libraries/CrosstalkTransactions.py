@@ -81,7 +81,9 @@ class CrosstalkTransactions:
 
         ``server_url`` defaults to ``${BACKEND_DATABASE_URL}`` (then the environment
         variable of that name).  The name holds time, process id and randomness, so
-        parallel pabot processes never share one.  Returns the database name.
+        parallel pabot processes never share one.  When the user may not create
+        databases, a scratch schema in the target database is used instead (warned).
+        Returns the database (or schema) name.
 
         Example:
         | ${name} = | Create Scratch Database | ${BACKEND_DATABASE_URL} |
@@ -98,7 +100,10 @@ class CrosstalkTransactions:
         seconds = connect_timeout.total_seconds()
         self._scratch = ScratchDatabase.create(url, prefix, seconds)
         self._engine = TransactionEngine(self._scratch.dsn, seconds)
-        logger.info(f"Created scratch database {self._scratch.name} on {mask_dsn(url)}.")
+        if self._scratch.schema_only:
+            logger.warn(f"Not allowed to create databases on {mask_dsn(url)}: using scratch schema "
+                        f"{self._scratch.name} in its database instead.")
+        logger.info(f"Created scratch {self._scratch.kind} {self._scratch.name} on {mask_dsn(url)}.")
         return self._scratch.name
 
     def drop_scratch_database(self) -> None:
@@ -117,7 +122,7 @@ class CrosstalkTransactions:
             self._engine = None
         if self._scratch:
             self._scratch.drop()
-            logger.info(f"Dropped scratch database {self._scratch.name}.")
+            logger.info(f"Dropped scratch {self._scratch.kind} {self._scratch.name}.")
             self._scratch = None
 
     def drop_stale_scratch_databases(self, server_url: str | None = None, prefix: str = "crosstalk_scratch",

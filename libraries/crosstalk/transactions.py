@@ -128,18 +128,30 @@ SCRATCH_NAME = re.compile(r"^(?P<prefix>[a-z_][a-z0-9_]*)_(?P<stamp>\d{10})_\d+_
 
 @dataclass
 class ScratchDatabase:
-    """A throw-away database on the same server as `server_dsn`."""
+    """A throw-away database on the same server as `server_dsn`.
+
+    When the user may not create databases (SQLSTATE 42501, e.g. a managed server),
+    it falls back to a throw-away schema in the target database instead
+    (`schema_only`); connections then reach it through their ``search_path``.
+    """
 
     server_dsn: str
     name: str
+    schema_only: bool = False
 
     @property
     def dsn(self) -> str:
+        if self.schema_only:
+            return psycopg2.extensions.make_dsn(self.server_dsn, options=f"-c search_path={self.name}")
         return with_database(self.server_dsn, self.name)
 
+    @property
+    def kind(self) -> str:
+        return "schema" if self.schema_only else "database"
+
     @classmethod
-    def create(cls, server_dsn: str, prefix: str = "crosstalk_scratch",
-               connect_timeout: float = 5.0) -> ScratchDatabase:
+    def create(cls, server_dsn: str, prefix: str = "crosstalk_scratch", connect_timeout: float = 5.0,
+               fallback_to_schema: bool = True) -> ScratchDatabase:
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,30}", prefix):
             raise ValueError(f"Scratch database prefix '{prefix}' must be lower-case letters, digits "
                              "and '_' (at most 31 characters), e.g. 'crosstalk_scratch'.")
@@ -149,20 +161,42 @@ class ScratchDatabase:
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
-                cur.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
+                try:
+                    cur.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
+                    return cls(server_dsn, name)
+                except psycopg2.Error as error:
+                    if error.pgcode != "42501" or not fallback_to_schema:
+                        raise
+                    refused = _first_line(error)
+                try:
+                    cur.execute(pgsql.SQL("CREATE SCHEMA {}").format(pgsql.Identifier(name)))
+                    return cls(server_dsn, name, schema_only=True)
+                except psycopg2.Error as error:
+                    raise TransactionError(
+                        f"Cannot create a scratch database or schema on {mask_dsn(server_dsn)}: "
+                        f"{refused}; {_first_line(error)}. Grant CREATEDB (or CREATE on the database) "
+                        "to this user, or point BACKEND_DATABASE_URL at a user that has it.") from None
         except psycopg2.Error as error:
-            hint = (" Grant CREATEDB to this user or point BACKEND_DATABASE_URL at a user that has it."
-                    if error.pgcode == "42501" else "")
             raise TransactionError(
                 f"Cannot create scratch database {name} on {mask_dsn(server_dsn)}: "
-                f"{describe_sqlstate(error.pgcode)}: {_first_line(error)}.{hint}"
+                f"{describe_sqlstate(error.pgcode)}: {_first_line(error)}."
             ) from None
         finally:
             conn.close()
-        return cls(server_dsn, name)
 
     def drop(self, connect_timeout: float = 5.0) -> None:
-        drop_database(self.server_dsn, self.name, connect_timeout)
+        if not self.schema_only:
+            drop_database(self.server_dsn, self.name, connect_timeout)
+            return
+        conn = _connect(self.server_dsn, connect_timeout=connect_timeout, what=f"dropping schema {self.name}")
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                # our sessions are closed by now; never wait forever on someone else's lock
+                cur.execute("SET lock_timeout = '10s'")
+                cur.execute(pgsql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(pgsql.Identifier(self.name)))
+        finally:
+            conn.close()
 
 
 def drop_database(server_dsn: str, name: str, connect_timeout: float = 5.0) -> None:
@@ -482,11 +516,12 @@ class TransactionEngine:
         if name in self.sessions:
             raise TransactionError(
                 f"Transaction {name} is already open; close it first or pick another name.")
+        base_options = psycopg2.extensions.parse_dsn(self.dsn).get("options", "")
         conn = _connect(self.dsn, connect_timeout=self.connect_timeout, what=f"transaction {name}",
                         application_name=f"crosstalk-{name}"[:63],
                         # lock_timeout bounds every lock wait of an unmarked step on the
                         # server; statement_timeout is the backstop for everything else
-                        options=f"-c lock_timeout={max(1, int(lock_timeout * 1000))} "
+                        options=f"{base_options} -c lock_timeout={max(1, int(lock_timeout * 1000))} "
                                 f"-c statement_timeout={max(1, int(lock_timeout * 3000))}")
         # explicit BEGIN/COMMIT statements, so the journal shows exactly what was sent
         conn.autocommit = True
