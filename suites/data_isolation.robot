@@ -1,0 +1,43 @@
+*** Settings ***
+Documentation       Real concurrent users with data isolation (seed 001): twelve users at once.
+...
+...                 Every user's answers are correct and their own; the full isolation
+...                 oracle checks frames, REST views, database rows, Redis values and
+...                 sessions; latency (mean, median, p95, max), throughput and the Jain
+...                 fairness index of per-user latency are measured and held to thresholds.
+...                 Override a threshold with e.g. ``--variable MAX_MEAN_LATENCY:2s``.
+
+Resource            ../resources/isolation.resource
+
+Suite Setup         The Platform Is Up For This Suite
+Suite Teardown      Users Disconnect And The Platform Is Released
+
+Test Tags           isolation    performance    concurrency
+
+
+*** Variables ***
+${TENANTS}                  12
+${MAX_MEAN_LATENCY}         5s    # robocop: off=VAR02
+${MIN_THROUGHPUT}           2    # robocop: off=VAR02
+${MIN_FAIRNESS}             0.7    # robocop: off=VAR02
+
+
+*** Test Cases ***
+Twelve Users Get Fast, Fair And Isolated Answers
+    [Documentation]    One message each, all at once: correct answers, thresholds met, no data crosses.
+    ${users} =    Connected Users    ${TENANTS}    prefix=tenant
+    ${runs} =    Every User Asks With Their Canary    ${users}    How can I cut the cost of my storage?
+    Every User Should Get An Answer To Their Own Question    ${users}    ${runs}
+    Chat Round Should Be Fast And Fair    ${runs}
+    No Data Should Cross Between Users    ${users}
+
+Service Stays Fast, Fair And Isolated Over Consecutive Rounds
+    [Documentation]    Three rounds in the same threads: each round meets the thresholds and recalls only own history.
+    ${users} =    Connected Users    ${TENANTS}    prefix=steady
+    ${first} =    Every User Asks With Their Canary    ${users}    Is my login token setup secure?
+    Every User Should Get An Answer To Their Own Question    ${users}    ${first}
+    ${second} =    Every User Asks Again In Their Thread    ${first}    Which of my settings slow things down?
+    Every User Should Get An Answer To Their Own Question    ${users}    ${second}
+    Answers Should Recall Only Their Own Earlier Message    ${first}    ${second}
+    Chat Round Should Be Fast And Fair    ${second}
+    No Data Should Cross Between Users    ${users}
