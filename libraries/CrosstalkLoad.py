@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import time
 import urllib.request
 from datetime import timedelta
@@ -111,7 +112,8 @@ class CrosstalkLoad:
             logger.info(f"first {kind} error: {example}")
         stamp = time.strftime("%Y%m%d-%H%M%S")
         directory = Path(self._variable("LOAD_RESULTS_DIR") or RESULTS_DIR)
-        path = directory / f"{metrics.name.replace(' ', '_')}-{stamp}-{os.getpid()}-{len(self.runs)}.json"
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", metrics.name).strip("_") or "load"
+        path = directory / f"{slug}-{stamp}-{os.getpid()}-{len(self.runs)}.json"
         logger.info(f"Load summary written to {_write_summary(metrics, path)}")
 
     # ------------------------------------------------------------------ keywords

@@ -395,7 +395,7 @@ class LoadRun:
         p95_text = f"{p95 * 1e3:.0f} ms" if p95 is not None else "n/a"
         total = self.config.users * self.config.messages
         return (f"[{m.name}] {self.phase}: {m.connected}/{self.config.users} connected, "
-                f"{m.completed}/{total} messages done, {m.error_count} errors, p95 {p95_text}")
+                f"{m.completed}/{total} messages done, {m.error_count} errors, completion p95 {p95_text}")
 
     async def close(self) -> None:
         for lu in self.load_users:
