@@ -3,8 +3,9 @@ Documentation       Agents that share token budgets race each other in PostgreSQ
 ...
 ...                 What PostgreSQL promises at each isolation level (Kleppmann's Hermitage tables):
 ...                 lost update (P4) happens under READ COMMITTED and is refused with 40001 under
-...                 REPEATABLE READ; write skew (G2-item) happens under REPEATABLE READ and is refused
-...                 under SERIALIZABLE; aborted reads (G1a) never happen.  Deadlocks are detected
+...                 REPEATABLE READ; read skew (G-single) happens under READ COMMITTED only;
+...                 write skew (G2-item) happens under REPEATABLE READ and is refused under SERIALIZABLE;
+...                 aborted reads (G1a) never happen.  Deadlocks are detected
 ...                 (40P01) and a retried loser applies exactly once; a pool smaller than the demand
 ...                 queues callers instead of failing them.  Everything runs in a scratch database.
 
@@ -57,6 +58,22 @@ Serializable Refuses The Second Agent Going Off Duty
     ${run}=    When Both Agents Go Off Duty After Checking Someone Else Is On Call    SERIALIZABLE
     Then Anomaly Should Have Been Prevented    ${run}    sqlstate=40001    loser=T2
     And Invariant Should Hold    ${run}
+
+An Auditor Sees Tokens Appear Out Of Nowhere Under Read Committed
+    [Documentation]    Each statement sees the latest commit, so a transfer between two reads skews the sum.
+    [Tags]    g-single    read-skew
+    Given Both Budgets Hold 10 Tokens
+    ${run}=    When An Auditor Sums Both Budgets While An Agent Moves Five Tokens    READ COMMITTED
+    Then Anomaly Should Have Occurred    ${run}
+    And Transaction Should Have Committed    ${run}    T2
+
+An Auditor Sees A Consistent Snapshot Under Repeatable Read
+    [Documentation]    The snapshot hides the concurrent transfer; no transaction has to be refused.
+    [Tags]    g-single    read-skew
+    Given Both Budgets Hold 10 Tokens
+    ${run}=    When An Auditor Sums Both Budgets While An Agent Moves Five Tokens    REPEATABLE READ
+    Then Anomaly Should Have Been Prevented    ${run}
+    And Transaction Should Have Committed    ${run}    T1
 
 An Agent Never Sees Another Agent's Aborted Budget Change
     [Documentation]    No isolation level shows a write that is uncommitted or rolled back.

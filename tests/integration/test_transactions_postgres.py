@@ -161,6 +161,25 @@ def test_write_skew_refused_on_second_commit_under_serializable(engine):
     assert [(r.transaction, r.sql, r.sqlstate) for r in refused] == [("T2", "COMMIT", "40001")]
 
 
+READ_SKEW = [
+    "T1: SELECT amount AS audited_1 FROM budget WHERE id = 1",
+    "T2: UPDATE budget SET amount = amount - 5 WHERE id = 1",
+    "T2: UPDATE budget SET amount = amount + 5 WHERE id = 2",
+    "T2: COMMIT",
+    "T1: SELECT amount AS audited_2 FROM budget WHERE id = 2",
+    "T1: COMMIT",
+]
+
+
+@pytest.mark.parametrize(("level", "occurs"), [(RC, True), (RR, False), (SER, False)])
+def test_read_skew_only_under_read_committed(engine, level, occurs):
+    result = engine.run(READ_SKEW, isolation=level, anomaly="read skew (G-single)",
+                        invariant="SELECT {{audited_1}} + {{audited_2}} = 20")
+    assert result.anomaly_occurred is occurs
+    assert result.losers == {}
+    assert result.reads("T1") == ([10, 15] if occurs else [10, 10])
+
+
 @pytest.mark.parametrize("level", list(IsolationLevel))
 def test_aborted_write_is_never_read(engine, level):
     result = engine.run(ABORTED_READ, isolation=level, anomaly="dirty read (G1a)",
@@ -447,4 +466,4 @@ def test_robot_suite_passes_against_a_real_server(server_url, tmp_path):
          "--variable", f"BACKEND_DATABASE_URL:{server_url}", "suites/transaction_anomalies.robot"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-2000:]
-    assert "10 tests, 10 passed, 0 failed" in completed.stdout
+    assert "12 tests, 12 passed, 0 failed" in completed.stdout
