@@ -93,14 +93,13 @@ def generate_private_key_pem() -> bytes:
     )
 
 
-def start_platform(
+def launch_platform(
     faults: Sequence[str] = (),
     extra_args: Sequence[str] = (),
     private_key_pem: bytes | None = None,
     work_dir: Path | None = None,
-    timeout: float = START_TIMEOUT,
 ) -> RunningPlatform:
-    """Start ``python -m reference_platform`` on free ports and wait for its state file."""
+    """Start ``python -m reference_platform`` on free ports without waiting; see ``wait_until_up``."""
     work_dir = Path(work_dir or tempfile.mkdtemp(prefix="refplat-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:8]
@@ -119,23 +118,38 @@ def start_platform(
     with open(log_file, "wb") as log:
         process = subprocess.Popen(args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    platform = RunningPlatform(process, {}, state_file, log_file, private_key_pem, list(faults))
+    return RunningPlatform(process, {}, state_file, log_file, private_key_pem, list(faults))
+
+
+def wait_until_up(platform: RunningPlatform, timeout: float = START_TIMEOUT) -> RunningPlatform:
+    """Wait for the launcher's state file (written once both services are healthy)."""
     deadline = time.monotonic() + timeout
-    while not state_file.exists():
-        if process.poll() is not None:
+    while not platform.state_file.exists():
+        if platform.process.poll() is not None:
             raise RuntimeError(
-                f"reference platform (faults={list(faults)}) exited with code {process.returncode} before "
-                f"it was healthy:\n{platform.log_tail()}"
+                f"reference platform (faults={platform.faults}) exited with code "
+                f"{platform.process.returncode} before it was healthy:\n{platform.log_tail()}"
             )
         if time.monotonic() > deadline:
             platform.stop()
             raise RuntimeError(
-                f"reference platform (faults={list(faults)}) not healthy within {timeout:.0f} s:\n"
+                f"reference platform (faults={platform.faults}) not healthy within {timeout:.0f} s:\n"
                 f"{platform.log_tail()}"
             )
         time.sleep(0.05)
-    platform.state = json.loads(state_file.read_text())
+    platform.state = json.loads(platform.state_file.read_text())
     return platform
+
+
+def start_platform(
+    faults: Sequence[str] = (),
+    extra_args: Sequence[str] = (),
+    private_key_pem: bytes | None = None,
+    work_dir: Path | None = None,
+    timeout: float = START_TIMEOUT,
+) -> RunningPlatform:
+    """Start ``python -m reference_platform`` on free ports and wait until it is healthy."""
+    return wait_until_up(launch_platform(faults, extra_args, private_key_pem, work_dir), timeout)
 
 
 @pytest.fixture(scope="session")

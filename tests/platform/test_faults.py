@@ -26,22 +26,32 @@ from chatclient import (
     register_and_login,
     send_message,
 )
-from conftest import generate_private_key_pem, start_platform
+from conftest import generate_private_key_pem, launch_platform, wait_until_up
 
 GROUP_A = ["bola_rest", "bola_ws", "logout_no_revoke", "refresh_reuse", "jwt_alg_none", "jwt_hs256_confusion",
            "jwt_accept_expired", "ws_origin_unchecked", "session_leak", "connection_leak", "no_rate_limit",
            "no_frame_limit"]
 
 
+GROUPS = [tuple(sorted(GROUP_A)), ("crosstalk",), ("shared_context", "sql_concat"),
+          ("drop_event", "reorder_events")]
+
+
 @pytest.fixture(scope="module")
 def faulty_factory(tmp_path_factory):
-    started = {}
+    # All groups start at once: their startups overlap instead of adding up.
+    started = {
+        group: launch_platform(group, private_key_pem=generate_private_key_pem(),
+                               work_dir=tmp_path_factory.mktemp("faulty"))
+        for group in GROUPS
+    }
+    ready = set()
 
     def get(*names: str):
         key = tuple(sorted(names))
-        if key not in started:
-            started[key] = start_platform(key, private_key_pem=generate_private_key_pem(),
-                                          work_dir=tmp_path_factory.mktemp("faulty"))
+        if key not in ready:
+            wait_until_up(started[key])
+            ready.add(key)
         return started[key]
 
     yield get
@@ -96,6 +106,13 @@ def test_jwt_faults_accept_forged_tokens(group_a, kind):
                          timeout=TIMEOUT)
     assert reply.status_code == 200, reply.text
     assert handshake_status(group_a, token) == 101
+
+
+def test_faults_are_announced_in_banner_state_and_health(group_a):
+    assert group_a.state["faults"] == sorted(GROUP_A)
+    assert "PLANTED BUGS" in group_a.log_file.read_text()
+    health = requests.get(f"{group_a.backend_url}/health", timeout=TIMEOUT).json()
+    assert health["faults"] == sorted(GROUP_A)
 
 
 def test_ws_origin_unchecked_accepts_a_foreign_origin(group_a):
