@@ -387,3 +387,28 @@ class CrosstalkIsolation:
             f"throughput {stats.throughput:.1f} > {min_throughput:g} msg/s, "
             f"fairness {stats.fairness:.3f} > {min_fairness:g}"
         )
+
+    @keyword("Tool Results Should Only Hold Own Messages")
+    def tool_results_should_only_hold_own_messages(self, run: Any, *own_messages: str) -> None:
+        """Fails if a ``tool_completed`` result of the run holds anything but the given messages of its user.
+
+        The platform's tool reads the caller's earlier messages in the thread; any
+        other content in its result came from someone else's data.
+
+        Example:
+        | Tool Results Should Only Hold Own Messages | ${follow_up} | ${first.content} |
+        """
+        results = [e for e in run.events if e.get("type") == "tool_completed"]
+        if not results:
+            raise AssertionError(f"Run {run.name} of {run.user.label} has no tool_completed event to check.")
+        for event in results:
+            found = ((event.get("payload") or {}).get("result") or {}).get("earlier_messages")
+            items = found if isinstance(found, list) else [found]
+            foreign = [str(item) for item in items if item not in own_messages]
+            if foreign:
+                raise AssertionError(
+                    f"Tool result of {run.user.label}'s run {oracle.short(run.run_id)} "
+                    f"(seq {event.get('seq')}) holds data that is not {run.user.label}'s: "
+                    f"{foreign[0][:120]!r}"
+                )
+        logger.info(f"{len(results)} tool result(s) of {run.user.label}'s run hold only their own messages")
