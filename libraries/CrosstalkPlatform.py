@@ -16,6 +16,7 @@ from robot.libraries.BuiltIn import BuiltIn
 TARGET_VARIABLES = (
     "AUTH_URL", "BACKEND_URL", "WS_URL", "AUTH_DATABASE_URL", "BACKEND_DATABASE_URL", "REDIS_URL",
 )
+CONFIGURED_TARGET_WAIT = 10.0
 # known for the reference platform; optional for a configured target (security tests use them)
 TOKEN_VARIABLES = ("JWT_ISSUER", "JWT_AUDIENCE", "JWT_PRIVATE_KEY")
 STATE_KEYS = {name: name.lower() for name in TARGET_VARIABLES}
@@ -102,7 +103,8 @@ class CrosstalkPlatform:
             if urlsplit(target[name]).scheme not in ("http", "https"):
                 raise PlatformError(f"{name} '{target[name]}' is not an http(s) URL: fix the variable.")
         target["WS_URL"] = target["WS_URL"] or _ws_from_backend(target["BACKEND_URL"])
-        wait_healthy(target["BACKEND_URL"], seconds)
+        # a configured target should already be up: do not spend the full start-up timeout on it
+        wait_healthy(target["BACKEND_URL"], min(seconds, CONFIGURED_TARGET_WAIT))
         self._check_auth(target["AUTH_URL"])
         self._check_stores(target)
         return target

@@ -36,6 +36,8 @@ RECENT_FRAMES = 5
 class ConnectionRefused(AssertionError):
     """The server refused the socket: ``status`` is the HTTP status, ``close_code`` the WebSocket code."""
 
+    ROBOT_SUPPRESS_NAME = True
+
     def __init__(self, message: str, status: int | None = None, close_code: int | None = None):
         super().__init__(message)
         self.status = status

@@ -34,6 +34,8 @@ STOP_TIMEOUT = 20.0
 class PlatformError(AssertionError):
     """A one-line, actionable reason why the platform is not usable."""
 
+    ROBOT_SUPPRESS_NAME = True
+
 
 def pid_alive(pid: int | None) -> bool:
     if not pid:
