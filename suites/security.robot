@@ -60,6 +60,7 @@ Properly Signed Tokens With Bad Claims Are Refused
     [Documentation]    API2: a token signed with the platform's own key but expired, without exp, or for
     ...    another issuer or audience is refused with 401 on REST and on the WebSocket handshake.
     [Tags]    authentication    rest    websocket
+    [Setup]    Platform Signing Key Should Be Known
     [Template]    Forged Token Is Refused On REST And WebSocket
     EXPIRED
     MISSING_EXP
