@@ -11,14 +11,13 @@ from typing import Any
 
 import jwt
 import requests
-from robot.api import logger
-from robot.api.deco import keyword, library
-from robot.libraries.BuiltIn import BuiltIn
-
 from crosstalk import htmllog
 from crosstalk.model import TestUser, Tokens
 from crosstalk.secrets import MaskedHeaders, mask, protect_requests_library_log
 from crosstalk.tokens import Forgery, forge, load_private_key, public_pem_from_jwk, split
+from robot.api import logger
+from robot.api.deco import keyword, library
+from robot.libraries.BuiltIn import BuiltIn
 
 try:  # RF 7.4+
     from robot.api.types import Secret
@@ -66,7 +65,9 @@ class CrosstalkAuth:
     def _auth_url(self) -> str:
         url = self._variable("AUTH_URL")
         if not url:
-            raise AssertionError("AUTH_URL is not set: run 'Start Or Attach Platform' in the suite setup first.")
+            raise AssertionError(
+                "AUTH_URL is not set: run 'Start Or Attach Platform' in the suite setup first."
+            )
         return str(url).rstrip("/")
 
     def _post(self, path: str, body: dict | None = None, token: str | None = None) -> requests.Response:
@@ -106,7 +107,8 @@ class CrosstalkAuth:
         response = self._post("/auth/login", {"email": user.email, "password": user.password})
         if response.status_code != 200:
             raise AssertionError(
-                f"Login of user '{user.label}' ({user.email}) failed: HTTP {response.status_code} {response.text[:200]}"
+                f"Login of user '{user.label}' ({user.email}) failed: HTTP {response.status_code} "
+                f"{response.text[:200]}"
             )
         return self._store_tokens(user, response.json())
 
@@ -149,11 +151,14 @@ class CrosstalkAuth:
             for index in range(1, count + 1)
         ]
         self._parallel(self._register, users)
-        logger.info(htmllog.table(
-            ("label", "email", "user_id", "password", "canary"),
-            ((u.label, u.email, u.user_id, mask(u.password), u.canary) for u in users),
-            f"{count} users registered",
-        ), html=True)
+        logger.info(
+            htmllog.table(
+                ("label", "email", "user_id", "password", "canary"),
+                ((u.label, u.email, u.user_id, mask(u.password), u.canary) for u in users),
+                f"{count} users registered",
+            ),
+            html=True,
+        )
         return users
 
     @keyword("Create Test User")
@@ -164,8 +169,12 @@ class CrosstalkAuth:
         | ${alice} = | Create Test User | alice |
         """
         run = uuid.uuid4().hex[:8]
-        user = TestUser(label, f"{label}-{run}@crosstalk.test", _strong_password(),
-                        f"CANARY-{label}-{secrets.token_hex(6)}")
+        user = TestUser(
+            label,
+            f"{label}-{run}@crosstalk.test",
+            _strong_password(),
+            f"CANARY-{label}-{secrets.token_hex(6)}",
+        )
         self._register(user)
         logger.info(f"Registered {user} with password {mask(user.password)}, canary {user.canary}")
         return user
@@ -179,8 +188,10 @@ class CrosstalkAuth:
         | Log In | ${alice} |
         """
         tokens = self._login(user)
-        logger.info(f"{user.label} logged in: access token {mask(tokens.access_token)}, "
-                    f"refresh token {mask(tokens.refresh_token)}")
+        logger.info(
+            f"{user.label} logged in: access token {mask(tokens.access_token)}, "
+            f"refresh token {mask(tokens.refresh_token)}"
+        )
         return tokens
 
     @keyword("Log In Users")
@@ -191,11 +202,14 @@ class CrosstalkAuth:
         | Log In Users | ${users} |
         """
         self._parallel(self._login, list(users))
-        logger.info(htmllog.table(
-            ("label", "user_id", "access token"),
-            ((u.label, u.user_id, mask(u.access_token)) for u in users),
-            f"{len(users)} users logged in",
-        ), html=True)
+        logger.info(
+            htmllog.table(
+                ("label", "user_id", "access token"),
+                ((u.label, u.user_id, mask(u.access_token)) for u in users),
+                f"{len(users)} users logged in",
+            ),
+            html=True,
+        )
 
     @keyword("Login Should Be Refused")
     def login_should_be_refused(self, email: str, password: Secret | str) -> None:  # type: ignore[valid-type]
@@ -206,8 +220,10 @@ class CrosstalkAuth:
         """
         response = self._post("/auth/login", {"email": email, "password": _plain(password)})
         if response.status_code != 401:
-            raise AssertionError(f"Login of {email} with password {mask(_plain(password))} answered "
-                                 f"{response.status_code}, expected 401.")
+            raise AssertionError(
+                f"Login of {email} with password {mask(_plain(password))} answered "
+                f"{response.status_code}, expected 401."
+            )
 
     @keyword("Refresh Tokens")
     def refresh_tokens(self, user: TestUser) -> Tokens:
@@ -224,15 +240,18 @@ class CrosstalkAuth:
         old = user.tokens.refresh_token
         response = self._post("/auth/refresh", {"refresh_token": old})
         if response.status_code != 200:
-            raise AssertionError(f"Refresh for user '{user.label}' with {mask(old)} failed: HTTP "
-                                 f"{response.status_code} {response.text[:200]}")
+            raise AssertionError(
+                f"Refresh for user '{user.label}' with {mask(old)} failed: HTTP "
+                f"{response.status_code} {response.text[:200]}"
+            )
         tokens = self._store_tokens(user, response.json())
         logger.info(f"{user.label} refreshed: new access token {mask(tokens.access_token)}")
         return tokens
 
     @keyword("Refresh Should Be Refused")
     def refresh_should_be_refused(
-        self, refresh_token: Tokens | Secret | str  # type: ignore[valid-type]
+        self,
+        refresh_token: Tokens | Secret | str,  # type: ignore[valid-type]
     ) -> None:
         """Fail unless ``POST /auth/refresh`` with this refresh token (or the refresh token of a
         `Tokens` pair) answers 401.
@@ -261,8 +280,10 @@ class CrosstalkAuth:
         token = user.access_token
         response = self._post("/auth/logout", token=token)
         if response.status_code != 204:
-            raise AssertionError(f"Logout of user '{user.label}' answered {response.status_code}, expected 204: "
-                                 f"{response.text[:200]}")
+            raise AssertionError(
+                f"Logout of user '{user.label}' answered {response.status_code}, expected 204: "
+                f"{response.text[:200]}"
+            )
         logger.info(f"{user.label} logged out; access token {mask(token)} must now be refused.")
         return token
 
@@ -277,7 +298,9 @@ class CrosstalkAuth:
         token = self._token_of(user_or_token)
         response = self._get("/auth/me", token)
         if response.status_code != 200:
-            raise AssertionError(f"GET /auth/me with {mask(token)} answered {response.status_code}, expected 200.")
+            raise AssertionError(
+                f"GET /auth/me with {mask(token)} answered {response.status_code}, expected 200."
+            )
         return response.json()
 
     @keyword("Me Should Be Refused")
@@ -290,8 +313,9 @@ class CrosstalkAuth:
         plain = self._token_of(token)
         response = self._get("/auth/me", plain)
         if response.status_code != 401:
-            raise AssertionError(f"GET /auth/me with token {mask(plain)} answered {response.status_code}, "
-                                 "expected 401.")
+            raise AssertionError(
+                f"GET /auth/me with token {mask(plain)} answered {response.status_code}, expected 401."
+            )
 
     @keyword("Bearer Headers")
     def bearer_headers(self, user_or_token: TestUser | Tokens | Secret | str) -> dict:
@@ -337,12 +361,18 @@ class CrosstalkAuth:
         audience = self._variable("JWT_AUDIENCE")
         try:
             claims = jwt.decode(
-                token, key, algorithms=["RS256"], issuer=issuer or None, audience=audience or None,
+                token,
+                key,
+                algorithms=["RS256"],
+                issuer=issuer or None,
+                audience=audience or None,
                 options={"require": ["exp", "iat", "sub", "jti"], "verify_aud": bool(audience)},
             )
         except jwt.PyJWTError as exc:
             raise AssertionError(f"Token {mask(token)} does not verify against the JWKS: {exc}.") from None
-        logger.info(f"Token {mask(token)} verifies: sub={claims['sub']} jti={claims['jti']} exp={claims['exp']}")
+        logger.info(
+            f"Token {mask(token)} verifies: sub={claims['sub']} jti={claims['jti']} exp={claims['exp']}"
+        )
         return claims
 
     @keyword("Forge Token")
@@ -362,9 +392,13 @@ class CrosstalkAuth:
         """
         genuine = user.access_token
         header, _, _ = split(genuine)
-        public_pem = public_pem_from_jwk(self._jwk_for(header.get("kid"))) if kind is Forgery.HS256_CONFUSION else None
+        public_pem = (
+            public_pem_from_jwk(self._jwk_for(header.get("kid"))) if kind is Forgery.HS256_CONFUSION else None
+        )
         key_file = self._variable("JWT_PRIVATE_KEY")
-        platform_key = load_private_key(Path(key_file).read_bytes()) if key_file and Path(key_file).exists() else None
+        platform_key = (
+            load_private_key(Path(key_file).read_bytes()) if key_file and Path(key_file).exists() else None
+        )
         token = forge(kind, genuine, public_pem, platform_key)
         logger.info(f"Forged {kind.value} token from {user.label}'s token: {mask(token, 12)}")
         return token

@@ -7,10 +7,6 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from robot.api import logger
-from robot.api.deco import keyword, library
-from robot.libraries.BuiltIn import BuiltIn
-
 from crosstalk import htmllog
 from crosstalk.connection import (
     ConnectionRefused,
@@ -23,6 +19,9 @@ from crosstalk.engine import get_engine
 from crosstalk.model import TestUser
 from crosstalk.secrets import mask
 from crosstalk.sequence import check_run_events, matches_pattern, types_of
+from robot.api import logger
+from robot.api.deco import keyword, library
+from robot.libraries.BuiltIn import BuiltIn
 
 try:  # RF 7.4+
     from robot.api.types import Secret
@@ -70,7 +69,9 @@ class CrosstalkChat:
     def _ws_url(self) -> str:
         url = BuiltIn().get_variable_value("${WS_URL}")
         if not url:
-            raise AssertionError("WS_URL is not set: run 'Start Or Attach Platform' in the suite setup first.")
+            raise AssertionError(
+                "WS_URL is not set: run 'Start Or Attach Platform' in the suite setup first."
+            )
         return str(url)
 
     def _new_label(self, user: TestUser) -> str:
@@ -99,10 +100,13 @@ class CrosstalkChat:
         try:
             return self._engine.run(coro, timeout + GRACE)
         except TimeoutError as exc:
-            raise AssertionError(f"WebSocket operation did not finish in {timeout + GRACE:g} s: {exc}") from None
+            raise AssertionError(
+                f"WebSocket operation did not finish in {timeout + GRACE:g} s: {exc}"
+            ) from None
 
-    async def _open(self, user: TestUser, label: str, token: str | None, origin: str | None,
-                    timeout: float) -> UserConnection:
+    async def _open(
+        self, user: TestUser, label: str, token: str | None, origin: str | None, timeout: float
+    ) -> UserConnection:
         return await UserConnection(user, label, self._ws_url()).open(token, origin, timeout)
 
     # ------------------------------------------------------------------ connect
@@ -143,9 +147,13 @@ class CrosstalkChat:
         users = list(users)
         labels = [self._new_label(user) for user in users]
         seconds = _seconds(timeout)
-        connections = self._run(gather_strict(
-            self._open(user, label, user.access_token, None, seconds) for user, label in zip(users, labels)
-        ), seconds)
+        connections = self._run(
+            gather_strict(
+                self._open(user, label, user.access_token, None, seconds)
+                for user, label in zip(users, labels, strict=False)
+            ),
+            seconds,
+        )
         for connection in connections:
             self._connections[connection.label] = connection
         logger.info(f"{len(connections)} users connected: {', '.join(labels)}")
@@ -181,7 +189,8 @@ class CrosstalkChat:
                 if refused.status == status:
                     return f"handshake refused with HTTP {status}"
                 raise AssertionError(
-                    f"WebSocket of user '{user.label}' with token {mask(plain)} was refused, but not with HTTP "
+                    f"WebSocket of user '{user.label}' with token {mask(plain)} was refused, "
+                    f"but not with HTTP "
                     f"{status}: {refused}"
                 ) from None
             closed = await connection.wait_closed(seconds)
@@ -189,8 +198,7 @@ class CrosstalkChat:
             await connection.close()
             if closed and connection.close_code == close_code and not data:
                 return f"closed with code {close_code} before any data"
-            got = (f"closed with code {connection.close_code}" if closed
-                   else f"still open after {seconds:g} s")
+            got = f"closed with code {connection.close_code}" if closed else f"still open after {seconds:g} s"
             raise AssertionError(
                 f"WebSocket of user '{user.label}' with token {mask(plain)}"
                 f"{' and Origin ' + origin if origin else ''} was accepted: expected HTTP {status} or close "
@@ -203,7 +211,9 @@ class CrosstalkChat:
 
     @keyword("Reconnect")
     def reconnect(
-        self, target: UserConnection | TestUser | str, token: Secret | str | None = None,
+        self,
+        target: UserConnection | TestUser | str,
+        token: Secret | str | None = None,
         timeout: timedelta = timedelta(seconds=10),
     ) -> UserConnection:
         """Close the connection (if still open) and open a new one for the same user; returns the new one.
@@ -280,10 +290,14 @@ class CrosstalkChat:
         connection = self._resolve(target)
         thread_id = thread.thread_id if isinstance(thread, RunHandle) else thread
         if isinstance(thread, RunHandle) and not thread_id:
-            raise AssertionError(f"Run {thread.name} has no thread id yet: wait for it before continuing its thread.")
+            raise AssertionError(
+                f"Run {thread.name} has no thread id yet: wait for it before continuing its thread."
+            )
         run = self._run(connection.send_message(content, thread_id or None), 10.0)
-        logger.info(f"{connection.label} sent {content!r} (client_message_id {run.client_message_id}"
-                    f"{', thread ' + thread_id if thread_id else ''})")
+        logger.info(
+            f"{connection.label} sent {content!r} (client_message_id {run.client_message_id}"
+            f"{', thread ' + thread_id if thread_id else ''})"
+        )
         return run
 
     @keyword("Send Raw Frame")
@@ -349,7 +363,9 @@ class CrosstalkChat:
         return str((run.events[-1].get("payload") or {}).get("message"))
 
     @keyword("Wait For Runs Of All Users")
-    def wait_for_runs_of_all_users(self, runs: list[RunHandle], timeout: timedelta = timedelta(seconds=60)) -> list:
+    def wait_for_runs_of_all_users(
+        self, runs: list[RunHandle], timeout: timedelta = timedelta(seconds=60)
+    ) -> list:
         """Wait for every run at once; return their answers in the same order and log per-user timings.
 
         Fails listing every run that did not complete (user, run, what arrived instead).
@@ -369,14 +385,16 @@ class CrosstalkChat:
         self.log_run_timings(runs)
         problems = [str(r) for r in results if isinstance(r, BaseException)]
         problems += [
-            f"Run {run.name} of user '{run.user.label}' ended {run.status}: {describe_frames(run.event_frames)}"
-            for run, result in zip(runs, results)
+            f"Run {run.name} of user '{run.user.label}' ended {run.status}: "
+            f"{describe_frames(run.event_frames)}"
+            for run, result in zip(runs, results, strict=False)
             if not isinstance(result, BaseException) and run.status != "completed"
         ]
         if problems:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-            raise AssertionError(f"{len(problems)} of {len(runs)} runs did not complete{more}: "
-                                 + " | ".join(problems[:3]))
+            raise AssertionError(
+                f"{len(problems)} of {len(runs)} runs did not complete{more}: " + " | ".join(problems[:3])
+            )
         return [run.answer for run in runs]
 
     @keyword("Log Run Timings")
@@ -386,12 +404,25 @@ class CrosstalkChat:
         Example:
         | Log Run Timings | ${runs} |
         """
-        logger.info(htmllog.table(
-            ("user", "connection", "run", "status", "events", "first event", "completed"),
-            ((r.user.label, r.connection, r.run_id or r.client_message_id, r.status, len(r.events),
-              _ms(r.time_to_first_event), _ms(r.time_to_done)) for r in runs),
-            f"{len(runs)} runs",
-        ), html=True)
+        logger.info(
+            htmllog.table(
+                ("user", "connection", "run", "status", "events", "first event", "completed"),
+                (
+                    (
+                        r.user.label,
+                        r.connection,
+                        r.run_id or r.client_message_id,
+                        r.status,
+                        len(r.events),
+                        _ms(r.time_to_first_event),
+                        _ms(r.time_to_done),
+                    )
+                    for r in runs
+                ),
+                f"{len(runs)} runs",
+            ),
+            html=True,
+        )
 
     @keyword("Wait For Event")
     def wait_for_event(
@@ -430,7 +461,8 @@ class CrosstalkChat:
         closed = self._run(connection.wait_closed(seconds), seconds)
         if not closed:
             raise AssertionError(
-                f"Connection {connection.label} of user '{connection.user.label}' was still open after {seconds:g} s, "
+                f"Connection {connection.label} of user '{connection.user.label}' was still open "
+                f"after {seconds:g} s, "
                 f"expected close code {code}. Last frames: {describe_frames(connection.frames)}"
             )
         if connection.close_code != code:
@@ -496,24 +528,32 @@ class CrosstalkChat:
         agents = [str((e.get("payload") or {}).get("agent")) for e in run.events]
         handoffs = [e for e in run.events if (e.get("payload") or {}).get("handoff_from")]
         if not agents or agents[0] != "triage" or not handoffs:
-            raise AssertionError(f"Run {run.name} of user '{run.user.label}' shows no handoff from triage: "
-                                 f"agents in order {agents}.")
+            raise AssertionError(
+                f"Run {run.name} of user '{run.user.label}' shows no handoff from triage: "
+                f"agents in order {agents}."
+            )
         specialist = str(handoffs[0]["payload"]["agent"])
         if to and specialist != to:
-            raise AssertionError(f"Run {run.name} of user '{run.user.label}' was handed to '{specialist}', "
-                                 f"expected '{to}'.")
+            raise AssertionError(
+                f"Run {run.name} of user '{run.user.label}' was handed to '{specialist}', expected '{to}'."
+            )
         return specialist
 
     @keyword("Get Connection Frames")
-    def get_connection_frames(self, target: UserConnection | TestUser | str, event_type: str | None = None) -> list:
+    def get_connection_frames(
+        self, target: UserConnection | TestUser | str, event_type: str | None = None
+    ) -> list:
         """Incoming frames of the connection as dictionaries, optionally only of ``event_type``.
 
         Example:
         | ${errors} = | Get Connection Frames | ${alice} | error |
         """
         connection = self._resolve(target)
-        return [dict(f.data) for f in connection.frames
-                if f.direction == "in" and f.data is not None and (event_type is None or f.type == event_type)]
+        return [
+            dict(f.data)
+            for f in connection.frames
+            if f.direction == "in" and f.data is not None and (event_type is None or f.type == event_type)
+        ]
 
     @staticmethod
     def _fields(data: Mapping[str, Any]) -> str:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from crosstalk.secrets import mask_url
@@ -14,7 +14,12 @@ from robot.api.deco import keyword, library
 from robot.libraries.BuiltIn import BuiltIn
 
 TARGET_VARIABLES = (
-    "AUTH_URL", "BACKEND_URL", "WS_URL", "AUTH_DATABASE_URL", "BACKEND_DATABASE_URL", "REDIS_URL",
+    "AUTH_URL",
+    "BACKEND_URL",
+    "WS_URL",
+    "AUTH_DATABASE_URL",
+    "BACKEND_DATABASE_URL",
+    "REDIS_URL",
 )
 CONFIGURED_TARGET_WAIT = 10.0
 # known for the reference platform; optional for a configured target (security tests use them)
@@ -84,7 +89,9 @@ class CrosstalkPlatform:
                 "JWT_PRIVATE_KEY": str(key_file) if key_file.is_file() else "",
             }
             faults = ", ".join(state.get("faults") or []) or "none"
-            where = f"reference platform (launcher pid {state.get('pids', {}).get('launcher')}, faults: {faults})"
+            where = (
+                f"reference platform (launcher pid {state.get('pids', {}).get('launcher')}, faults: {faults})"
+            )
         for name, value in {**target, **extra}.items():
             BuiltIn().set_global_variable("${%s}" % name, value)  # noqa: UP031
         self.target = target
@@ -122,7 +129,9 @@ class CrosstalkPlatform:
                 f"Auth service {auth_url} is unreachable: {reason}. Start it or fix AUTH_URL."
             ) from None
         if response.status_code != 200:
-            raise PlatformError(f"Auth service {auth_url} answered {response.status_code} on {url}: fix AUTH_URL.")
+            raise PlatformError(
+                f"Auth service {auth_url} answered {response.status_code} on {url}: fix AUTH_URL."
+            )
 
     @staticmethod
     def _check_stores(target: dict[str, str]) -> None:
@@ -174,6 +183,8 @@ class CrosstalkPlatform:
         """
         backend = self._configured("BACKEND_URL")
         if not backend:
-            raise PlatformError("BACKEND_URL is not set: run Start Or Attach Platform in the suite setup first.")
+            raise PlatformError(
+                "BACKEND_URL is not set: run Start Or Attach Platform in the suite setup first."
+            )
         wait_healthy(backend, timeout.total_seconds())
         check_health(backend)

@@ -20,7 +20,7 @@ A New User Registers And Logs In
 Refreshed Tokens Replace The Old Ones
     [Documentation]    The new access token works; the used refresh token cannot be used again.
     ${gina} =    A Logged-In User    gina
-    ${first_tokens} =    Set Variable    ${gina.tokens}
+    VAR    ${first_tokens} =    ${gina.tokens}
     Refresh Tokens    ${gina}
     Token Should Identify User    ${gina}
     Refresh Should Be Refused    ${first_tokens}

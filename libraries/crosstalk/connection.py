@@ -16,6 +16,7 @@ on the same loop can ``await`` them directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -80,7 +81,8 @@ def describe_frames(frames: Iterable[Frame], limit: int = RECENT_FRAMES) -> str:
         return "nothing"
     return "; ".join(
         f"[{'<-' if f.direction == 'in' else '->'} {f.type or 'non-JSON'}"
-        f"{' seq ' + str(f.data.get('seq')) if f.data and f.data.get('seq') else ''}] {summarize(f.data, f.raw, 70)}"
+        f"{' seq ' + str(f.data.get('seq')) if f.data and f.data.get('seq') else ''}] "
+        f"{summarize(f.data, f.raw, 70)}"
         for f in frames
     )
 
@@ -203,7 +205,8 @@ class UserConnection:
             status = exc.response.status_code
             body = exc.response.body.decode("utf-8", "replace")[:200] if exc.response.body else ""
             raise ConnectionRefused(
-                f"WebSocket handshake of user '{self.user.label}' to {self.url} was refused with HTTP {status}"
+                f"WebSocket handshake of user '{self.user.label}' to {self.url} was refused "
+                f"with HTTP {status}"
                 f"{': ' + body if body else ''}",
                 status=status,
             ) from None
@@ -246,8 +249,14 @@ class UserConnection:
         except ValueError:
             parsed = None
         data = parsed if isinstance(parsed, dict) else None
-        frame = Frame(direction=direction, at=at, monotonic=mono, raw=raw, data=data,  # type: ignore[arg-type]
-                      connection=self.label)
+        frame = Frame(
+            direction=direction,
+            at=at,
+            monotonic=mono,
+            raw=raw,
+            data=data,  # type: ignore[arg-type]
+            connection=self.label,
+        )
         self.frames.append(frame)
         self.user.frames.append(frame)
         if direction == "in" and data is not None:
@@ -281,10 +290,8 @@ class UserConnection:
     async def close(self, timeout: float = 5.0) -> None:
         """Close the socket (code 1000) and wait for the reader to finish."""
         if self.ws is not None and not self.closed:
-            try:
+            with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed, OSError):
                 await asyncio.wait_for(self.ws.close(), timeout)
-            except (asyncio.TimeoutError, ConnectionClosed, OSError):
-                pass
         if self._reader is not None:
             try:
                 await asyncio.wait_for(self._reader, timeout)
@@ -298,7 +305,8 @@ class UserConnection:
         if self.ws is None or self.closed:
             raise AssertionError(
                 f"Connection '{self.label}' of user '{self.user.label}' is closed "
-                f"(code {self.close_code}{', ' + self.close_reason if self.close_reason else ''}): reconnect first."
+                f"(code {self.close_code}{', ' + self.close_reason if self.close_reason else ''}): "
+                "reconnect first."
             )
         at, mono = _now()
         frame = self._record("out", text, at, mono)
@@ -327,7 +335,7 @@ class UserConnection:
 
     # ------------------------------------------------------------------ waits
     async def wait_until(self, predicate: Callable[[], Any], timeout: float) -> Any:
-        """Wait until ``predicate()`` returns something truthy (re-checked on every frame) or the socket closes.
+        """Wait until ``predicate()`` is truthy (re-checked on every frame) or the socket closes.
 
         Returns the predicate's value, or None on timeout / close (the caller
         words the failure, it knows what was awaited).
@@ -356,7 +364,10 @@ class UserConnection:
     async def wait_for_event(
         self, event_type: str | None, fields: Mapping[str, Any], timeout: float, start: int = 0
     ) -> Frame:
-        """The first incoming frame from index ``start`` matching type and fields; AssertionError on timeout."""
+        """The first incoming frame from index ``start`` matching type and fields.
+
+        Raises AssertionError naming the user, what was awaited and the last frames on timeout.
+        """
         frame = await self.wait_until(lambda: self.find_frame(event_type, fields, start), timeout)
         if frame is None:
             wanted = event_type or "any event"

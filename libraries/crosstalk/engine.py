@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Coroutine
 from datetime import timedelta
@@ -104,10 +105,8 @@ class Engine:
             if tasks:
                 await asyncio.wait(tasks, timeout=timeout)
 
-        try:
+        with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(timeout + 1)
-        except Exception:
-            pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
 

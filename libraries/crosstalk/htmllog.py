@@ -16,9 +16,7 @@ from .secrets import mask_text
 from .sequence import summarize
 
 MAX_ROWS = 200
-_STYLE = (
-    "border-collapse:collapse;font-family:monospace;font-size:12px;margin:4px 0;"
-)
+_STYLE = "border-collapse:collapse;font-family:monospace;font-size:12px;margin:4px 0;"
 _CELL = "border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top"
 
 
@@ -26,23 +24,33 @@ def _clock(at: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], caption: str = "", max_rows: int = MAX_ROWS) -> str:
+def table(
+    headers: Sequence[str], rows: Iterable[Sequence[Any]], caption: str = "", max_rows: int = MAX_ROWS
+) -> str:
     """An escaped HTML table; beyond ``max_rows`` the middle rows are replaced by one 'omitted' row."""
     rows = list(rows)
     omitted = 0
     if len(rows) > max_rows:
         head = max_rows // 2
         omitted = len(rows) - max_rows
-        rows = [*rows[:head], None, *rows[-(max_rows - head):]]
+        rows = [*rows[:head], None, *rows[-(max_rows - head) :]]
     out = [f'<table style="{_STYLE}">']
     if caption:
         out.append(f'<caption style="text-align:left;font-weight:bold">{html.escape(caption)}</caption>')
-    out.append("<tr>" + "".join(f'<th style="{_CELL};background:#eee">{html.escape(h)}</th>' for h in headers) + "</tr>")
+    out.append(
+        "<tr>"
+        + "".join(f'<th style="{_CELL};background:#eee">{html.escape(h)}</th>' for h in headers)
+        + "</tr>"
+    )
     for row in rows:
         if row is None:
-            out.append(f'<tr><td style="{_CELL}" colspan="{len(headers)}">… {omitted} rows omitted …</td></tr>')
+            out.append(
+                f'<tr><td style="{_CELL}" colspan="{len(headers)}">… {omitted} rows omitted …</td></tr>'
+            )
             continue
-        out.append("<tr>" + "".join(f'<td style="{_CELL}">{html.escape(str(cell))}</td>' for cell in row) + "</tr>")
+        out.append(
+            "<tr>" + "".join(f'<td style="{_CELL}">{html.escape(str(cell))}</td>' for cell in row) + "</tr>"
+        )
     out.append("</table>")
     return "".join(out)
 

@@ -14,11 +14,18 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 EVENT_TYPES = (
-    "agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed", "agent_error",
+    "agent_started",
+    "agent_thinking",
+    "tool_executing",
+    "tool_completed",
+    "agent_completed",
+    "agent_error",
 )
 TERMINAL_TYPES = frozenset({"agent_completed", "agent_error"})
 SHORT_NAMES = {name.split("_", 1)[1] if name.startswith("agent_") else name: name for name in EVENT_TYPES}
-CONTRACT_PATTERN = "agent_started agent_thinking+ (tool_executing tool_completed)+ (agent_completed | agent_error)"
+CONTRACT_PATTERN = (
+    "agent_started agent_thinking+ (tool_executing tool_completed)+ (agent_completed | agent_error)"
+)
 _TOKEN_RE = re.compile(r"\s*([A-Za-z_]+|[()|+*?])")
 
 
@@ -35,7 +42,9 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
     while position < len(pattern):
         match = _TOKEN_RE.match(pattern, position)
         if not match:
-            raise ValueError(f"Invalid event pattern at '{pattern[position:]}': use type names, ( ), |, +, *, ?.")
+            raise ValueError(
+                f"Invalid event pattern at '{pattern[position:]}': use type names, ( ), |, +, *, ?."
+            )
         token = match.group(1)
         position = match.end()
         if token in "()|+*?":
@@ -43,7 +52,9 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
             continue
         name = SHORT_NAMES.get(token, token)
         if name not in EVENT_TYPES and name != "error":
-            raise ValueError(f"Unknown event type '{token}' in pattern: expected one of {', '.join(EVENT_TYPES)}.")
+            raise ValueError(
+                f"Unknown event type '{token}' in pattern: expected one of {', '.join(EVENT_TYPES)}."
+            )
         parts.append(f"(?:{re.escape(name)} )")
     try:
         return re.compile("".join(parts))
@@ -94,7 +105,9 @@ def check_run_events(events: list[Mapping[str, Any]]) -> list[str]:
             open_call = None
     terminal = [event for event in events if event.get("type") in TERMINAL_TYPES]
     if len(terminal) > 1:
-        problems.append(f"{len(terminal)} terminal events (agent_completed/agent_error); expected exactly one")
+        problems.append(
+            f"{len(terminal)} terminal events (agent_completed/agent_error); expected exactly one"
+        )
     return problems
 
 

@@ -69,7 +69,8 @@ def check_health(backend_url: str, timeout: float = 5.0) -> None:
         raise PlatformError(f"Backend {backend_url} did not answer /health: {type(exc).__name__}.") from None
     if response.status_code != 200:
         raise PlatformError(
-            f"Backend {backend_url} is unhealthy: /health answered {response.status_code} {response.text[:120]}"
+            f"Backend {backend_url} is unhealthy: /health answered {response.status_code} "
+            f"{response.text[:120]}"
         )
 
 
@@ -178,12 +179,24 @@ class SharedPlatform:
         else:
             env.pop("REFPLAT_FAULTS", None)
         command = [
-            sys.executable, "-m", "reference_platform", "--auth-port", "0", "--backend-port", "0",
-            "--state-file", str(self.state_file),
+            sys.executable,
+            "-m",
+            "reference_platform",
+            "--auth-port",
+            "0",
+            "--backend-port",
+            "0",
+            "--state-file",
+            str(self.state_file),
         ]
         with open(self.log_file, "ab") as log:
             process = subprocess.Popen(
-                command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                command,
+                cwd=REPO_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,  # survives Ctrl-C of the robot that started it
             )
         deadline = time.monotonic() + timeout

@@ -71,7 +71,9 @@ def other_private_key() -> rsa.RSAPrivateKey:
 def public_pem_from_jwk(jwk: dict[str, Any]) -> bytes:
     """SubjectPublicKeyInfo PEM of an RSA JWK - the bytes a confused verifier uses as HMAC secret."""
     public_key = RSAAlgorithm.from_jwk(json.dumps(jwk))
-    return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def unsigned(header: dict[str, Any], claims: dict[str, Any]) -> str:
@@ -94,7 +96,9 @@ def load_private_key(pem: bytes) -> Any:
     return serialization.load_pem_private_key(pem, password=None)
 
 
-def forge(kind: Forgery | str, genuine: str, public_pem: bytes | None = None, platform_key: Any = None) -> str:
+def forge(
+    kind: Forgery | str, genuine: str, public_pem: bytes | None = None, platform_key: Any = None
+) -> str:
     """A forged variant of the ``genuine`` access token.
 
     The claim-rule forgeries (expired, missing exp, wrong iss/aud) break exactly
