@@ -1,0 +1,54 @@
+*** Settings ***
+Documentation       Creating a workspace writes three stores in one all-or-nothing transaction.
+...
+...                 The auth database counts the user's workspaces, the backend database holds the
+...                 workspace, the analytics store records a workspace_created event.  The platform
+...                 coordinates them by two-phase commit (PREPARE TRANSACTION / COMMIT PREPARED); when a
+...                 step fails, every store is rolled back.  Failures are injected by starting a second
+...                 platform with the backend or analytics step broken.
+
+Resource            ../resources/races.resource
+
+Test Tags           transaction    workspace
+
+
+*** Test Cases ***
+A Workspace Is Recorded In All Three Stores
+    [Documentation]    One successful transaction: auth count, workspace row and event agree.
+    ${alice} =    A Racer    founder
+    When Create Workspace    ${alice}    Quarterly planning
+    Then Workspace State Should Be Consistent    ${alice}    expected=1
+
+A Backend Failure Rolls Everything Back
+    [Documentation]    Step 2 fails: the auth count already prepared in step 1 is rolled back too.
+    [Tags]    rollback
+    Start Platform With Injected Failure    backend
+    ${bob} =    A Racer    backendfail
+    Workspace Creation Should Fail Cleanly    ${bob}    backend
+    [Teardown]    Release Platform With Injected Failure
+
+An Analytics Failure Rolls Everything Back
+    [Documentation]    Step 3 fails: the prepared auth and backend writes are rolled back.
+    [Tags]    rollback
+    Start Platform With Injected Failure    analytics
+    ${carol} =    A Racer    analyticsfail
+    Workspace Creation Should Fail Cleanly    ${carol}    analytics
+    [Teardown]    Release Platform With Injected Failure
+
+A Partially Applied Workspace Is Detected And Reported
+    [Documentation]    A workspace row without its count and event (a crashed coordinator without 2PC)
+    ...    is reported as a partially applied transaction naming the stores that hold it.
+    [Tags]    detection
+    ${dave} =    A Racer    partial
+    Create Workspace    ${dave}    Real one
+    ${half} =    Leave A Half Applied Workspace    ${dave}
+    Run Keyword And Expect Error    *partially applied cross-service transaction*backend (2 workspace rows)*
+    ...    Workspace State Should Be Consistent    ${dave}
+    [Teardown]    Remove Half Applied Workspace    ${half}
+
+Concurrent Workspace Transactions Finish Fast And Stay Consistent
+    [Documentation]    Four users create two workspaces each at once; every transaction under 5 s.
+    [Tags]    concurrency
+    ${users} =    Racers    4    prefix=team
+    When Create Workspaces Concurrently    ${users}    per_user=2    limit=${WORKSPACE_TIME_LIMIT}
+    Then Every User's Workspaces Should Be Consistent    ${users}    2
