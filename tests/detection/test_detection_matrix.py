@@ -143,7 +143,7 @@ class Platform:
                if k not in TARGET_VARIABLES and k not in ("REFPLAT_FAULTS", "DATABASE_URL")}
         env["REFPLAT_FAULTS"] = ",".join(self.faults)
         command = [sys.executable, "-m", "reference_platform", "--auth-port", "0", "--backend-port", "0",
-                   "--state-file", str(self.state_file)]
+                   "--state-file", str(self.state_file), "--jwt-private-key", str(signing_key())]
         with self.log_file.open("wb") as log:
             # own session: on a hung stop we can kill exactly what we started, as a group
             self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
@@ -195,10 +195,21 @@ class Platform:
             if self.state.get(key):
                 arguments += ["--variable", f"{variable}:{self.state[key]}"]
         # Tokens with a valid signature but a bad claim (expired, wrong aud…) need the signing key.
-        key = Path(self.state.get("data_dir") or "/nonexistent") / "jwt-private-key.pem"
-        if key.is_file():
-            arguments += ["--variable", f"JWT_PRIVATE_KEY:{key}"]
-        return arguments
+        return [*arguments, "--variable", f"JWT_PRIVATE_KEY:{signing_key()}"]
+
+
+def signing_key() -> Path:
+    """One RSA key for every platform of the matrix, so the suites can sign tokens with bad claims."""
+    path = RESULTS / "jwt-private-key.pem"
+    if not path.exists():
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return path
 
 
 class _Tests(ResultVisitor):
@@ -339,7 +350,7 @@ def matrix(request) -> dict[str, Outcome]:
     selected = os.environ.get("DETECTION_FAULTS")  # e.g. DETECTION_FAULTS=bola_rest,bola_ws for a quick look
     if selected:
         faults = [fault for fault in faults if fault in selected.split(",")]
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    signing_key()  # before the threads, so they never race to create it
     started = time.monotonic()
     outcomes = run_matrix(faults)
     table = render(outcomes, faults, time.monotonic() - started)
