@@ -64,11 +64,14 @@ class AuthService:
         faults.enable(self.settings.faults)
         self.pool = await create_pool(self.settings.auth_database_url, self.settings.db_pool_size)
         await ensure_schema(self.pool, AUTH_SCHEMA)
-        self.redis = aioredis.from_url(self.settings.redis_url, max_connections=200)
+        # A blocking pool waits for a free connection under bursts instead of failing.
+        self.redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+            self.settings.redis_url, max_connections=50, timeout=10))
         try:
             yield
         finally:
             await self.redis.aclose()
+            await self.redis.connection_pool.disconnect()
             await self.pool.close()
 
     async def health(self, request: Request) -> Response:

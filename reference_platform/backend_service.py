@@ -154,7 +154,9 @@ class BackendService:
         faults.enable(self.settings.faults)
         self.pool = await create_pool(self.settings.backend_database_url, self.settings.db_pool_size)
         await ensure_schema(self.pool, BACKEND_SCHEMA)
-        self.redis = aioredis.from_url(self.settings.redis_url, max_connections=500)
+        # A blocking pool waits for a free connection under bursts instead of failing.
+        self.redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+            self.settings.redis_url, max_connections=100, timeout=10))
         self._rate_script = self.redis.register_script(RATE_LIMIT_LUA)
         self.verifier = Verifier(await self._fetch_jwks(), self.settings.issuer, self.settings.audience)
         self._background.append(asyncio.create_task(self._listen_for_revocations()))
@@ -171,6 +173,7 @@ class BackendService:
                 for task in list(conn.runs):
                     task.cancel()
             await self.redis.aclose()
+            await self.redis.connection_pool.disconnect()
             await self.pool.close()
 
     async def _fetch_jwks(self) -> dict:
