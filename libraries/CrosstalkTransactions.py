@@ -466,17 +466,25 @@ class CrosstalkTransactions:
 
     def run_concurrent_database_operations(self, operations: int = 20,
                                            hold: timedelta = timedelta(milliseconds=50),
-                                           label: str = "batch") -> PoolReport:
+                                           label: str = "batch", sql: str | None = None,
+                                           isolation: IsolationLevel | None = None,
+                                           max_retries: int = 0) -> PoolReport:
         """Runs ``operations`` threads at once, each borrowing a pooled connection to write one row.
 
         A caller that got a connection keeps it until every caller has asked for
         one, plus ``hold``, so demand really exceeds supply.  Each operation inserts
-        a row into a probe table; the report counts the rows actually written.
+        a row into a probe table and runs ``sql`` (if given) in the same transaction
+        at ``isolation``; an operation refused with 40001/40P01 is retried up to
+        ``max_retries`` times.  The report counts the rows actually written.
         Returns a report with ``success_rate``, ``waited``, ``refused``,
-        ``max_waiting``, ``rows_written`` and ``in_use_after``; logs it as a table.
+        ``max_waiting``, ``rows_written``, ``retries`` and ``in_use_after``; logs it
+        as a table.
 
         Example:
         | ${report} = | Run Concurrent Database Operations | operations=20 | hold=50ms |
+        | ${report} = | Run Concurrent Database Operations | 20 |
+        | ... | sql=UPDATE budget SET amount = amount + 1 WHERE id = 1 |
+        | ... | isolation=REPEATABLE READ | max_retries=20 |
         """
         if not self._pool:
             raise TransactionError("No connection pool is open: call Open Connection Pool first.")
@@ -489,10 +497,13 @@ class CrosstalkTransactions:
             with conn.cursor() as cur:
                 cur.execute(f"INSERT INTO {PROBE_TABLE} (batch, op, backend_pid) "
                             "VALUES (%s, %s, pg_backend_pid())", (batch, index))
+                if sql:
+                    cur.execute(sql)
 
         report = run_concurrent_operations(self._pool, operations, write, label=f"{label} #{batch}",
                                            hold=hold.total_seconds(),
-                                           arrival_timeout=max(10.0, self._pool.queue_timeout))
+                                           arrival_timeout=max(10.0, self._pool.queue_timeout),
+                                           isolation=isolation, max_retries=max_retries)
         report.rows_written = self._require_engine().query(
             f"SELECT count(*) FROM {PROBE_TABLE} WHERE batch = {batch}")[1][0][0]
         logger.info(report.to_html(), html=True)
@@ -547,6 +558,20 @@ class CrosstalkTransactions:
             problems.append(f"{report.backends_used} server connections used by a pool of {report.pool_size}")
         if problems:
             raise TransactionError(f"The pool did not recover: {'; '.join(problems)}. {report.summary()}")
+
+    def concurrent_operations_should_have_been_retried(self, report: PoolReport,
+                                                       sqlstate: str | None = None) -> None:
+        """Passes when PostgreSQL refused some operations of the batch and they were retried.
+
+        With ``sqlstate`` the refusals must include that SQLSTATE.
+
+        Example:
+        | Concurrent Operations Should Have Been Retried | ${report} | sqlstate=40001 |
+        """
+        if not report.retries or (sqlstate and sqlstate not in report.retries):
+            wanted = f" after {describe_sqlstate(sqlstate)}" if sqlstate else ""
+            raise TransactionError(f"No operation of {report.label} was retried{wanted} under "
+                                   f"{report.isolation}: {report.summary()}")
 
     def close_connection_pool(self) -> None:
         """Closes the pool's connections.

@@ -112,6 +112,16 @@ Twenty Agents Share Five Database Connections And Every Write Lands
     ${again}=    When 20 Agents Write To The Database At Once
     Then Pool Should Have Recovered    ${again}
 
+Twenty Agents Topping Up One Budget At Once Keep Every Token After Retries
+    [Documentation]    Under REPEATABLE READ concurrent writers of one row are refused (40001); retried, all count.
+    [Tags]    pool    retry    lost-update
+    Given Both Budgets Hold 10 Tokens
+    And Agents Share A Pool Of 5 Connections
+    ${report}=    When 20 Agents Top Up Budget 1 By One At Once Under REPEATABLE READ
+    Then Pool Success Rate Should Be At Least    ${report}    100
+    And Concurrent Operations Should Have Been Retried    ${report}    sqlstate=40001
+    And Budget 1 Should Hold 30 Tokens
+
 An Exhausted Pool Without A Queue Refuses Callers And Then Recovers
     [Documentation]    The bare pool refuses the fifteen callers beyond its size; the next small batch is fully served.
     [Tags]    pool

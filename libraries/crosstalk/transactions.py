@@ -1020,6 +1020,8 @@ class PoolReport:
     wait_max_ms: float
     rows_written: int | None = None
     errors: list[str] = field(default_factory=list)
+    isolation: str = "server default"
+    retries: dict[str, int] = field(default_factory=dict)  # SQLSTATE -> retries it caused
 
     @property
     def success_rate(self) -> float:
@@ -1035,7 +1037,11 @@ class PoolReport:
                 f"({'queueing' if self.queueing else 'no queue'}); {self.waited} waited, "
                 f"{self.refused} refused, max queue {self.max_waiting}, "
                 f"wait p50 {self.wait_p50_ms:.0f} ms / max {self.wait_max_ms:.0f} ms, "
-                f"{self.backends_used} backends, {self.in_use_after} still in use, {self.elapsed_ms:.0f} ms")
+                f"{self.backends_used} backends, {self.in_use_after} still in use, {self.elapsed_ms:.0f} ms"
+                + (f", retries {self.retries_text()}" if self.retries else ""))
+
+    def retries_text(self) -> str:
+        return ", ".join(f"{n} after {describe_sqlstate(code)}" for code, n in sorted(self.retries.items()))
 
     def __repr__(self) -> str:
         return f"PoolReport({self.summary()})"
@@ -1047,6 +1053,7 @@ class PoolReport:
                 ("longest queue", self.max_waiting), ("wait p50 ms", f"{self.wait_p50_ms:.1f}"),
                 ("wait max ms", f"{self.wait_max_ms:.1f}"), ("server backends used", self.backends_used),
                 ("rows written", self.rows_written), ("connections in use after", self.in_use_after),
+                ("isolation", self.isolation), ("retries", self.retries_text() or "none"),
                 ("elapsed ms", f"{self.elapsed_ms:.0f}")]
         body = "".join(f"<tr><th align='left'>{_cell(k)}</th><td>{_cell(v)}</td></tr>" for k, v in rows)
         errors = "".join(f"<li>{_cell(e)}</li>" for e in self.errors[:10])
@@ -1064,13 +1071,18 @@ def _percentile(values: list[float], pct: float) -> float:
 
 def run_concurrent_operations(pool: QueuedPool, operations: int, work: Callable[[Any, int], Any], *,
                               label: str = "batch", hold: float = 0.05, arrival_timeout: float = 10.0,
-                              join_timeout: float = 60.0) -> PoolReport:
+                              join_timeout: float = 60.0, isolation: IsolationLevel | None = None,
+                              max_retries: int = 0) -> PoolReport:
     """Run `operations` threads that each borrow a connection and call `work(conn, index)`.
 
     All threads start together (barrier).  A caller that got a connection keeps it
     until every caller has asked for one, then `hold` seconds more, so demand
     really exceeds supply at one instant and the counts are exact: with size S and
     N operations, N - S callers wait (queueing) or are refused (no queue).
+
+    The hold and `work` form one transaction at `isolation`; one refused with
+    40001/40P01 is rolled back and run again (without the hold) up to
+    `max_retries` times on the same connection.
     """
     stats_before = (pool.stats.waited, pool.stats.refused, len(pool.stats.wait_ms))
     pool.stats.max_waiting = 0
@@ -1080,6 +1092,8 @@ def run_concurrent_operations(pool: QueuedPool, operations: int, work: Callable[
     everyone_asked = threading.Event()
     outcomes: list[str | None] = [None] * operations
     backends: set[int] = set()
+    retries: dict[str, int] = {}
+    retries_lock = threading.Lock()
 
     def arrive() -> None:
         nonlocal arrived
@@ -1096,12 +1110,26 @@ def run_concurrent_operations(pool: QueuedPool, operations: int, work: Callable[
             return
         try:
             with pool.connection(on_asked=arrive) as conn:
+                # always set: pooled connections keep the level of their previous borrower
+                conn.set_session(isolation_level=isolation.value if isolation else "DEFAULT")
                 everyone_asked.wait(arrival_timeout)
-                with conn.cursor() as cur:
-                    cur.execute("SELECT pg_backend_pid(), pg_sleep(%s)", (hold,))
-                    backends.add(cur.fetchone()[0])
-                work(conn, index)
-                conn.commit()
+                attempt = 0
+                while True:
+                    try:
+                        with conn.cursor() as cur:
+                            pause = 0 if attempt else hold
+                            cur.execute("SELECT pg_backend_pid(), pg_sleep(%s)", (pause,))
+                            backends.add(cur.fetchone()[0])
+                        work(conn, index)
+                        conn.commit()
+                        break
+                    except psycopg2.Error as error:
+                        if conn.closed or error.pgcode not in RETRYABLE_SQLSTATES or attempt >= max_retries:
+                            raise
+                        conn.rollback()
+                        attempt += 1
+                        with retries_lock:
+                            retries[error.pgcode] = retries.get(error.pgcode, 0) + 1
             outcomes[index] = "ok"
         except PoolExhausted as error:
             outcomes[index] = f"refused: {error}"
@@ -1131,4 +1159,4 @@ def run_concurrent_operations(pool: QueuedPool, operations: int, work: Callable[
         waited=pool.stats.waited - stats_before[0], refused=pool.stats.refused - stats_before[1],
         max_waiting=pool.stats.max_waiting, backends_used=len(backends), in_use_after=pool.in_use,
         elapsed_ms=elapsed, wait_p50_ms=_percentile(waits, 50), wait_max_ms=max(waits, default=0.0),
-        errors=errors)
+        errors=errors, isolation=isolation.value if isolation else "server default", retries=retries)

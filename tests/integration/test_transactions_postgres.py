@@ -443,6 +443,20 @@ def test_queue_timeout_refuses_and_names_the_wait(scratch):
         pool.close()
 
 
+def test_concurrent_writers_refused_under_repeatable_read_are_retried_exactly_once_each(lib):
+    lib.open_connection_pool(size=5)
+    report = lib.run_concurrent_database_operations(
+        20, sql="UPDATE budget SET amount = amount + 1 WHERE id = 1", isolation=RR, max_retries=50)
+    assert report.succeeded == 20 and report.rows_written == 20
+    assert report.retries.get("40001", 0) >= 4  # the first wave alone: 5 snapshots, 1 winner
+    lib.concurrent_operations_should_have_been_retried(report, sqlstate="40001")
+    assert lib.execute_scratch_sql("SELECT amount FROM budget WHERE id = 1") == 30
+    calm = lib.run_concurrent_database_operations(3, sql="SELECT 1")
+    assert calm.isolation == "server default"
+    with pytest.raises(AssertionError, match=r"No operation of .* was retried after 40001"):
+        lib.concurrent_operations_should_have_been_retried(calm, sqlstate="40001")
+
+
 def test_pool_assertions_can_fail(lib):
     lib.open_connection_pool(size=5, queueing=False)
     refused = lib.run_concurrent_database_operations(operations=20)
@@ -466,4 +480,4 @@ def test_robot_suite_passes_against_a_real_server(server_url, tmp_path):
          "--variable", f"BACKEND_DATABASE_URL:{server_url}", "suites/transaction_anomalies.robot"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-2000:]
-    assert "12 tests, 12 passed, 0 failed" in completed.stdout
+    assert "13 tests, 13 passed, 0 failed" in completed.stdout
