@@ -236,7 +236,10 @@ def drop_stale_scratch_databases(server_dsn: str, prefix: str = "crosstalk_scrat
     for name in names:
         match = SCRATCH_NAME.match(name)
         if match and match["prefix"] == prefix and time.time() - int(match["stamp"]) > older_than:
-            drop_database(server_dsn, name, connect_timeout)
+            try:
+                drop_database(server_dsn, name, connect_timeout)
+            except psycopg2.Error:
+                continue  # e.g. owned by another user: not ours to clean up
             stale.append(name)
     return stale
 

@@ -457,6 +457,59 @@ def test_concurrent_writers_refused_under_repeatable_read_are_retried_exactly_on
         lib.concurrent_operations_should_have_been_retried(calm, sqlstate="40001")
 
 
+def test_queued_callers_are_served_first_come_first_served(scratch):
+    pool = QueuedPool(scratch.dsn, 1, queueing=True, queue_timeout=10)
+    served: list[str] = []
+    release = threading.Event()
+
+    def borrower(name: str, hold: bool) -> None:
+        with pool.connection():
+            served.append(name)
+            if hold:
+                release.wait(5)
+
+    try:
+        holder = threading.Thread(target=borrower, args=("holder", True))
+        holder.start()
+        waiters = []
+        for position, name in enumerate(["first", "second", "third"], start=1):
+            waiter = threading.Thread(target=borrower, args=(name, False))
+            waiter.start()
+            waiters.append(waiter)
+            deadline = time.monotonic() + 5
+            while pool.waiting < position:  # queue them in a known order
+                assert time.monotonic() < deadline, f"{name} never queued"
+                time.sleep(0.005)
+        release.set()
+        for thread in [holder, *waiters]:
+            thread.join(5)
+        assert served == ["holder", "first", "second", "third"]
+        assert pool.stats.waited == 3 and pool.in_use == 0
+    finally:
+        release.set()
+        pool.close()
+
+
+def test_stale_scratch_databases_are_dropped_and_fresh_ones_kept(server_url):
+    from crosstalk.transactions import drop_stale_scratch_databases
+
+    stale_name = f"crosstalk_stale_{int(time.time()) - 8 * 3600}_1_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(server_url)
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {stale_name}")
+    fresh = ScratchDatabase.create(server_url, "crosstalk_stale")
+    try:
+        dropped = drop_stale_scratch_databases(server_url, "crosstalk_stale", older_than=6 * 3600)
+        assert dropped == [stale_name]
+        with admin.cursor() as cur:
+            cur.execute("SELECT datname FROM pg_database WHERE datname LIKE 'crosstalk\\_stale\\_%'")
+            assert [row[0] for row in cur.fetchall()] == [fresh.name]
+    finally:
+        fresh.drop()
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {stale_name}")
+        admin.close()
+
+
 def test_pool_assertions_can_fail(lib):
     lib.open_connection_pool(size=5, queueing=False)
     refused = lib.run_concurrent_database_operations(operations=20)
