@@ -72,6 +72,11 @@ class CrosstalkPlatform:
         | Suite Teardown | Release Platform         |
         """
         seconds = timeout.total_seconds()
+        if self.target and self._configured("AUTH_URL") == self.target["AUTH_URL"]:
+            # already attached by a parent suite: a child suite's own setup just joins
+            if self._acquired:
+                self._acquired += 1
+            return dict(self.target)
         if self._configured("AUTH_URL"):
             target = self._configured_target(seconds)
             extra = {name: self._configured(name) or "" for name in TOKEN_VARIABLES}
@@ -172,6 +177,7 @@ class CrosstalkPlatform:
             return
         self._acquired -= 1
         if self._acquired == 0 and self._shared.release():
+            self.target = {}
             logger.info("The reference platform was stopped (last holder).")
 
     @keyword("Platform Should Be Healthy")

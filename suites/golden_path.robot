@@ -5,7 +5,8 @@ Documentation       Golden path: one user signs up, signs in, chats with the age
 
 Resource            ../resources/chat.resource
 
-Suite Teardown      Disconnect All
+Suite Setup         Chat Suite Starts
+Suite Teardown      Chat Suite Ends
 
 Test Tags           golden-path
 

@@ -3,7 +3,8 @@ Documentation       Smoke: two users log in and each completes one chat.
 
 Resource            ../resources/chat.resource
 
-Suite Teardown      Disconnect All
+Suite Setup         Chat Suite Starts
+Suite Teardown      Chat Suite Ends
 
 Test Tags           smoke
 
