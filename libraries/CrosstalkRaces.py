@@ -72,6 +72,7 @@ class CrosstalkRaces:
         self._target: Target | None = None
         self._saved: Target | None = None
         self._isolated: SharedPlatform | None = None
+        self._sockets: list = []
 
     # ------------------------------------------------------------------ target
     @property
@@ -148,7 +149,9 @@ class CrosstalkRaces:
         """
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
-        users = races.run_pool(count, lambda i: races.new_user(self.target, f"{prefix}{i + 1:02d}"))
+        users = races.run_pool(
+            count, lambda i: races.new_user(self.target, f"{prefix}{i + 1:02d}"), races.SIGN_IN_PARALLELISM
+        )
         logger.info(f"Created {count} users: {', '.join(u.label for u in users)}")
         return users
 
@@ -354,6 +357,7 @@ class CrosstalkRaces:
         )
         failed = [o for o in outcomes if not o.ok]
         sockets = [(users[i], o.value) for i, o in enumerate(outcomes) if o.ok]
+        self._sockets += [ws for _, ws in sockets]
         if failed:
             for _, ws in sockets:
                 ws.close()
@@ -377,6 +381,17 @@ class CrosstalkRaces:
         races.fire_at_once(
             [u.label for u, _ in sockets], lambda i, actor: sockets[i][1].close(), _seconds(timeout)
         )
+
+    @keyword
+    def close_all_race_sockets(self) -> None:
+        """Close every socket this library opened that is still open (a teardown safety net).
+
+        Example:
+        | [Teardown] | Close All Race Sockets |
+        """
+        sockets, self._sockets = self._sockets, []
+        for ws in sockets:
+            ws.close()
 
     @keyword
     def each_user_should_hold_exactly_one_own_session(self, users: list[TestUser]) -> None:

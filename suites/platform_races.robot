@@ -8,6 +8,8 @@ Documentation       Many users and many clients of one user hit the platform at 
 
 Resource            ../resources/races.resource
 
+Test Teardown       Close All Race Sockets
+
 Test Tags           race
 
 
@@ -52,7 +54,7 @@ Fifty Simultaneous Connections Keep Their Own Ordered Events
     ${frames} =    When All Users Chat At Once    ${sockets}
     Then No Connection Should Receive Another Users Events    ${sockets}    ${frames}
     And Every Run Should Arrive In Order    ${frames}
-    [Teardown]    Disconnect All At Once    ${sockets}
+    [Teardown]    Close All Race Sockets
 
 Only One Writer Wins A User's Cache Key
     [Documentation]    Concurrent check-then-set on one user-scoped Redis key: SET NX and WATCH/MULTI.

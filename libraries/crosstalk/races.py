@@ -33,6 +33,9 @@ from .model import TestUser, Tokens
 from .secrets import mask_url
 
 HTTP_TIMEOUT = 10.0
+# Password hashing (argon2id) makes sign-up and login the slow calls on a busy machine.
+SIGN_IN_TIMEOUT = 30.0
+SIGN_IN_PARALLELISM = 8
 PASSWORD = "race-condition-pw-1"
 
 
@@ -183,9 +186,7 @@ def _json_or_text(reply: requests.Response) -> Any:
 def new_user(target: Target, label: str) -> TestUser:
     email = f"{label}-{uuid.uuid4().hex[:10]}@race.example.test"
     user = TestUser(label, email, PASSWORD, canary=f"CANARY-{label}-{uuid.uuid4().hex[:8]}")
-    reply = requests.post(
-        f"{target.auth_url}/auth/register", json={"email": email, "password": PASSWORD}, timeout=HTTP_TIMEOUT
-    )
+    reply = _post(target.auth_url, "/auth/register", {"email": email, "password": PASSWORD}, label)
     if reply.status_code != 201:
         raise RaceError(f"registering {label} ({email}) answered {reply.status_code}: {_json_or_text(reply)}")
     user.user_id = reply.json()["user_id"]
@@ -193,11 +194,19 @@ def new_user(target: Target, label: str) -> TestUser:
     return user
 
 
+def _post(base: str, path: str, body: dict, label: str) -> requests.Response:
+    try:
+        return requests.post(f"{base}{path}", json=body, timeout=SIGN_IN_TIMEOUT)
+    except requests.RequestException as exc:
+        raise RaceError(
+            f"{label}: POST {path} got no answer from {base} within {SIGN_IN_TIMEOUT:g} s "
+            f"({type(exc).__name__}); is the auth service overloaded or down?"
+        ) from None
+
+
 def login(target: Target, user: TestUser) -> Tokens:
-    reply = requests.post(
-        f"{target.auth_url}/auth/login",
-        json={"email": user.email, "password": user.password},
-        timeout=HTTP_TIMEOUT,
+    reply = _post(
+        target.auth_url, "/auth/login", {"email": user.email, "password": user.password}, user.label
     )
     if reply.status_code != 200:
         raise RaceError(f"login of {user.label} answered {reply.status_code}: {_json_or_text(reply)}")
@@ -394,6 +403,6 @@ def partial_state_report(state: WorkspaceState) -> str:
     return f"partially applied cross-service transaction for {state}; {detail}"
 
 
-def run_pool(count: int, fn: Callable[[int], Any]) -> list[Any]:
-    with ThreadPoolExecutor(max_workers=min(count, 64)) as pool:
+def run_pool(count: int, fn: Callable[[int], Any], parallelism: int = 64) -> list[Any]:
+    with ThreadPoolExecutor(max_workers=max(1, min(count, parallelism))) as pool:
         return list(pool.map(fn, range(count)))
