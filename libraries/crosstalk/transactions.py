@@ -519,13 +519,11 @@ class TransactionEngine:
         if name in self.sessions:
             raise TransactionError(
                 f"Transaction {name} is already open; close it first or pick another name.")
-        base_options = psycopg2.extensions.parse_dsn(self.dsn).get("options", "")
+        # lock_timeout bounds every lock wait of an unmarked step on the server;
+        # statement_timeout is the backstop for everything else
         conn = _connect(self.dsn, connect_timeout=self.connect_timeout, what=f"transaction {name}",
                         application_name=f"crosstalk-{name}"[:63],
-                        # lock_timeout bounds every lock wait of an unmarked step on the
-                        # server; statement_timeout is the backstop for everything else
-                        options=f"{base_options} -c lock_timeout={max(1, int(lock_timeout * 1000))} "
-                                f"-c statement_timeout={max(1, int(lock_timeout * 3000))}")
+                        options=self._options(lock_timeout, 3 * lock_timeout))
         # explicit BEGIN/COMMIT statements, so the journal shows exactly what was sent
         conn.autocommit = True
         deadlock_ms = None
@@ -540,6 +538,12 @@ class TransactionEngine:
         session = Session(name, conn, conn.get_backend_pid(), isolation, deadlock_ms)
         self.sessions[name] = session
         return session
+
+    def _options(self, lock_timeout: float, statement_timeout: float) -> str:
+        """Server options for a new connection, keeping those of the DSN (e.g. a search_path)."""
+        base = psycopg2.extensions.parse_dsn(self.dsn).get("options", "")
+        return (f"{base} -c lock_timeout={max(1, int(lock_timeout * 1000))} "
+                f"-c statement_timeout={max(1, int(statement_timeout * 1000))}").strip()
 
     def session(self, name: str) -> Session:
         try:
@@ -575,8 +579,9 @@ class TransactionEngine:
 
     def _monitor_query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         if self._monitor is None or self._monitor.closed:
+            # also runs setup SQL: a lock left behind by a failed test must not hang it
             self._monitor = _connect(self.dsn, connect_timeout=self.connect_timeout, what="the lock monitor",
-                                     application_name="crosstalk-monitor")
+                                     application_name="crosstalk-monitor", options=self._options(10, 60))
             self._monitor.autocommit = True
         with self._monitor.cursor() as cur:
             cur.execute(sql, params)
