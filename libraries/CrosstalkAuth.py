@@ -13,7 +13,7 @@ import jwt
 import requests
 from crosstalk import htmllog
 from crosstalk.model import TestUser, Tokens
-from crosstalk.secrets import MaskedHeaders, mask, protect_requests_library_log
+from crosstalk.secrets import MaskedHeaders, mask, mask_password, protect_requests_library_log
 from crosstalk.tokens import Forgery, forge, load_private_key, public_pem_from_jwk, split
 from robot.api import logger
 from robot.api.deco import keyword, library
@@ -154,7 +154,7 @@ class CrosstalkAuth:
         logger.info(
             htmllog.table(
                 ("label", "email", "user_id", "password", "canary"),
-                ((u.label, u.email, u.user_id, mask(u.password), u.canary) for u in users),
+                ((u.label, u.email, u.user_id, mask_password(u.password), u.canary) for u in users),
                 f"{count} users registered",
             ),
             html=True,
@@ -176,7 +176,7 @@ class CrosstalkAuth:
             f"CANARY-{label}-{secrets.token_hex(6)}",
         )
         self._register(user)
-        logger.info(f"Registered {user} with password {mask(user.password)}, canary {user.canary}")
+        logger.info(f"Registered {user} with password {mask_password(user.password)}, canary {user.canary}")
         return user
 
     # ------------------------------------------------------------------ sessions
@@ -221,7 +221,7 @@ class CrosstalkAuth:
         response = self._post("/auth/login", {"email": email, "password": _plain(password)})
         if response.status_code != 401:
             raise AssertionError(
-                f"Login of {email} with password {mask(_plain(password))} answered "
+                f"Login of {email} with password {mask_password(password)} answered "
                 f"{response.status_code}, expected 401."
             )
 

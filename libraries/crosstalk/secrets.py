@@ -12,11 +12,9 @@ from typing import Any
 
 ELLIPSIS = "…"
 _JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
-_URL_PASSWORD_RE = re.compile(r"(://[^:/@\s]+:)[^@\s]*@")
+_URL_PASSWORD_RE = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 _BEARER_RE = re.compile(r"(?i)(bearer\s+)(\S+)")
-SECRET_KEYS = frozenset(
-    {"password", "access_token", "refresh_token", "token", "authorization", "secret", "new_password"}
-)
+SECRET_KEYS = frozenset({"access_token", "refresh_token", "token", "authorization", "secret"})
 
 
 def mask(value: Any, keep: int = 6) -> str:
@@ -33,6 +31,12 @@ def mask(value: Any, keep: int = 6) -> str:
     return text[:keep] + ELLIPSIS
 
 
+def mask_password(value: Any) -> str:
+    """Hide a password completely (a prefix of a password is a gift to an attacker); keep its length."""
+    text = "" if value is None else str(getattr(value, "value", value))
+    return f"*** ({len(text)} chars)" if text else ""
+
+
 def mask_url(url: str) -> str:
     """Hide the password of a ``scheme://user:password@host`` URL."""
     return _URL_PASSWORD_RE.sub(r"\1***@", url or "")
@@ -45,13 +49,18 @@ def mask_text(text: str) -> str:
     return _JWT_RE.sub(lambda m: mask(m.group(0)), text)
 
 
+def _mask_item(key: str, value: Any) -> Any:
+    if "password" in key:
+        return mask_password(value)
+    if key in SECRET_KEYS:
+        return mask(value)
+    return mask_mapping(value)
+
+
 def mask_mapping(data: Any) -> Any:
     """Copy of a JSON-like structure with values under secret-looking keys masked."""
     if isinstance(data, dict):
-        return {
-            key: mask(value) if str(key).lower() in SECRET_KEYS else mask_mapping(value)
-            for key, value in data.items()
-        }
+        return {key: _mask_item(str(key).lower(), value) for key, value in data.items()}
     if isinstance(data, list):
         return [mask_mapping(item) for item in data]
     if isinstance(data, str):

@@ -43,7 +43,7 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
         match = _TOKEN_RE.match(pattern, position)
         if not match:
             raise ValueError(
-                f"Invalid event pattern at '{pattern[position:]}': use type names, ( ), |, +, *, ?."
+                f"Invalid event pattern at '{pattern[position:].strip()}': use type names, ( ), |, +, *, ?."
             )
         token = match.group(1)
         position = match.end()
