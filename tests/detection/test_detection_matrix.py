@@ -61,14 +61,17 @@ class Row:
 
 # fault -> tags to run -> expected failing test -> key phrase of its message
 MATRIX: tuple[Row, ...] = (
-    Row("crosstalk", ("concurrent",), "Every User Gets Only Their Own Events", "isolation violation"),
-    Row("shared_context", ("isolation-details",), "Tool Results Draw Only On The Caller's Data", "canary"),
+    Row("crosstalk", ("eventsANDisolation",), "Events Reach Only Their User", "Isolation violated"),
+    Row("shared_context", ("tools",), "Tool Results Only Draw On The Caller's Data",
+        "holds data that is not"),
     Row("bola_rest", ("bola",), "Another User's Thread Is Invisible Over REST",
         "answered HTTP 200 instead of 404"),
     Row("bola_ws", ("bola",), "Another User's Thread Is Refused In WebSocket Frames",
         "was not refused with thread_not_found"),
-    Row("drop_event", ("golden-path",), "One Chat Streams All Five Events In Order", "tool_completed"),
-    Row("reorder_events", ("golden-path",), "One Chat Streams All Five Events In Order", "order"),
+    Row("drop_event", ("order",), "Fifty Simultaneous Connections Keep Their Own Ordered Events",
+        "event order broken under load"),
+    Row("reorder_events", ("order",), "Fifty Simultaneous Connections Keep Their Own Ordered Events",
+        "event order broken under load"),
     Row("logout_no_revoke", ("revocation",), "Access Token Is Dead After Logout",
         "with the access token after logout answered HTTP 200"),
     Row("refresh_reuse", ("revocation",), "Reused Refresh Token Revokes The Whole Family",
@@ -93,8 +96,21 @@ MATRIX: tuple[Row, ...] = (
         "frame_too_large"),
     Row("sql_concat", ("input",), "Hostile Content Is Stored And Returned Verbatim",
         "ended failed instead of completed"),
+    Row("lost_update", ("counter",), "Fifty Parallel Notes Are All Counted", "lost update"),
+    Row("cache_key_collision", ("cacheANDisolation",), "Cached Thread Lists Never Cross Users",
+        "thread lists crossed users"),
+    Row("redis_cancel_leak", ("chatgpt-incident",),
+        "Hanging Up Mid-Request Never Hands Titles To Another User", "Redis reply leak"),
+    Row("no_rollback", ("rollback",), "A Backend Failure Rolls Everything Back",
+        "partially applied cross-service transaction"),
+    # failure injections, not bugs: the plain success scenario must notice the broken step
+    Row("workspace_backend_fail", ("workspaceNOTrollbackNOTdetectionNOTconcurrency",),
+        "A Workspace Is Recorded In All Three Stores", "'failed_step': 'backend'"),
+    Row("workspace_analytics_fail", ("workspaceNOTrollbackNOTdetectionNOTconcurrency",),
+        "A Workspace Is Recorded In All Three Stores", "'failed_step': 'analytics'"),
 )
 ROWS = {row.fault: row for row in MATRIX}
+assert all(row.phrase for row in MATRIX), "every row needs a key phrase: failing is not enough"
 
 
 def registered_faults() -> list[str]:
