@@ -177,6 +177,8 @@ class CrosstalkTransactions:
         if not names:
             raise ValueError("Open Transactions needs at least one name, e.g. T1 T2.")
         engine = self._require_engine()
+        if not engine.sessions:
+            engine.reset_journal()  # a new scenario: Get Interleaving shows only its steps
         for name in names:
             session = engine.open(name, isolation, lock_timeout.total_seconds(),
                                   deadlock_timeout.total_seconds())

@@ -564,8 +564,10 @@ class TransactionEngine:
             session.close()
 
     def close_all(self) -> None:
+        """Close every session and start a fresh journal (the next scenario's)."""
         for name in list(self.sessions):
             self.close(name)
+        self.reset_journal()
         if self._monitor is not None:
             with suppress(psycopg2.Error):
                 self._monitor.close()

@@ -323,6 +323,10 @@ def test_execute_in_transaction_expectations_can_fail(lib):
     lib.rollback_transaction("T1")
     result = lib.get_interleaving(anomaly="manual lost update")
     assert result.losers == {"T1": "40001"}
+    lib.close_all_transactions()
+    lib.open_transactions("T3")
+    lib.execute_in_transaction("T3", "SELECT 1")
+    assert lib.get_interleaving().transactions == ["T3"]  # the previous scenario is not mixed in
 
 
 # ------------------------------------------------------------ scratch databases
