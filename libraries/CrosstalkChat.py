@@ -300,6 +300,31 @@ class CrosstalkChat:
         )
         return run
 
+    @keyword("Send Message From Each User")
+    def send_message_from_each_user(self, users: list[TestUser], content: str) -> list:
+        """Every user sends one message at the same moment, on their latest connection; returns the runs.
+
+        ``content`` may hold ``{label}``, ``{email}`` and ``{canary}``, filled in per
+        user, so each user's message is unique and carries their canary.
+
+        Example:
+        | ${runs} = | Send Message From Each User | ${users} | What does my plan cost? {canary} |
+        | Wait For Runs Of All Users | ${runs} |
+        """
+        connections = [self._resolve(user) for user in users]
+        try:
+            texts = [content.format(label=u.label, email=u.email, canary=u.canary) for u in users]
+        except (KeyError, IndexError) as exc:
+            raise ValueError(
+                f"Message template {content!r} has an unknown placeholder {exc}: use {{label}}, {{email}} "
+                "or {canary} (double other braces)."
+            ) from None
+        runs = self._run(
+            gather_strict(c.send_message(text) for c, text in zip(connections, texts, strict=True)), 10.0
+        )
+        logger.info(f"{len(runs)} users sent a message at once: {', '.join(u.label for u in users)}")
+        return runs
+
     @keyword("Send Raw Frame")
     def send_raw_frame(self, target: UserConnection | TestUser | str, text: str) -> None:
         """Send ``text`` exactly as given (malformed JSON, unknown types, huge frames...).
