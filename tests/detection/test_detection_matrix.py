@@ -360,6 +360,22 @@ def test_every_row_names_a_registered_fault():
     assert not unknown, f"matrix rows for unknown fault(s) {unknown}: the platform's registry lacks them."
 
 
+def test_docs_list_every_row():
+    docs = (ROOT / "docs" / "detection.md").read_text()
+    missing = [row.fault for row in MATRIX if f"| `{row.fault}` |" not in docs or row.test not in docs]
+    assert not missing, f"docs/detection.md has no up-to-date line for {missing}: add them to its table."
+
+
+def test_every_security_test_is_shown_to_fail():
+    from robot.api import TestSuiteBuilder
+
+    suite = TestSuiteBuilder().build(str(ROOT / "suites" / "security.robot"))
+    caught = {row.test for row in MATRIX}
+    uncaught = [test.name for test in suite.all_tests if test.name not in caught]
+    assert not uncaught, (f"security tests no fault switch is shown to break: {uncaught}; a check that "
+                          f"never fails proves nothing: add a fault switch and a row for it.")
+
+
 @pytest.fixture(scope="module")
 def matrix(request) -> dict[str, Outcome]:
     faults = [fault for fault in registered_faults() if fault in ROWS]
