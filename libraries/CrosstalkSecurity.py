@@ -19,18 +19,13 @@ from typing import Any
 import redis
 import requests
 from crosstalk.model import TestUser
+from crosstalk.secrets import mask
 from robot.api import logger
 from robot.api.deco import keyword, library
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 DEFAULT_TIMEOUT = timedelta(seconds=10)
-
-
-def _mask(token: str | None) -> str:
-    if not token:
-        return "(none)"
-    return f"{token[:6]}…({len(token)} chars)"
 
 
 def _short(text: str, limit: int = 160) -> str:
@@ -122,8 +117,10 @@ class CrosstalkSecurity:
         | Websocket Handshake Should Be Refused | ${WS_URL} | ${token} | status=403 | origin=null |
         """
         what = what or f"token of {_label_of(token)}"
-        headers = {"Authorization": f"Bearer {_token_of(token)}"} if _token_of(token) else {}
-        logger.info(f"Handshake to {ws_url} with {what}: token {_mask(_token_of(token))}, Origin {origin!r}")
+        plain = _token_of(token)
+        headers = {"Authorization": f"Bearer {plain}"} if plain else {}
+        shown = mask(plain) if plain else "(no Authorization header)"
+        logger.info(f"Handshake to {ws_url} with {what}: token {shown}, Origin {origin!r}")
         try:
             connection = connect(ws_url, additional_headers=headers, origin=origin, open_timeout=_s(timeout),
                                  compression=None, max_size=None)
