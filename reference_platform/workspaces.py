@@ -38,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from . import faults
+from .clickhouse_events import ClickHouseEvents
 from .common import unauthorized
 
 log = logging.getLogger("reference_platform.workspaces")
@@ -103,11 +104,18 @@ class WorkspaceService:
         self.urls = {"auth": auth_url, "backend": backend_url, "analytics": analytics_url(backend_url)}
         self.authenticate = authenticate
         self.pools: dict[str, asyncpg.Pool] = {}
+        self.clickhouse = ClickHouseEvents.from_environment()
+        # With ClickHouse, analytics is not a two-phase participant (see clickhouse_events.py).
+        self.prepared_steps = ("auth", "backend") if self.clickhouse else ("auth", "backend", "analytics")
 
     async def start(self) -> None:
-        if not os.environ.get(ANALYTICS_URL_ENV):
+        if self.clickhouse:
+            await self.clickhouse.start()
+        elif not os.environ.get(ANALYTICS_URL_ENV):
             await _ensure_database(self.urls["analytics"], self.urls["backend"])
-        for step, ddl in (("auth", AUTH_DDL), ("backend", BACKEND_DDL), ("analytics", ANALYTICS_DDL)):
+        ddls = {"auth": AUTH_DDL, "backend": BACKEND_DDL, "analytics": ANALYTICS_DDL}
+        for step in self.prepared_steps:
+            ddl = ddls[step]
             pool = await asyncpg.create_pool(self.urls[step], min_size=1, max_size=10, command_timeout=10)
             self.pools[step] = pool
             async with pool.acquire() as conn:
@@ -129,6 +137,8 @@ class WorkspaceService:
                 await conn.execute(f"ROLLBACK PREPARED '{row['gid']}'")
 
     async def close(self) -> None:
+        if self.clickhouse:
+            await self.clickhouse.close()
         for pool in self.pools.values():
             await pool.close()
 
@@ -218,7 +228,7 @@ class WorkspaceService:
     async def _create_two_phase(self, user_id: uuid.UUID, workspace_id: uuid.UUID, name: str) -> None:
         prepared: list[tuple[str, str]] = []
         try:
-            for step in ("auth", "backend", "analytics"):
+            for step in self.prepared_steps:
                 gid = f"ws:{workspace_id}:{step}"
                 async with self.pools[step].acquire() as conn:
                     await conn.execute("BEGIN")
@@ -232,6 +242,8 @@ class WorkspaceService:
                             raise StepFailed(step, f"{type(exc).__name__}: {exc}") from exc
                         raise
                 prepared.append((step, gid))
+            if self.clickhouse:
+                await self._clickhouse_step(user_id, workspace_id, name)
         except BaseException:
             for step, gid in prepared:
                 try:
@@ -239,13 +251,29 @@ class WorkspaceService:
                 except Exception as exc:  # left for the recovery on the next start
                     log.error("ROLLBACK PREPARED %s failed: %s", gid, exc)
             raise
-        for step, gid in prepared:
-            await self.pools[step].execute(f"COMMIT PREPARED '{gid}'")
+        try:
+            for step, gid in prepared:
+                await self.pools[step].execute(f"COMMIT PREPARED '{gid}'")
+        except Exception:
+            if self.clickhouse:
+                await self.clickhouse.compensate(workspace_id)
+            raise
+
+    async def _clickhouse_step(self, user_id: uuid.UUID, workspace_id: uuid.UUID, name: str) -> None:
+        try:
+            await self.clickhouse.insert(user_id, workspace_id, name)
+        except Exception as exc:
+            raise StepFailed("analytics", f"ClickHouse insert failed: {type(exc).__name__}: {exc}") from exc
+        if faults.on("workspace_analytics_fail"):
+            await self.clickhouse.compensate(workspace_id)
+            raise StepFailed("analytics", "injected failure after the event was written")
 
     async def _create_without_coordination(
         self, user_id: uuid.UUID, workspace_id: uuid.UUID, name: str
     ) -> None:
         # The bug: each store commits on its own; a failing later step leaves the earlier ones applied.
-        for step in ("auth", "backend", "analytics"):
+        for step in self.prepared_steps:
             async with self.pools[step].acquire() as conn, conn.transaction():
                 await self._write(step, conn, user_id, workspace_id, name)
+        if self.clickhouse:
+            await self._clickhouse_step(user_id, workspace_id, name)

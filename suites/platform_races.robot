@@ -47,13 +47,16 @@ Thirty Users Open And Close Sessions Together
     Then No Session Should Remain    ${users}
 
 Fifty Simultaneous Connections Keep Their Own Ordered Events
-    [Documentation]    50 users connect, chat and disconnect together; events stay private and in order.
+    [Documentation]    50 users connect, chat and disconnect together: events stay private and in order,
+    ...    and every session record goes away.
     [Tags]    websocket    isolation    order
     ${users} =    Racers    ${SOCKET_USERS}    prefix=socket
     ${sockets} =    All Users Connect At Once    ${users}
     ${frames} =    When All Users Chat At Once    ${sockets}
     Then No Connection Should Receive Another Users Events    ${sockets}    ${frames}
     And Every Run Should Arrive In Order    ${frames}
+    When Disconnect All At Once    ${sockets}
+    Then No Session Should Remain    ${users}
     [Teardown]    Close All Race Sockets
 
 Only One Writer Wins A User's Cache Key

@@ -369,15 +369,39 @@ def workspace_state(target: Target, user: TestUser) -> WorkspaceState:
             (user.user_id,),
         )
     ]
-    analytics = [
-        str(r[0])
-        for r in pg_rows(
-            target.analytics_database_url,
-            "SELECT workspace_id FROM events WHERE user_id = %s AND kind = 'workspace_created'",
-            (user.user_id,),
-        )
-    ]
+    if target.analytics_database_url.startswith(("clickhouse", "http")):
+        analytics = clickhouse_workspace_events(target.analytics_database_url, user.user_id)
+    else:
+        analytics = [
+            str(r[0])
+            for r in pg_rows(
+                target.analytics_database_url,
+                "SELECT workspace_id FROM events WHERE user_id = %s AND kind = 'workspace_created'",
+                (user.user_id,),
+            )
+        ]
     return WorkspaceState(user.label, int(count or 0), backend, analytics)
+
+
+def clickhouse_workspace_events(url: str, user_id: str) -> list[str]:
+    """Workspace ids of the user's workspace_created events in ClickHouse (UNTESTED: no server here)."""
+    try:
+        import clickhouse_connect
+    except ImportError:
+        raise ValueError(
+            "ANALYTICS_DATABASE_URL names ClickHouse but clickhouse-connect is not installed: "
+            "pip install 'clickhouse-connect>=0.7,<1'"
+        ) from None
+    client = clickhouse_connect.get_client(dsn=url)
+    try:
+        result = client.query(
+            "SELECT toString(workspace_id) FROM events "
+            "WHERE user_id = {u:UUID} AND kind = 'workspace_created'",
+            parameters={"u": user_id},
+        )
+        return [row[0] for row in result.result_rows]
+    finally:
+        client.close()
 
 
 def partial_state_report(state: WorkspaceState) -> str:
