@@ -7,8 +7,8 @@ Documentation       Concurrent chat (seed 000): ten users log in, connect and ch
 
 Resource            ../resources/isolation.resource
 
-Suite Setup         The Platform Is Up For This Suite
-Suite Teardown      Users Disconnect And The Platform Is Released
+Suite Setup         Chat Suite Starts
+Suite Teardown      Isolation Suite Ends
 
 Test Tags           isolation    golden-path    concurrency
 
@@ -23,15 +23,15 @@ Ten Users Chat At Once And Each Gets The Answer To Their Own Message
     [Documentation]    Concurrent logins, concurrent connections, messages sent in parallel with unique content.
     ${users} =    Connected Users    ${CONCURRENT_USERS}    prefix=concurrent
     ${runs} =    Every User Asks With Their Canary    ${users}    What does my cloud plan cost this month?
-    Every User Should Get An Answer To Their Own Question    ${users}    ${runs}
+    Each User Should Get Their Own Answer    ${users}    ${runs}
     No Data Should Cross Between Users    ${users}
 
 Users With Secrets Never See Each Other's Secrets
     [Documentation]    Each user tells the agent a secret, then asks about it: the tool finds only their own.
     ${users} =    Connected Users    ${USERS_WITH_SECRETS}    prefix=secret
     ${firsts} =    Every User Asks With Their Canary    ${users}    Remember my secret project code
-    Every User Should Get An Answer To Their Own Question    ${users}    ${firsts}
+    Each User Should Get Their Own Answer    ${users}    ${firsts}
     ${follow_ups} =    Every User Asks Again In Their Thread    ${firsts}    What was my secret project code?
-    Every User Should Get An Answer To Their Own Question    ${users}    ${follow_ups}
+    Each User Should Get Their Own Answer    ${users}    ${follow_ups}
     Answers Should Recall Only Their Own Earlier Message    ${firsts}    ${follow_ups}
     No Data Should Cross Between Users    ${users}

@@ -9,8 +9,8 @@ Documentation       Real concurrent users with data isolation (seed 001): twelve
 
 Resource            ../resources/isolation.resource
 
-Suite Setup         The Platform Is Up For This Suite
-Suite Teardown      Users Disconnect And The Platform Is Released
+Suite Setup         Chat Suite Starts
+Suite Teardown      Isolation Suite Ends
 
 Test Tags           isolation    performance    concurrency
 
@@ -27,7 +27,7 @@ Twelve Users Get Fast, Fair And Isolated Answers
     [Documentation]    One message each, all at once: correct answers, thresholds met, no data crosses.
     ${users} =    Connected Users    ${TENANTS}    prefix=tenant
     ${runs} =    Every User Asks With Their Canary    ${users}    How can I cut the cost of my storage?
-    Every User Should Get An Answer To Their Own Question    ${users}    ${runs}
+    Each User Should Get Their Own Answer    ${users}    ${runs}
     Chat Round Should Be Fast And Fair    ${runs}
     No Data Should Cross Between Users    ${users}
 
@@ -35,9 +35,9 @@ Service Stays Fast, Fair And Isolated Over Consecutive Rounds
     [Documentation]    Three rounds in the same threads: each round meets the thresholds and recalls only own history.
     ${users} =    Connected Users    ${TENANTS}    prefix=steady
     ${first} =    Every User Asks With Their Canary    ${users}    Is my login token setup secure?
-    Every User Should Get An Answer To Their Own Question    ${users}    ${first}
+    Each User Should Get Their Own Answer    ${users}    ${first}
     ${second} =    Every User Asks Again In Their Thread    ${first}    Which of my settings slow things down?
-    Every User Should Get An Answer To Their Own Question    ${users}    ${second}
+    Each User Should Get Their Own Answer    ${users}    ${second}
     Answers Should Recall Only Their Own Earlier Message    ${first}    ${second}
     Chat Round Should Be Fast And Fair    ${second}
     No Data Should Cross Between Users    ${users}

@@ -10,7 +10,7 @@ Documentation       Isolation details (seed 004, and test 5 of seed 002): what o
 Resource            ../resources/isolation.resource
 
 Suite Setup         Isolation Details Setup
-Suite Teardown      Users Disconnect And The Platform Is Released
+Suite Teardown      Isolation Suite Ends
 
 Test Tags           isolation
 
@@ -21,7 +21,7 @@ Events Reach Only Their User
     [Tags]    events
     ${users} =    Connected Users    4    prefix=events
     ${runs} =    Users Ask At The Same Time In Slow Runs    ${users}    How fast is my pipeline?
-    Every User Should Get An Answer To Their Own Question    ${users}    ${runs}
+    Each User Should Get Their Own Answer    ${users}    ${runs}
     Events Should Reach Only Their User    @{users}
 
 Tool Results Only Draw On The Caller's Data
@@ -29,9 +29,9 @@ Tool Results Only Draw On The Caller's Data
     [Tags]    tools
     ${users} =    Connected Users    3    prefix=tools
     ${firsts} =    Every User Asks With Their Canary    ${users}    My monthly budget is private
-    Every User Should Get An Answer To Their Own Question    ${users}    ${firsts}
+    Each User Should Get Their Own Answer    ${users}    ${firsts}
     ${follow_ups} =    Every User Asks Again In Their Thread    ${firsts}    What budget did I mention?
-    Every User Should Get An Answer To Their Own Question    ${users}    ${follow_ups}
+    Each User Should Get Their Own Answer    ${users}    ${follow_ups}
     Each Tool Result Should Hold Only Its User's Message    ${firsts}    ${follow_ups}
     Canaries Should Not Leak    @{users}
 
@@ -62,7 +62,7 @@ A User Cannot Reach Another User's Thread
 *** Keywords ***
 Isolation Details Setup
     [Documentation]    The platform is up and its stores are open for the database checks.
-    The Platform Is Up For This Suite
+    Chat Suite Starts
     The Platform Stores Are Open
 
 Each Tool Result Should Hold Only Its User's Message
