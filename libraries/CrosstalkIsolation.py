@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from robot.libraries.BuiltIn import BuiltIn, RobotNotRunningError
 
 HTTP_TIMEOUT = 15.0
 MAX_PARALLEL = 16
+SESSION_GRACE_S = 2.0
 SKIP = {"", "none", "skip", "off"}
 
 _ROWS_SQL = {
@@ -153,10 +155,26 @@ class CrosstalkIsolation:
                     attributed += 1
                     text = oracle.value_text(value)
                     obs.evidence.append(Evidence(owner.label, f"Redis {kind} {key}", text))
+            CrosstalkIsolation._settle_sessions(client, obs, {u.user_id for u in users})
         finally:
             client.close()
         sessions = len(obs.sessions)
         sources.append(("Redis", f"{len(keys)} keys scanned, {attributed} attributed, {sessions} sessions"))
+
+    @staticmethod
+    def _settle_sessions(client: Any, obs: Observations, ours: set[str | None]) -> None:
+        """Give sessions of just-closed sockets a moment to go: the server removes them after the close."""
+        connected = obs.connected_user_ids
+        if connected is None:
+            return
+        deadline = time.monotonic() + SESSION_GRACE_S
+        while True:
+            stale = [r for r in obs.sessions if r.fields.get("user_id") in ours - connected]
+            if not stale or time.monotonic() >= deadline:
+                return
+            time.sleep(0.1)
+            gone = {r.key for r in stale if not client.exists(r.key)}
+            obs.sessions = [r for r in obs.sessions if r.key not in gone]
 
     @staticmethod
     def _connected_user_ids() -> set[str] | None:
