@@ -170,6 +170,24 @@ class CrosstalkRaces:
         logger.info(f"{user.label} started thread {thread}")
         return thread
 
+    @keyword
+    def start_threads_with_canary_titles(
+        self, users: list[TestUser], timeout: timedelta = timedelta(seconds=30)
+    ) -> list[str]:
+        """Every user starts one thread whose title carries its canary, several users at a time.
+
+        Example:
+        | Start Threads With Canary Titles | ${users} |
+        """
+        seconds = _seconds(timeout)
+        return races.run_pool(
+            len(users),
+            lambda i: races.start_thread(
+                self.target, users[i], f"notes of {users[i].label} {users[i].canary}", seconds
+            ),
+            races.SIGN_IN_PARALLELISM,
+        )
+
     # ------------------------------------------------------------------ counter
     @keyword
     def send_messages_into_thread_at_once(
