@@ -337,6 +337,29 @@ class CrosstalkChat:
         self._run(connection.send_raw(text), 10.0)
         logger.info(f"{connection.label} sent raw frame of {len(text)} characters")
 
+    @keyword("Send Raw Frames")
+    def send_raw_frames(self, target: UserConnection | TestUser | str, frames: list[str]) -> None:
+        """Send every text of ``frames`` back to back in one go (no keyword overhead between them).
+
+        For floods and rate-limit checks, where sending one frame per keyword
+        call would be too slow to exceed a per-second limit on a busy machine.
+
+        Example:
+        | ${frames} = | Create List | {not json | {"type": "bogus"} |
+        | Send Raw Frames | ${mallory} | ${frames} |
+        """
+        connection = self._resolve(target)
+        frames = [str(frame) for frame in frames]
+
+        async def send_all() -> float:
+            started = asyncio.get_running_loop().time()
+            for frame in frames:
+                await connection.send_raw(frame)
+            return asyncio.get_running_loop().time() - started
+
+        elapsed = self._run(send_all(), 30.0)
+        logger.info(f"{connection.label} sent {len(frames)} raw frames in {elapsed * 1000:.0f} ms")
+
     # ------------------------------------------------------------------ wait
     def _connection_of(self, run: RunHandle) -> UserConnection:
         return self._resolve(run.connection)
