@@ -412,25 +412,40 @@ class CrosstalkRaces:
             ws.close()
 
     @keyword
-    def each_user_should_hold_exactly_one_own_session(self, users: list[TestUser]) -> None:
+    def each_user_should_hold_exactly_one_own_session(
+        self, users: list[TestUser], timeout: timedelta = timedelta(seconds=5)
+    ) -> None:
         """In Redis, every user has exactly one ``session:{user}:*`` record, and it names that user.
+
+        The server writes the record just after the handshake, so the check waits
+        up to ``timeout`` for the records to settle and reports the last observation.
 
         Example:
         | Each User Should Hold Exactly One Own Session | ${users} |
         """
-        problems = []
         client = races.redis_client(self.target.redis_url)
-        for user in users:
-            keys = list(client.scan_iter(f"session:{user.user_id}:*", count=1000))
-            owners = [(client.hget(k, "user_id") or b"").decode() for k in keys]
-            if len(keys) != 1:
-                problems.append(f"{user.label} has {len(keys)} session records (lost or duplicated)")
-            foreign = [o for o in owners if o != user.user_id]
-            if foreign:
-                problems.append(f"{user.label}'s session holds another user's id {foreign[0]}")
-        client.close()
+        deadline = time.monotonic() + _seconds(timeout)
+        try:
+            while True:
+                problems = []
+                for user in users:
+                    keys = list(client.scan_iter(f"session:{user.user_id}:*", count=1000))
+                    owners = [(client.hget(k, "user_id") or b"").decode() for k in keys]
+                    if len(keys) != 1:
+                        problems.append(f"{user.label} has {len(keys)} session records (lost or duplicated)")
+                    foreign = [o for o in owners if o != user.user_id]
+                    if foreign:
+                        problems.append(f"{user.label}'s session holds another user's id {foreign[0]}")
+                if not problems or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        finally:
+            client.close()
         if problems:
-            raise RaceError(f"session race: {len(problems)} problem(s): {'; '.join(problems[:8])}")
+            raise RaceError(
+                f"session race: {len(problems)} problem(s) {_seconds(timeout):g} s after {len(users)} "
+                f"simultaneous connects: {'; '.join(problems[:8])}"
+            )
 
     @keyword
     def no_session_should_remain(
