@@ -383,9 +383,11 @@ class CrosstalkIsolation:
     @keyword("Chat Round Should Meet Thresholds")
     def chat_round_should_meet_thresholds(
         self, stats: RoundStats, max_mean_latency: timedelta = timedelta(seconds=5),
-        min_throughput: float = 2.0, min_fairness: float = 0.7,
+        min_throughput: float = 2.0, min_fairness: float = 0.7, max_round_time: timedelta | None = None,
     ) -> None:
-        """Fails naming every threshold the round missed (mean latency, throughput, fairness).
+        """Fails naming every threshold the round missed (mean latency, throughput, fairness, round time).
+
+        ``max_round_time`` (first send to last completion) is checked only when given.
 
         Example:
         | Chat Round Should Meet Thresholds | ${stats} | max_mean_latency=5s | min_fairness=0.7 |
@@ -398,6 +400,10 @@ class CrosstalkIsolation:
             missed.append(f"throughput {stats.throughput:.2f} msg/s <= {min_throughput:g} msg/s")
         if stats.fairness <= min_fairness:
             missed.append(f"fairness {stats.fairness:.3f} <= {min_fairness:g}")
+        if max_round_time is not None and stats.wall >= max_round_time.total_seconds():
+            missed.append(
+                f"round time {format_seconds(stats.wall)} >= {format_seconds(max_round_time.total_seconds())}"
+            )
         if missed:
             raise AssertionError(f"Chat round of {stats.users} users missed: {'; '.join(missed)}")
         logger.info(

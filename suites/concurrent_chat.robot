@@ -4,6 +4,7 @@ Documentation       Concurrent chat (seed 000): ten users log in, connect and ch
 ...                 Each gets a correct answer to their own message, the run timings are
 ...                 logged per user (time to first event, time to completion), and the
 ...                 isolation oracle finds no data of one user anywhere another user can see.
+...                 The whole round (first send to last answer) must take less than ${MAX_ROUND_TIME}.
 
 Resource            ../resources/isolation.resource
 
@@ -16,6 +17,7 @@ Test Tags           isolation    golden-path    concurrency
 *** Variables ***
 ${CONCURRENT_USERS}         10
 ${USERS_WITH_SECRETS}       5
+${MAX_ROUND_TIME}           10s
 
 
 *** Test Cases ***
@@ -24,6 +26,7 @@ Ten Users Chat At Once And Each Gets The Answer To Their Own Message
     ${users} =    Connected Users    ${CONCURRENT_USERS}    prefix=concurrent
     ${runs} =    Every User Asks With Their Canary    ${users}    What does my cloud plan cost this month?
     Each User Should Get Their Own Answer    ${users}    ${runs}
+    Chat Round Should Finish Within    ${runs}    ${MAX_ROUND_TIME}
     No Data Should Cross Between Users    ${users}
 
 Users With Secrets Never See Each Other's Secrets

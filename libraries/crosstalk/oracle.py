@@ -394,6 +394,7 @@ class RoundStats:
     max: float
     throughput: float  # completed runs per second, first send to last completion
     fairness: float  # Jain's index of the users' mean latencies
+    wall: float = 0.0  # seconds from the first send to the last completion
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -423,5 +424,5 @@ def round_stats(latencies: Mapping[str, Sequence[float]], wall_seconds: float) -
         runs=len(flat), users=len(per_user), mean=sum(flat) / len(flat), median=median,
         p95=percentile(flat, 95), max=ordered[-1],
         throughput=len(flat) / wall_seconds if wall_seconds > 0 else float("inf"),
-        fairness=jain(per_user),
+        fairness=jain(per_user), wall=wall_seconds,
     )
