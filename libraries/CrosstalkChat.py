@@ -147,15 +147,26 @@ class CrosstalkChat:
         users = list(users)
         labels = [self._new_label(user) for user in users]
         seconds = _seconds(timeout)
-        connections = self._run(
-            gather_strict(
-                self._open(user, label, user.access_token, None, seconds)
-                for user, label in zip(users, labels, strict=False)
-            ),
-            seconds,
-        )
+
+        async def open_all() -> list:
+            return await asyncio.gather(
+                *(
+                    self._open(u, label, u.access_token, None, seconds)
+                    for u, label in zip(users, labels, strict=True)
+                ),
+                return_exceptions=True,
+            )
+
+        results = self._run(open_all(), seconds)
+        connections = [r for r in results if isinstance(r, UserConnection)]
         for connection in connections:
+            # registered even when a sibling failed, so Disconnect All closes them
             self._connections[connection.label] = connection
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise AssertionError(
+                f"{len(failures)} of {len(users)} users could not connect; first: {failures[0]}"
+            )
         logger.info(f"{len(connections)} users connected: {', '.join(labels)}")
         return connections
 

@@ -166,7 +166,11 @@ class UserConnection:
         self.close_reason: str = ""
         self.closed = False
         self.opened_at: float | None = None
+        # called with each Frame as it is recorded, on the engine loop (e.g. a load generator's
+        # latency recorder); must not block
+        self.listeners: list[Callable[[Frame], None]] = []
         self._condition: asyncio.Condition | None = None
+        self._waiters = 0
         self._reader: asyncio.Task[None] | None = None
 
     def __str__(self) -> str:
@@ -261,8 +265,10 @@ class UserConnection:
         self.user.frames.append(frame)
         if direction == "in" and data is not None:
             self._route(frame, data, mono)
-        # wake waiters without blocking the reader on the lock
-        if self._condition is not None:
+        for listener in self.listeners:
+            listener(frame)
+        # wake waiters without blocking the reader on the lock, and only when someone waits
+        if self._waiters and self._condition is not None:
             asyncio.get_running_loop().create_task(self._notify())
         return frame
 
@@ -342,18 +348,22 @@ class UserConnection:
         """
         assert self._condition is not None, "connection was never opened"
         deadline = time.monotonic() + timeout
-        async with self._condition:
-            while True:
-                value = predicate()
-                if value:
-                    return value
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.closed:
-                    return None
-                try:
-                    await asyncio.wait_for(self._condition.wait(), remaining)
-                except asyncio.TimeoutError:
-                    return predicate() or None
+        self._waiters += 1
+        try:
+            async with self._condition:
+                while True:
+                    value = predicate()
+                    if value:
+                        return value
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self.closed:
+                        return None
+                    try:
+                        await asyncio.wait_for(self._condition.wait(), remaining)
+                    except asyncio.TimeoutError:
+                        return predicate() or None
+        finally:
+            self._waiters -= 1
 
     def find_frame(self, event_type: str | None, fields: Mapping[str, Any], start: int = 0) -> Frame | None:
         for frame in self.frames[start:]:
