@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from crosstalk import oracle
 from crosstalk.model import Evidence, Frame, TestUser, Tokens
 from crosstalk.oracle import Observations, SessionRecord
+from CrosstalkIsolation import CrosstalkIsolation
 
 UID = {"a": "aaaaaaaa-0000-0000-0000-000000000001", "b": "bbbbbbbb-0000-0000-0000-000000000002"}
 THREAD = {"a": "7a7a7a7a-1111-0000-0000-000000000000", "b": "7b7b7b7b-2222-0000-0000-000000000000"}
@@ -202,3 +205,41 @@ def test_round_stats_unfair_and_empty():
     assert oracle.percentile([5, 1, 4, 2, 3], 50) == 3
     with pytest.raises(ValueError, match="No run completed"):
         oracle.round_stats({"a": []}, 1.0)
+
+
+# ---------------------------------------------------------------- keyword logic without I/O
+def fake_run(user: TestUser, earlier: list[str]) -> SimpleNamespace:
+    events = [{"type": "tool_completed", "seq": 5, "payload": {"result": {"earlier_messages": earlier}}}]
+    return SimpleNamespace(user=user, run_id=RUN["a"], name=RUN["a"], events=events)
+
+
+def test_tool_result_with_foreign_message_fails(users):
+    library = CrosstalkIsolation()
+    library.tool_results_should_only_hold_own_messages(fake_run(users[0], ["mine"]), "mine")
+    with pytest.raises(AssertionError) as info:
+        library.tool_results_should_only_hold_own_messages(fake_run(users[0], ["mine", "bob's"]), "mine")
+    assert str(info.value) == (
+        "Tool result of alice's run 5a5a5a5a… (seq 5) holds data that is not alice's: \"bob's\""
+    )
+
+
+def test_thresholds_name_every_miss():
+    stats = oracle.RoundStats(runs=4, users=4, mean=6.0, median=6.0, p95=7.0, max=7.0, throughput=1.5,
+                              fairness=0.5, wall=12.0)
+    with pytest.raises(AssertionError) as info:
+        CrosstalkIsolation().chat_round_should_meet_thresholds(stats, max_round_time=timedelta(seconds=10))
+    assert str(info.value) == (
+        "Chat round of 4 users missed: mean latency 6.00 s >= 5.00 s; throughput 1.50 msg/s <= 2 msg/s; "
+        "fairness 0.500 <= 0.7; round time 12.00 s >= 10.00 s"
+    )
+
+
+def test_isolation_keywords_refuse_non_users():
+    with pytest.raises(ValueError, match="take TestUser objects"):
+        CrosstalkIsolation().events_should_reach_only_their_user("alice")
+
+
+def test_single_rule_keyword_fails_on_misrouted_event(users):
+    users[0].frames.append(frame("in", event("b", "agent_completed", 5, "bob's answer"), "alice#1"))
+    with pytest.raises(AssertionError, match=r"^Isolation violated: alice received bob's event"):
+        CrosstalkIsolation().events_should_reach_only_their_user(users)
