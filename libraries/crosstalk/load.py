@@ -180,18 +180,18 @@ class LoadUser:
             self._finish(pending, "lost_in_drop", f"message {pending.cmid} lost when the connection dropped")
 
     # ---------------------------------------------------------------- sending
-    async def send(self, intended: float) -> asyncio.Future:
+    async def send(self, intended: float) -> _Pending:
         """Send one message meant to leave at ``intended`` (monotonic).
 
-        The future resolves to None when the run completed correctly, else to the error kind.
+        The pending message's future resolves to None when the run completed
+        correctly, else to the error kind.
         """
         assert self.connection is not None
         n = next(self.counter)
         cmid = f"{self.user.label}-{n}-{uuid.uuid4().hex[:8]}"
         canary = f"{self.user.canary}-m{n}"
         content = f"{TOPICS[(self.user.serial + n) % len(TOPICS)]} [{canary}]"
-        future = asyncio.get_running_loop().create_future()
-        pending = _Pending(cmid, canary, intended, future)
+        pending = _Pending(cmid, canary, intended, asyncio.get_running_loop().create_future())
         self.pending[cmid] = pending
         self.own_cmids.add(cmid)
         self.metrics.record_sent(self.stats, intended)
@@ -199,18 +199,25 @@ class LoadUser:
             await self.connection.send_message(content, self.thread_id, cmid)
         except AssertionError as exc:
             self._finish(pending, "send_failed", str(exc))
-        return future
+        return pending
 
-    async def wait(self, future: asyncio.Future, timeout: float) -> str | None:
+    async def wait(self, pending: _Pending, timeout: float) -> str | None:
+        """The message's outcome; after ``timeout`` (from now) it is recorded as a timeout."""
+        if pending.future.done():
+            return pending.future.result()
+        # one timer per message instead of wait_for + shield: this runs for every message of every user
+        timer = asyncio.get_running_loop().call_later(timeout, self._expire, pending, timeout)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except asyncio.TimeoutError:
-            for cmid, pending in list(self.pending.items()):
-                if pending.future is future:
-                    got = "no event" if pending.last_event is None else f"events up to run {pending.run_id}"
-                    self._finish(pending, "timeout",
-                                 f"waited {timeout:g} s for agent_completed of message {cmid}; got {got}")
-            return "timeout"
+            return await pending.future
+        finally:
+            timer.cancel()
+
+    def _expire(self, pending: _Pending, timeout: float) -> None:
+        if pending.future.done():
+            return
+        got = "no event" if pending.last_event is None else f"events of run {pending.run_id} but no end"
+        self._finish(pending, "timeout",
+                     f"waited {timeout:g} s for agent_completed of message {pending.cmid}; got {got}")
 
 
 class LoadConnection(UserConnection):
@@ -442,8 +449,8 @@ async def _closed_user(run: LoadRun, lu: LoadUser, delay: float) -> None:
             await asyncio.sleep(cfg.think_time)
         if not cfg.same_thread:
             lu.thread_id = None
-        future = await lu.send(time.monotonic())
-        await lu.wait(future, cfg.message_timeout)
+        pending = await lu.send(time.monotonic())
+        await lu.wait(pending, cfg.message_timeout)
 
 
 async def _open_schedule(run: LoadRun) -> None:
@@ -466,9 +473,8 @@ async def _open_schedule(run: LoadRun) -> None:
                                      lu.stats)
             continue
         # latency counts from `intended`, so a late send (a busy loop, a slow server) is charged
-        future = await lu.send(intended)
-        waits.append((lu, future))
-    await asyncio.gather(*(lu.wait(future, cfg.message_timeout) for lu, future in waits))
+        waits.append((lu, await lu.send(intended)))
+    await asyncio.gather(*(lu.wait(pending, cfg.message_timeout) for lu, pending in waits))
 
 
 async def run_load(
