@@ -246,16 +246,23 @@ def create_users(auth_url: str, count: int) -> list[dict]:
 
 def child(args: argparse.Namespace) -> None:
     spec = json.loads(Path(args.child).read_text())
+    if spec.get("loop") == "uvloop" and spec["generator"] != "locust":
+        import asyncio
+
+        import uvloop
+
+        # before the engine starts: its asyncio.new_event_loop() then makes a uvloop loop
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     runner = {"crosstalk": run_crosstalk, "bare": run_bare, "locust": run_locust}[spec["generator"]]
     result = runner(spec["users"], spec["ws_url"], spec["messages"], spec["timeout"])
     print("RESULT " + json.dumps(result), flush=True)
 
 
 def run_child(generator: str, users: list[dict], ws_url: str, messages: int, timeout: float,
-              workdir: Path) -> dict:
+              workdir: Path, loop: str = "asyncio") -> dict:
     spec_file = workdir / f"{generator}.json"
     spec_file.write_text(json.dumps({"generator": generator, "users": users, "ws_url": ws_url,
-                                     "messages": messages, "timeout": timeout}))
+                                     "messages": messages, "timeout": timeout, "loop": loop}))
     completed = subprocess.run(
         [sys.executable, __file__, "--child", str(spec_file)], cwd=ROOT, capture_output=True, text=True,
         timeout=timeout * messages + 300,
@@ -292,6 +299,8 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=20, help="messages per user (closed loop)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one run")
     parser.add_argument("--only", choices=GENERATORS, action="append", help="run only these generators")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="loop of the crosstalk and bare generators (default asyncio, like the suites)")
     parser.add_argument("--state-file", type=Path, help="attach to a running platform's state file")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -306,13 +315,14 @@ def main() -> int:
     else:
         platform, state = start_platform(workdir)
     try:
-        print(f"platform: {state['backend_url']}  users: {args.users}  messages/user: {args.messages}",
-              flush=True)
+        print(f"platform: {state['backend_url']}  users: {args.users}  messages/user: {args.messages}  "
+              f"loop: {args.loop}", flush=True)
         users = create_users(state["auth_url"], args.users)
         results = []
         for generator in args.only or GENERATORS:
             print(f"running {generator} ...", flush=True)
-            results.append(run_child(generator, users, state["ws_url"], args.messages, args.timeout, workdir))
+            results.append(run_child(generator, users, state["ws_url"], args.messages, args.timeout, workdir,
+                                     args.loop))
         print_table(results)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
