@@ -117,20 +117,25 @@ class CrosstalkChat:
         token: Secret | str | None = None,
         origin: str | None = None,
         timeout: timedelta = timedelta(seconds=10),
+        label: str | None = None,
     ) -> UserConnection:
         """Open a WebSocket for ``user`` with its access token (or ``token``) and return the connection.
 
         ``origin`` sets the ``Origin`` header (none by default).  A refused
         handshake fails with the HTTP status; use `Connection Should Be Refused`
         to assert a refusal instead.  Several connections per user are fine:
-        they are labelled ``<user>#1``, ``<user>#2``, ...
+        they are labelled ``<user>#1``, ``<user>#2``, ... unless ``label`` names
+        the connection (then other keywords accept that label as target).
 
         Example:
         | ${conn} = | Connect | ${alice} |
-        | ${second} = | Connect | ${alice} | origin=http://localhost |
+        | ${phone} = | Connect | ${alice} | origin=http://localhost | label=alice-phone |
+        | Send Message | alice-phone | Hello from my phone |
         """
         plain = str(getattr(token, "value", token)) if token is not None else user.access_token
-        label = self._new_label(user)
+        if label and label in self._connections:
+            raise ValueError(f"A connection labelled '{label}' already exists: choose another label.")
+        label = label or self._new_label(user)
         seconds = _seconds(timeout)
         connection = self._run(self._open(user, label, plain, origin, seconds), seconds)
         self._connections[label] = connection
@@ -489,20 +494,24 @@ class CrosstalkChat:
         target: UserConnection | TestUser | str,
         event_type: str,
         timeout: timedelta = timedelta(seconds=10),
+        new_only: bool = False,
         **fields: str,
     ) -> dict:
         """Wait for an incoming frame of ``event_type`` whose fields equal the given values; return it.
 
         Fields are dotted paths into the frame (``payload.agent=security``,
-        ``code=invalid_json``).  Frames that arrived before the call count too.
+        ``code=invalid_json``), compared as text.  Frames that arrived before the
+        call count too, unless ``new_only`` is true.
 
         Example:
         | ${event} = | Wait For Event | ${alice} | agent_thinking | payload.handoff_from=triage |
         | Wait For Event | ${alice} | error | code=thread_not_found | timeout=5s |
+        | Wait For Event | ${alice} | error | new_only=True | code=rate_limited |
         """
         connection = self._resolve(target)
         seconds = _seconds(timeout)
-        frame = self._run(connection.wait_for_event(event_type, fields, seconds), seconds)
+        start = len(connection.frames) if new_only else 0
+        frame = self._run(connection.wait_for_event(event_type, fields, seconds, start), seconds)
         return dict(frame.data or {})
 
     @keyword("Connection Should Be Closed With Code")
