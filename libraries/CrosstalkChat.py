@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -287,7 +286,8 @@ class CrosstalkChat:
                 seen.setdefault(connection.user.serial, connection.user)
             users = list(seen.values())
         for user in users:
-            logger.info(htmllog.transcript(user), html=True)
+            if user.frames:
+                logger.info(htmllog.transcript(user), html=True)
 
     # ------------------------------------------------------------------ send
     @keyword("Send Message")
@@ -622,7 +622,3 @@ class CrosstalkChat:
             for f in connection.frames
             if f.direction == "in" and f.data is not None and (event_type is None or f.type == event_type)
         ]
-
-    @staticmethod
-    def _fields(data: Mapping[str, Any]) -> str:
-        return ", ".join(f"{k}={v}" for k, v in data.items())

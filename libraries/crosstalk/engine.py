@@ -13,6 +13,21 @@ Two ways to use it:
   ``await`` the async API of :mod:`crosstalk.connection` directly, and use
   ``get_engine().loop`` / ``spawn`` to start background tasks.
 
+A load generator on the engine loop, for example::
+
+    from crosstalk.connection import UserConnection, gather_strict
+    from crosstalk.engine import get_engine
+
+    async def one_user(user, url):
+        connection = await UserConnection(user, f"{user.label}#load", url).open(user.access_token)
+        connection.listeners.append(recorder)          # sees every Frame as it arrives
+        run = await connection.send_message("hello")   # RunHandle: sent_monotonic, events, ...
+        await connection.wait_for_run(run, timeout=30)  # AssertionError with a clear message
+        await connection.close()
+        return run.time_to_first_event, run.time_to_done
+
+    results = get_engine().run(gather_strict(one_user(u, ws_url) for u in users), timeout=120)
+
 The engine never logs through ``robot.api.logger`` (it drops messages from
 other threads); it collects, the keywords log.
 """
