@@ -69,7 +69,7 @@ def build_command(args: argparse.Namespace, outputdir: Path, summaries: Path) ->
         pabot = shutil.which("pabot")
         if pabot is None:
             raise SystemExit("pabot is not installed: pip install robotframework-pabot, or drop --processes.")
-        command = [pabot, "--processes", str(args.processes)]
+        command = [pabot, "--processes", str(args.processes), "--pabotlibport", "0"]
     else:
         command = [sys.executable, "-m", "robot"]
     command += ["--outputdir", str(outputdir), "--variable", f"USERS:{users}",
