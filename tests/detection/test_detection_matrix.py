@@ -93,7 +93,7 @@ MATRIX: tuple[Row, ...] = (
     Row("no_rate_limit", ("resource-limits",), "A Message Flood Is Throttled Without Slowing Others",
         "no rate_limited error"),
     Row("no_frame_limit", ("resource-limits",), "An Oversized Frame Is Refused Without Harming Others",
-        "frame_too_large"),
+        "was neither refused with frame_too_large nor closed with 1009"),
     Row("sql_concat", ("input",), "Hostile Content Is Stored And Returned Verbatim",
         "ended failed instead of completed"),
     Row("lost_update", ("counter",), "Fifty Parallel Notes Are All Counted", "lost update"),
