@@ -127,6 +127,7 @@ class Run:
     step_ms: int
     seq: int = 0
     held: str | None = None
+    new_thread: bool = False
 
 
 class BackendService:
@@ -156,7 +157,9 @@ class BackendService:
         await ensure_schema(self.pool, BACKEND_SCHEMA)
         # A blocking pool waits for a free connection under bursts instead of failing.
         self.redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-            self.settings.redis_url, max_connections=100, timeout=10))
+            self.settings.redis_url, max_connections=100, timeout=10,
+            # no CLIENT SETINFO: saves two round trips and a package-metadata read per connection
+            lib_name=None, lib_version=None))
         self._rate_script = self.redis.register_script(RATE_LIMIT_LUA)
         self.verifier = Verifier(await self._fetch_jwks(), self.settings.issuer, self.settings.audience)
         self._background.append(asyncio.create_task(self._listen_for_revocations()))
@@ -547,6 +550,8 @@ class BackendService:
         cached = await self.redis.get(self._ctx_key(run))
         if cached is not None:
             return json.loads(cached)
+        if run.new_thread:
+            return []  # nothing earlier in a thread this run just created
         rows = await self.pool.fetch(
             "SELECT content FROM messages WHERE thread_id = $1 AND user_id = $2 AND role = 'user' "
             "AND run_id <> $3 ORDER BY created_at",
