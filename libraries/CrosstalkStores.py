@@ -156,16 +156,19 @@ class CrosstalkStores:
             raise AssertionError(f"Expected {expected} row(s) on '{alias}', got {len(rows)}: {sql}")
 
     @keyword("Rows Should Contain")
-    def rows_should_contain(self, alias: str, sql: str, *params: Any, **expected: Any) -> dict:
-        """Fails unless some row of the query has all the ``column=value`` pairs given; returns that row.
+    def rows_should_contain(self, alias: str, sql: str, expected: dict[str, Any], *params: Any) -> dict:
+        """Fails unless some row of the query has all the column values in ``expected``; returns that row.
 
-        Values are compared as text, so ``message_count=2`` matches the integer 2.
+        ``expected`` is a dictionary (``&{row}`` or an inline ``${{ {...} }}``), given
+        before the query parameters like the count of `Row Count Should Be`.  Values
+        are compared as text, so ``message_count=2`` matches the integer 2.
 
         Example:
-        | Rows Should Contain | backend | SELECT * FROM messages WHERE thread_id = %s | ${t} | role=agent |
+        | VAR | &{reply} | role=agent |
+        | Rows Should Contain | backend | SELECT * FROM messages WHERE thread_id = %s | ${reply} | ${t} |
         """
         if not expected:
-            raise StoreError("Rows Should Contain needs at least one column=value pair, e.g. role=agent.")
+            raise StoreError("Rows Should Contain needs at least one column value, e.g. &{row} role=agent.")
         rows = self._run(alias, sql, params)
         for row in rows:
             missing = [c for c in expected if c not in row]

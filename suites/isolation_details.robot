@@ -54,9 +54,20 @@ A User Cannot Reach Another User's Thread
     Agent Should Answer The Question    ${bob_run}
     User Should Not Reach Thread Over REST    ${alice}    ${bob_run}
     User Should Not Message Into Thread Over WebSocket    ${alice}    ${bob_run}
-    Thread Should Still Exist    ${bob_run}
+    Thread Should Be Stored For Its Owner    ${bob}    ${bob_run}
     Thread Should Hold No Message Of    ${alice}    ${bob_run}
     Check Isolation    ${alice}    ${bob}
+
+Stored Conversations Belong Only To Their Users
+    [Documentation]    Seed 002 test 5: each user's state is stored under that user, in that user's own
+    ...    threads, and the REST views, filtered by the caller's token, show only it.
+    [Tags]    persistence
+    ${users} =    Connected Users    3    prefix=state
+    ${runs} =    Every User Asks With Their Canary    ${users}    Save my deployment notes
+    Each User Should Get Their Own Answer    ${users}    ${runs}
+    Each User Should Own Exactly Their Conversation    ${runs}
+    Rows Should Stay In Own Threads    @{users}
+    Threads Listed Should Be Own Threads    @{users}
 
 
 *** Keywords ***

@@ -84,10 +84,10 @@ def test_rows_should_contain_and_per_user_rows(stores, table):
     alice = TestUser("alice", "a@x", "pw-123456789", "CANARY-alice-1", str(uuid.uuid4()))
     stores.query("backend", f"INSERT INTO {table} (id, user_id, note) VALUES (1, %s, 'a'), (2, %s, 'b')",
                  alice.user_id, alice.user_id)
-    row = stores.rows_should_contain("backend", f"SELECT * FROM {table}", id=2, note="b")
+    row = stores.rows_should_contain("backend", f"SELECT * FROM {table} WHERE id = %s", {"note": "b"}, 2)
     assert row["id"] == 2
     with pytest.raises(AssertionError, match="No row on 'backend' has note=c"):
-        stores.rows_should_contain("backend", f"SELECT * FROM {table}", note="c")
+        stores.rows_should_contain("backend", f"SELECT * FROM {table}", {"note": "c"})
     assert len(stores.rows_of_user_should_be("backend", table, alice, 2)) == 2
     with pytest.raises(AssertionError, match=r"Expected 1 row.* of alice in store_test_"):
         stores.rows_of_user_should_be("backend", table, alice, 1)
