@@ -271,7 +271,8 @@ def judge(row: Row, tests: list) -> tuple[bool, str]:
         return False, f"test '{row.test}' did not run with tags {list(row.tags)}"
     test = matching[0]
     if test.status != "FAIL":
-        return False, f"test '{row.test}' {test.status.lower()}ed: the fault went unnoticed"
+        verdict = {"PASS": "passed", "SKIP": "was skipped"}.get(test.status, test.status)
+        return False, f"test '{row.test}' {verdict}: the fault went unnoticed"
     if row.phrase.lower() not in test.message.lower():
         return False, (f"test '{row.test}' failed for another reason: no '{row.phrase}' in "
                        f"message: {test.message[:300]}")
@@ -358,6 +359,20 @@ def test_every_registered_fault_has_a_row():
 def test_every_row_names_a_registered_fault():
     unknown = sorted(set(ROWS) - set(registered_faults()))
     assert not unknown, f"matrix rows for unknown fault(s) {unknown}: the platform's registry lacks them."
+
+
+def test_judge_demands_the_right_failure():
+    from types import SimpleNamespace as Result
+
+    row = Row("bola_rest", ("bola",), "Thread Is Hidden", "instead of 404")
+    message = "GET /threads/1 answered HTTP 200 instead of 404"
+    failed = Result(name="Thread Is Hidden", status="FAIL", message=message)
+    assert judge(row, [failed]) == (True, f"failed: {message}")
+    passed = Result(name="Thread Is Hidden", status="PASS", message="")
+    assert "went unnoticed" in judge(row, [passed])[1] and not judge(row, [passed])[0]
+    other = Result(name="Thread Is Hidden", status="FAIL", message="Connection refused")
+    assert "failed for another reason" in judge(row, [other])[1] and not judge(row, [other])[0]
+    assert "did not run" in judge(row, [])[1] and not judge(row, [])[0]
 
 
 def test_docs_list_every_row():
