@@ -189,7 +189,7 @@ class SharedPlatform:
             "--state-file",
             str(self.state_file),
         ]
-        with open(self.log_file, "ab") as log:
+        with open(self.log_file, "wb") as log:  # one start per log: the last line is the reason
             process = subprocess.Popen(
                 command,
                 cwd=REPO_ROOT,
