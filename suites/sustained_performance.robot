@@ -25,7 +25,8 @@ ${OPEN_P99}             3s
 ${MESSAGE_TIMEOUT}      30s
 # 0 skips the soak test; run_crosstalk.py --soak 1000 sets it
 ${SOAK_USERS}           0
-${SOAK_P99}             10s
+${SOAK_P99}             60s
+${SOAK_TIMEOUT}         120s
 
 
 *** Test Cases ***
@@ -51,7 +52,7 @@ A Thousand Users Are Held From One Process
     ...    process; every run completes correctly and no data crosses between them.
     [Tags]    soak
     Skip If    ${SOAK_USERS} == 0    Soak test off: pass --variable SOAK_USERS:1000 (run_crosstalk.py --soak)
-    ${run} =    Users Start Agents At The Same Moment    ${SOAK_USERS}    timeout=${MESSAGE_TIMEOUT}
+    ${run} =    Users Start Agents At The Same Moment    ${SOAK_USERS}    timeout=${SOAK_TIMEOUT}
     Every Agent Started Once For Its Own User    ${run}
     No Load User Should See Another User's Canary    ${run}
     Every Connection Stayed Up And Routed Correctly    ${run}
