@@ -76,7 +76,9 @@ class CrosstalkLoad:
                previous: LoadRun | None = None) -> LoadRun:
         auth_url, ws_url = self._target()
         run = LoadRun(config, LoadMetrics(config.name))
-        limit = _seconds(timeout) if timeout else 60.0 + config.message_timeout * config.messages * 2
+        # registering users hashes passwords on the server: allow for it beside the runs themselves
+        default_limit = 120.0 + 0.5 * config.users + config.message_timeout * config.messages * 2
+        limit = _seconds(timeout) if timeout else default_limit
         future = get_engine().submit(
             run_load(config, auth_url, ws_url, users=users, platform_pids=self._platform_pids(), run=run,
                      previous=previous)
