@@ -46,6 +46,7 @@ Missing And Forged Tokens Are Refused
     ...    is refused with 401 on REST and on the WebSocket handshake.
     [Tags]    authentication    rest    websocket
     [Template]    Forged Token Is Refused On REST And WebSocket
+    # CrosstalkAuth's forgery kinds by member name: "alg_None" and "alg_NONE" would both convert to ALG_NONE
     missing token
     ALG_NONE
     ALG_NONE_CAPITALIZED
