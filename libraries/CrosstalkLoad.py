@@ -84,6 +84,7 @@ class CrosstalkLoad:
                      previous=previous)
         )
         started = last = time.monotonic()
+        shown = ""
         # progress from the main thread: robot.api.logger drops messages from the engine thread
         while True:
             try:
@@ -97,7 +98,10 @@ class CrosstalkLoad:
                         f"Load run '{config.name}' did not finish within {limit:g} s: {run.progress()}"
                     ) from None
                 if now - last >= PROGRESS_EVERY:
-                    logger.console(run.progress())
+                    line = run.progress()
+                    if line != shown:  # a stalled phase prints once, not every few seconds
+                        logger.console(line)
+                        shown = line
                     last = now
         if time.monotonic() - started >= PROGRESS_EVERY:
             logger.console(run.progress())

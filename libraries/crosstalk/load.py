@@ -401,6 +401,9 @@ class LoadRun:
         p95 = m.percentile("completion", 95.0)
         p95_text = f"{p95 * 1e3:.0f} ms" if p95 is not None else "n/a"
         total = self.config.users * self.config.messages
+        if self.phase == "logging in":
+            logged_in = sum(1 for lu in self.load_users if lu.user.tokens is not None)
+            return f"[{m.name}] logging in: {logged_in}/{len(self.load_users)} users have a token"
         return (f"[{m.name}] {self.phase}: {m.connected}/{self.config.users} connected, "
                 f"{m.completed}/{total} messages done, {m.error_count} errors, completion p95 {p95_text}")
 
