@@ -220,10 +220,18 @@ def auth_header(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
-def refresh(target: Target, refresh_token: str) -> requests.Response:
-    return requests.post(
+def refresh(target: Target, refresh_token: str, session: requests.Session | None = None) -> requests.Response:
+    return (session or requests).post(
         f"{target.auth_url}/auth/refresh", json={"refresh_token": refresh_token}, timeout=HTTP_TIMEOUT
     )
+
+
+def warm_sessions(count: int, base_url: str) -> list[requests.Session]:
+    """HTTP sessions whose connection to ``base_url`` is already open, so a race starts at the request."""
+    sessions = [requests.Session() for _ in range(count)]
+    for session in sessions:
+        session.get(f"{base_url}/health", timeout=HTTP_TIMEOUT)
+    return sessions
 
 
 def get_json(target: Target, user: TestUser, path: str) -> Any:
