@@ -198,7 +198,7 @@ class CrosstalkRaces:
         Example:
         | Send Messages Into Thread At Once | ${alice} | ${thread} | 50 |
         """
-        sessions = [requests.Session() for _ in range(count)]
+        sessions = races.warm_sessions(count, self.target.backend_url)
 
         def send(index: int, actor: str) -> requests.Response:
             return sessions[index].post(
