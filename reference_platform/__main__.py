@@ -80,7 +80,7 @@ state file (--state-file), written once both services answer /health:
     parser.add_argument("--backend-port", type=int, default=8000,
                         help="backend service port; 0 = a free port (default 8000)")
     parser.add_argument("--data-dir", type=Path, default=None,
-                        help="data directory for embedded servers and the generated key; kept on stop. "
+                        help="data directory of the embedded PostgreSQL and Redis; kept on stop. "
                         "Default: a fresh directory under results/platform-data/, removed on stop")
     parser.add_argument("--state-file", type=Path, default=None,
                         help="write the URLs, pids and settings as JSON here once healthy; removed on stop")
