@@ -62,7 +62,6 @@ class CrosstalkChat:
     def __init__(self) -> None:
         self._connections: dict[str, UserConnection] = {}
         self._counts: dict[int, int] = {}
-        self._engine = get_engine()
 
     # ------------------------------------------------------------------ helpers
     def _ws_url(self) -> str:
@@ -97,16 +96,15 @@ class CrosstalkChat:
 
     def _run(self, coro, timeout: float) -> Any:
         try:
-            return self._engine.run(coro, timeout + GRACE)
+            return get_engine().run(coro, timeout + GRACE)
         except TimeoutError as exc:
             raise AssertionError(
                 f"WebSocket operation did not finish in {timeout + GRACE:g} s: {exc}"
             ) from None
 
-    async def _open(
-        self, user: TestUser, label: str, token: str | None, origin: str | None, timeout: float
-    ) -> UserConnection:
-        return await UserConnection(user, label, self._ws_url()).open(token, origin, timeout)
+    def _open(self, user: TestUser, label: str, token: str | None, origin: str | None, timeout: float) -> Any:
+        # the URL is read here, in Robot's thread; the returned coroutine runs on the engine loop
+        return UserConnection(user, label, self._ws_url()).open(token, origin, timeout)
 
     # ------------------------------------------------------------------ connect
     @keyword("Connect")
@@ -196,10 +194,11 @@ class CrosstalkChat:
         plain = str(getattr(token, "value", token)) if token is not None else user.access_token
         seconds = _seconds(timeout)
         label = f"{user.label}#refused"
+        url = self._ws_url()
 
         async def attempt() -> str:
             try:
-                connection = await UserConnection(user, label, self._ws_url()).open(plain, origin, seconds)
+                connection = await UserConnection(user, label, url).open(plain, origin, seconds)
             except ConnectionRefused as refused:
                 if refused.status == status:
                     return f"handshake refused with HTTP {status}"
