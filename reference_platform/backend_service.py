@@ -92,6 +92,16 @@ def _uuid_or_none(value: object) -> uuid.UUID | None:
         return None
 
 
+def _storable(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")  # lone surrogates from JSON "\ud800" escapes cannot be stored
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(eq=False)
 class Connection:
     websocket: WebSocket
@@ -477,6 +487,13 @@ class BackendService:
                     conn, "missing_field", f"field '{name}' must be a non-empty string", cmid
                 )
                 return
+        if not _storable(frame["content"]):
+            await self._send_error(
+                conn, "invalid_content",
+                "content must be valid Unicode without NUL characters (PostgreSQL text cannot hold them)",
+                cmid,
+            )
+            return
         thread_id = frame.get("thread_id")
         if thread_id is not None and _uuid_or_none(thread_id) is None:
             await self._send_error(conn, "thread_not_found", "thread not found", cmid)

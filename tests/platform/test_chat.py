@@ -139,6 +139,33 @@ def test_malformed_frames_get_an_error_frame_and_the_socket_stays_usable(platfor
         assert collect_run(ws, send_message(ws, "still here?"))[-1]["type"] == "agent_completed"
 
 
+@pytest.mark.parametrize("content", [
+    "'; DROP TABLE messages; --", "<script>alert('x')</script>", "tab\tnewline\n\x01\x1f\x7f bell\x07",
+    "emoji \U0001f642 and \u202e right-to-left", "quote \" backslash \\ percent %s",
+])
+def test_hostile_content_is_stored_and_returned_verbatim(platform, content):
+    import requests
+
+    user = register_and_login(platform, "verbatim")
+    with open_socket(platform, user.access_token) as ws:
+        frames = collect_run(ws, send_message(ws, content))
+    assert frames[-1]["type"] == "agent_completed", frames[-1]
+    assert f'"{content}"' in frames[-1]["payload"]["response"]
+    messages = requests.get(f"{platform.backend_url}/threads/{frames[0]['thread_id']}/messages",
+                            headers=user.headers, timeout=10).json()
+    assert messages[0]["content"] == content
+
+
+@pytest.mark.parametrize("content", ["nul \x00 inside", "lone surrogate \ud800"])
+def test_unstorable_content_gets_an_error_frame(platform, content):
+    user = register_and_login(platform, "unstorable")
+    with open_socket(platform, user.access_token) as ws:
+        cmid = send_message(ws, content)
+        frames = collect_run(ws, cmid)
+        assert [f["type"] for f in frames] == ["error"] and frames[0]["code"] == "invalid_content", frames
+        assert collect_run(ws, send_message(ws, "fine"))[-1]["type"] == "agent_completed"
+
+
 def test_oversized_frame_is_refused_and_the_socket_stays_usable(platform):
     user = register_and_login(platform, "bigframe")
     limit = platform.state["max_frame_bytes"]
