@@ -329,9 +329,11 @@ def render(outcomes: dict[str, Outcome], faults: list[str], seconds: float) -> s
              "|---|---|---|---|---|---|---|"]
     for fault in faults:
         row, outcome = ROWS[fault], outcomes[fault]
+        others = sorted(name for name in outcome.failed if name != row.test)
+        evidence = outcome.reason + (f" (also failed: {', '.join(others)})" if others else "")
         lines.append(f"| `{fault}` | {', '.join(row.tags)} | {row.test} | `{row.phrase}` | "
                      f"{'yes' if outcome.detected else '**NO**'} | {outcome.seconds:.0f} | "
-                     f"{_cell(outcome.reason)} |")
+                     f"{_cell(evidence)} |")
     detected = sum(outcomes[f].detected for f in faults)
     baseline = outcomes[BASELINE]
     lines += [
@@ -345,7 +347,8 @@ def render(outcomes: dict[str, Outcome], faults: list[str], seconds: float) -> s
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")[:220]
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= 300 else text[:200] + " … " + text[-90:]
 
 
 # ---------------------------------------------------------------- tests
