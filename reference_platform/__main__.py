@@ -144,6 +144,45 @@ def _replace_db(url: str, name: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
 
 
+STALE_DIR = re.compile(r"^\d{8}-\d{6}-(\d+)$")
+
+
+def _is_launcher(pid: int) -> bool:
+    try:
+        return b"reference_platform" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return _alive(pid) and not Path("/proc").is_dir()
+
+
+def reap_stale_data_dirs(root: Path = DEFAULT_DATA_ROOT) -> None:
+    """Stop the PostgreSQL of launchers that died without cleaning up (SIGKILL, OOM) and drop their data.
+
+    Services and Redis die with their launcher (PR_SET_PDEATHSIG); PostgreSQL is daemonised by
+    pg_ctl, so a killed launcher would leave it running for good.
+    """
+    if not root.is_dir():
+        return
+    for entry in root.iterdir():
+        match = STALE_DIR.match(entry.name)
+        if not match or _is_launcher(int(match.group(1))):
+            continue
+        try:
+            postmaster = int((entry / "postgres" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            postmaster = None
+        if postmaster and _alive(postmaster):
+            with contextlib.suppress(OSError):
+                os.kill(postmaster, signal.SIGQUIT)  # immediate shutdown
+            deadline = time.monotonic() + 5
+            while _alive(postmaster) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        from .embedded import remove_data_dir
+
+        remove_data_dir(entry)
+        print(f"reference_platform: removed {entry} left by a launcher that died (pid {match.group(1)})",
+              file=sys.stderr)
+
+
 class Platform:
     def __init__(self, args: argparse.Namespace, fault_names: list[str]):
         self.args = args
@@ -164,6 +203,8 @@ class Platform:
         args = self.args
         self.sockets["auth"] = bind_listener(args.host, args.auth_port, "--auth-port")
         self.sockets["backend"] = bind_listener(args.host, args.backend_port, "--backend-port")
+        if self.own_data_dir:
+            reap_stale_data_dirs(self.data_dir.parent)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         key_path = self._private_key()
         for name in ("auth", "backend"):

@@ -125,3 +125,22 @@ def test_unreachable_database_url_is_one_clear_line():
     errors = [line for line in result.stderr.splitlines() if line.startswith("reference_platform:")]
     assert len(errors) == 1 and "DATABASE_URL" in errors[0] and "not reachable" in errors[0], result.stderr
     assert "hunter2" not in result.stderr
+
+
+def test_a_killed_launchers_leftovers_are_reaped_by_the_next_start(tmp_path):
+    running = start_platform(work_dir=tmp_path)
+    procs, ports = _platform_processes(running), _ports(running)
+    running.process.kill()  # SIGKILL: no cleanup at all
+    running.process.wait(10)
+    services = [psutil.Process(running.pids[name]) for name in ("auth", "backend")]
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in services) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in services), "services outlived their SIGKILLed launcher"
+    running.state_file.unlink(missing_ok=True)  # nobody was left to remove it
+    successor = start_platform(work_dir=tmp_path)
+    try:
+        assert "removed" in successor.log_tail(), successor.log_tail()
+        assert_nothing_left(running, procs, ports)
+    finally:
+        successor.stop()
