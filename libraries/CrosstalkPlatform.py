@@ -176,9 +176,16 @@ class CrosstalkPlatform:
         if self._shared is None or self._acquired == 0:
             return
         self._acquired -= 1
-        if self._acquired == 0 and self._shared.release():
+        if self._acquired == 0:
+            outcome = self._shared.release()
             self.target = {}
-            logger.info("The reference platform was stopped (last holder).")
+            if outcome == "stopped":
+                logger.info("The reference platform was stopped (last holder).")
+            elif outcome == "lingering":
+                logger.info(
+                    f"Last holder: the reference platform stops in {self._shared.linger:g} s unless "
+                    "another process joins it (CROSSTALK_PLATFORM_LINGER=0 stops it at once)."
+                )
 
     @keyword("Platform Should Be Healthy")
     def platform_should_be_healthy(self, timeout: timedelta = timedelta(seconds=10)) -> None:

@@ -26,6 +26,8 @@ from pathlib import Path
 import requests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+LIBRARIES = Path(__file__).resolve().parents[1]
+DEFAULT_LINGER = float(os.environ.get("CROSSTALK_PLATFORM_LINGER", "3"))
 PLATFORM_ROOT = REPO_ROOT / "results" / ".platform"
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 20.0
@@ -111,7 +113,10 @@ def _locked(directory: Path, timeout: float = START_TIMEOUT + 30) -> Iterator[No
 class SharedPlatform:
     """The reference platform shared by every process of this repository with the same faults."""
 
-    def __init__(self, faults: str = "", root: Path = PLATFORM_ROOT):
+    def __init__(self, faults: str = "", root: Path = PLATFORM_ROOT, linger: float | None = None):
+        # pabot starts the next process a moment after one ends: a short linger lets it join the
+        # running platform instead of paying a full restart (0 stops at once)
+        self.linger = DEFAULT_LINGER if linger is None else linger
         self.faults = ",".join(sorted(f.strip() for f in faults.split(",") if f.strip()))
         self.directory = root / (self.faults.replace(",", "+") or "default")
         self.state_file = self.directory / "state.json"
@@ -157,17 +162,60 @@ class SharedPlatform:
             self._write_holders(holders)
             return state
 
-    def release(self) -> bool:
-        """Drop this process's claim; stop the platform if no live holder remains. True when stopped."""
+    def release(self) -> str:
+        """Drop this process's claim; when no live holder remains, stop the platform.
+
+        Returns "held" (others still use it), "stopped", or "lingering" (a
+        detached reaper stops it after ``linger`` seconds unless a process joins).
+        """
         with _locked(self.directory):
             holders = self._holders()
             holders.discard(os.getpid())
             self._write_holders(holders)
             if holders:
+                return "held"
+            state = self._state()
+            if not state:
+                return "stopped"
+            if self.linger > 0:
+                self._spawn_reaper(state)
+                return "lingering"
+            self._stop(state)
+            return "stopped"
+
+    def _spawn_reaper(self, state: dict) -> None:
+        launcher = str(state.get("pids", {}).get("launcher") or 0)
+        command = [
+            sys.executable,
+            "-m",
+            "crosstalk.sharedplatform",
+            "reap",
+            str(self.directory),
+            f"{self.linger:g}",
+            launcher,
+        ]
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(LIBRARIES), os.environ.get("PYTHONPATH", "")])),
+        }
+        subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def reap(self, launcher: int) -> bool:
+        """Stop the platform if nobody holds it and it is still the one started by ``launcher``."""
+        with _locked(self.directory):
+            if self._holders():
                 return False
             state = self._state()
-            if state:
-                self._stop(state)
+            if not state or state.get("pids", {}).get("launcher") != launcher:
+                return False
+            self._stop(state)
             return True
 
     def _start(self, timeout: float) -> dict:
@@ -240,3 +288,25 @@ class SharedPlatform:
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(pid, os.WNOHANG)
         self.state_file.unlink(missing_ok=True)
+
+
+def _main(argv: list[str]) -> int:
+    # python -m crosstalk.sharedplatform reap DIRECTORY SECONDS LAUNCHER_PID (spawned by release())
+    if len(argv) != 4 or argv[0] != "reap":
+        print(
+            "usage: python -m crosstalk.sharedplatform reap DIRECTORY SECONDS LAUNCHER_PID", file=sys.stderr
+        )
+        return 2
+    directory, seconds, launcher = Path(argv[1]), float(argv[2]), int(argv[3])
+    time.sleep(seconds)
+    platform = SharedPlatform(root=directory.parent, linger=0)
+    platform.directory = directory
+    platform.state_file = directory / "state.json"
+    platform.holders_file = directory / "holders.json"
+    platform.log_file = directory / "platform.log"
+    platform.reap(launcher)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

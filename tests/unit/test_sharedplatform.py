@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from crosstalk import sharedplatform
@@ -19,7 +20,7 @@ def sleeper() -> subprocess.Popen:
 @pytest.fixture
 def shared(tmp_path, monkeypatch):
     started: list[subprocess.Popen] = []
-    platform = SharedPlatform("", root=tmp_path)
+    platform = SharedPlatform("", root=tmp_path, linger=0)
 
     def fake_start(timeout):
         process = sleeper()
@@ -52,14 +53,14 @@ def test_second_process_joins_and_last_one_stops(shared):
         shared.holders_file.write_text(json.dumps([*holders, other.pid]))
         assert shared.acquire() == state  # joins, no second start
         assert len(shared.started) == 1
-        assert shared.release() is False  # the other process still holds it
+        assert shared.release() == "held"  # the other process still holds it
         assert pid_alive(state["pids"]["launcher"])
     finally:
         other.kill()
         other.wait()
     # the other holder died without releasing: the next release prunes it and stops the platform
     shared.acquire()
-    assert shared.release() is True
+    assert shared.release() == "stopped"
     shared.started[0].wait(5)
     assert not pid_alive(state["pids"]["launcher"])
     assert not shared.state_file.exists()
@@ -84,3 +85,23 @@ def test_faults_get_their_own_platform(tmp_path):
 def test_pid_alive():
     assert pid_alive(os.getpid())
     assert not pid_alive(None)
+
+
+def test_last_holder_lingers_then_a_detached_reaper_stops_it(shared):
+    state = shared.acquire()
+    shared.linger = 0.3
+    assert shared.release() == "lingering"
+    assert pid_alive(state["pids"]["launcher"])  # still up: a process starting now would join it
+    deadline = time.monotonic() + 15
+    while (
+        pid_alive(state["pids"]["launcher"]) or shared.state_file.exists()
+    ) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(state["pids"]["launcher"])
+    assert not shared.state_file.exists()
+
+
+def test_reaper_leaves_a_platform_that_someone_joined(shared):
+    state = shared.acquire()
+    assert shared.reap(state["pids"]["launcher"]) is False  # this process holds it
+    assert pid_alive(state["pids"]["launcher"])
