@@ -7,7 +7,8 @@ import uuid
 import jwt
 import pytest
 import requests
-from chatclient import (
+
+from tests.platform.chatclient import (
     PASSWORD,
     TIMEOUT,
     chat,

@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 import redis
-from chatclient import (
+
+from tests.platform.chatclient import (
     collect_run,
     collect_runs,
     handshake_status,

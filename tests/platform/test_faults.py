@@ -15,7 +15,9 @@ import uuid
 import pytest
 import redis
 import requests
-from chatclient import (
+
+from tests.conftest import generate_private_key_pem, launch_platform, wait_until_up
+from tests.platform.chatclient import (
     TIMEOUT,
     collect_run,
     collect_runs,
@@ -26,7 +28,6 @@ from chatclient import (
     register_and_login,
     send_message,
 )
-from conftest import generate_private_key_pem, launch_platform, wait_until_up
 
 GROUP_A = ["bola_rest", "bola_ws", "logout_no_revoke", "refresh_reuse", "jwt_alg_none", "jwt_hs256_confusion",
            "jwt_accept_expired", "ws_origin_unchecked", "session_leak", "connection_leak", "no_rate_limit",

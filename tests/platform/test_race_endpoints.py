@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from chatclient import TIMEOUT, chat, register_and_login
 
 from reference_platform import faults
 from reference_platform.cache import LatencyProxy, RawRedisPool
+from tests.platform.chatclient import TIMEOUT, chat, register_and_login
 
 
 def _thread(platform, user) -> str:

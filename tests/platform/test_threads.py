@@ -6,7 +6,8 @@ import uuid
 
 import pytest
 import requests
-from chatclient import TIMEOUT, chat, register_and_login
+
+from tests.platform.chatclient import TIMEOUT, chat, register_and_login
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 import requests
-from chatclient import TIMEOUT, forge_token, handshake_status, register_and_login, sign_rs256, valid_claims
+
+from tests.platform.chatclient import (
+    TIMEOUT,
+    forge_token,
+    handshake_status,
+    register_and_login,
+    sign_rs256,
+    valid_claims,
+)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import urllib.parse
 import psycopg2
 import pytest
 import requests
-from chatclient import TIMEOUT, register_and_login
+
+from tests.platform.chatclient import TIMEOUT, register_and_login
 
 
 def _db(platform, name: str) -> str:

@@ -14,7 +14,7 @@ from crosstalk.model import TestUser, Tokens
 from CrosstalkIsolation import CrosstalkIsolation
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
-from chatclient import User, chat, register_and_login
+from tests.platform.chatclient import User, chat, register_and_login
 
 
 def as_test_user(label: str, account) -> TestUser:
