@@ -119,6 +119,9 @@ class LoadUser:
         metrics = self.metrics
         cmid = data.get("client_message_id")
         owner = data.get("user_id")
+        if cmid is None and data.get("type") == "error":
+            self._anonymous_error(data)
+            return
         if cmid not in self.own_cmids or (owner is not None and owner != self.user.user_id):
             metrics.misrouted += 1
             metrics.record_error(
@@ -157,6 +160,16 @@ class LoadUser:
         elif kind == "agent_error":
             self._finish(pending, "agent_error",
                          f"run {pending.run_id}: {(data.get('payload') or {}).get('message')}")
+
+    def _anonymous_error(self, data: dict[str, Any]) -> None:
+        """An error frame naming no message (e.g. rate_limited): it answers the oldest message not started."""
+        self.metrics.events += 1
+        kind, detail = f"error:{data.get('code')}", f"{data.get('code')}: {data.get('message')}"
+        waiting = [p for p in self.pending.values() if p.last_event is None]
+        if waiting:
+            self._finish(min(waiting, key=lambda p: p.intended), kind, detail)
+        else:
+            self.metrics.record_error(kind, f"user '{self.user.label}' {detail}", self.stats)
 
     def _finish(self, pending: _Pending, error: str | None, detail: str) -> None:
         self.pending.pop(pending.cmid, None)

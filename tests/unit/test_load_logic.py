@@ -91,6 +91,20 @@ def test_events_of_other_users_count_as_misrouted():
     assert lu.metrics.check("routing_accuracy == 100%").passed is False
 
 
+def test_an_error_naming_no_message_answers_the_oldest_unstarted_message():
+    lu = _user("u1", "id-1")
+
+    async def scenario():
+        first = await lu.send(0.0)
+        await lu.send(0.1)
+        lu.on_event({"type": "error", "code": "rate_limited", "message": "slow down",
+                     "client_message_id": None}, 0.2)
+        return await lu.wait(first, 1.0)
+
+    assert _run(scenario()) == "error:rate_limited"
+    assert lu.metrics.misrouted == 0 and len(lu.pending) == 1
+
+
 def test_a_silent_run_times_out_with_a_message_naming_user_and_message():
     lu = _user("u1", "id-1")
 
