@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from crosstalk.secrets import mask_url
@@ -87,7 +86,7 @@ class CrosstalkPlatform:
             state = self._shared.acquire(seconds)
             self._acquired += 1
             target = {name: str(state.get(key) or "") for name, key in STATE_KEYS.items()}
-            key_file = Path(state.get("data_dir") or ".") / "jwt-private-key.pem"
+            key_file = self._shared.key_file
             extra = {
                 "JWT_ISSUER": str(state.get("issuer") or ""),
                 "JWT_AUDIENCE": str(state.get("audience") or ""),

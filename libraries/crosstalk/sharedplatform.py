@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LIBRARIES = Path(__file__).resolve().parents[1]
@@ -122,6 +124,9 @@ class SharedPlatform:
         self.state_file = self.directory / "state.json"
         self.holders_file = self.directory / "holders.json"
         self.log_file = self.directory / "platform.log"
+        # We hand the platform its signing key so the security suite can sign tokens
+        # whose only flaw is one bad claim (expired, wrong aud, ...).
+        self.key_file = self.directory / "jwt-private-key.pem"
 
     def _holders(self) -> set[int]:
         try:
@@ -236,6 +241,8 @@ class SharedPlatform:
             "0",
             "--state-file",
             str(self.state_file),
+            "--jwt-private-key",
+            str(self._fresh_signing_key()),
         ]
         with open(self.log_file, "wb") as log:  # one start per log: the last line is the reason
             process = subprocess.Popen(
@@ -264,6 +271,13 @@ class SharedPlatform:
             f"The reference platform did not become healthy within {timeout:g} s: {self._last_log_line()} "
             f"(full log: {self.log_file})"
         )
+
+    def _fresh_signing_key(self) -> Path:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.key_file.write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        self.key_file.chmod(0o600)
+        return self.key_file
 
     def _last_log_line(self) -> str:
         try:
