@@ -138,7 +138,6 @@ class Run:
     seq: int = 0
     held: str | None = None
     new_thread: bool = False
-    cache_invalidation: asyncio.Future | None = None
 
 
 class BackendService:
@@ -561,18 +560,17 @@ class BackendService:
             return False
         run.thread_id, run.new_thread = str(thread_id), new_thread
         if new_thread:
-            # The cache link is slow on purpose (see cache.py); invalidate alongside the agent's steps
-            # and wait for it before the terminal event, so the run's first event is not held up.
-            run.cache_invalidation = asyncio.ensure_future(self.thread_cache.invalidate(run.conn.user_id))
+            await self._invalidate_thread_list(run.conn.user_id)
         return True
 
-    async def _settle_cache(self, run: Run) -> None:
-        if run.cache_invalidation is not None:
-            task, run.cache_invalidation = run.cache_invalidation, None
-            try:
-                await task
-            except Exception as exc:
-                log.warning("thread-list cache invalidation for run %s failed: %s", run.run_id, exc)
+    async def _invalidate_thread_list(self, user_id: str) -> None:
+        """ThreadListCache.invalidate (bump the generation, then delete) in one round trip on the
+        main Redis client: the cache's own link is slow and 4 connections wide on purpose (it models
+        the cancellation leak for reads), and writes through it capped new threads at ~60/s."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.incr(ThreadListCache.generation_key(user_id))
+            pipe.delete(ThreadListCache.key(user_id))
+            await pipe.execute()
 
     async def _history(self, run: Run) -> list[str]:
         cached = await self.redis.get(self._ctx_key(run))
@@ -630,7 +628,6 @@ class BackendService:
                 uuid.UUID(run.run_id), run.client_message_id, specialist,
             )
             await self.redis.set(self._ctx_key(run), json.dumps([*history, run.content]), ex=CTX_TTL_SECONDS)
-            await self._settle_cache(run)
             await self._emit(run, "agent_completed", {"agent": specialist, "response": answer})
         except asyncio.CancelledError:
             raise
@@ -646,7 +643,6 @@ class BackendService:
                 "UPDATE runs SET status = 'failed', agent = $2, completed_at = now() WHERE run_id = $1",
                 uuid.UUID(run.run_id), specialist,
             )
-        await self._settle_cache(run)
         await self._emit(run, "agent_error", {"agent": specialist, "message": message})
 
 
