@@ -379,8 +379,8 @@ class CrosstalkAuth:
     def forge_token(self, user: TestUser, kind: Forgery) -> str:
         """A forged variant of ``user``'s access token that breaks exactly one rule (see `Forgery`).
 
-        Kinds: ``alg_none``, ``alg_None``, ``alg_NONE``, ``signature_stripped``,
-        ``payload_tampered``, ``expired``, ``missing_exp``, ``wrong_issuer``,
+        Kinds: ``alg_none``, ``alg_none_capitalized`` (alg "None"), ``alg_none_upper``
+        (alg "NONE"), ``signature_stripped``, ``payload_tampered``, ``expired``, ``missing_exp``, ``wrong_issuer``,
         ``wrong_audience``, ``unknown_kid``, ``wrong_signature``,
         ``hs256_confusion`` (HS256 with the public key PEM as HMAC secret).
         For the reference platform its private key signs the claim-rule

@@ -46,16 +46,15 @@ Missing And Forged Tokens Are Refused
     ...    is refused with 401 on REST and on the WebSocket handshake.
     [Tags]    authentication    rest    websocket
     [Template]    Forged Token Is Refused On REST And WebSocket
-    # CrosstalkAuth's forgery kinds by member name: "alg_None" and "alg_NONE" would both convert to ALG_NONE
     missing token
-    ALG_NONE
-    ALG_NONE_CAPITALIZED
-    ALG_NONE_UPPER
-    SIGNATURE_STRIPPED
-    PAYLOAD_TAMPERED
-    WRONG_SIGNATURE
-    HS256_CONFUSION
-    UNKNOWN_KID
+    alg none
+    alg none capitalized
+    alg none upper
+    signature stripped
+    payload tampered
+    wrong signature
+    hs256 confusion
+    unknown kid
 
 Properly Signed Tokens With Bad Claims Are Refused
     [Documentation]    API2: a token signed with the platform's own key but expired, without exp, or for
@@ -63,10 +62,10 @@ Properly Signed Tokens With Bad Claims Are Refused
     [Tags]    authentication    rest    websocket
     [Setup]    Platform Signing Key Should Be Known
     [Template]    Forged Token Is Refused On REST And WebSocket
-    EXPIRED
-    MISSING_EXP
-    WRONG_ISSUER
-    WRONG_AUDIENCE
+    expired
+    missing exp
+    wrong issuer
+    wrong audience
 
 Access Token Is Dead After Logout
     [Documentation]    API2: logout revokes the access token at once, on REST, on new handshakes, and on the

@@ -28,8 +28,8 @@ class Forgery(Enum):
     """The kinds of forged token (each one must be refused with 401)."""
 
     ALG_NONE = "alg_none"  # header alg "none", empty signature
-    ALG_NONE_CAPITALIZED = "alg_None"  # "None": case-sensitive checks miss it
-    ALG_NONE_UPPER = "alg_NONE"
+    ALG_NONE_CAPITALIZED = "alg_none_capitalized"  # header alg "None": case-sensitive checks miss it
+    ALG_NONE_UPPER = "alg_none_upper"  # header alg "NONE"
     SIGNATURE_STRIPPED = "signature_stripped"  # RS256 header, empty signature
     PAYLOAD_TAMPERED = "payload_tampered"  # sub changed, original signature kept
     EXPIRED = "expired"  # exp in the past
