@@ -273,6 +273,13 @@ def run_to_end(
         except TimeoutError:
             continue
         frames.append(data)
+        owner = data.get("user_id")
+        if owner is not None and user.user_id and owner != user.user_id:
+            # Definitive evidence; waiting for the own run's end would only turn it into a timeout.
+            raise RaceError(
+                f"cross-user event: {user.label}'s socket received a {data.get('type')} frame of user "
+                f"{owner} (run {data.get('run_id')})"
+            )
         if data.get("client_message_id") == cmid and data.get("type") in (
             "agent_completed",
             "agent_error",
