@@ -380,8 +380,8 @@ class CrosstalkAuth:
         """A forged variant of ``user``'s access token that breaks exactly one rule (see `Forgery`).
 
         Kinds: ``alg_none``, ``alg_none_capitalized`` (alg "None"), ``alg_none_upper``
-        (alg "NONE"), ``signature_stripped``, ``payload_tampered``, ``expired``, ``missing_exp``, ``wrong_issuer``,
-        ``wrong_audience``, ``unknown_kid``, ``wrong_signature``,
+        (alg "NONE"), ``signature_stripped``, ``payload_tampered``, ``expired``,
+        ``missing_exp``, ``wrong_issuer``, ``wrong_audience``, ``unknown_kid``, ``wrong_signature``,
         ``hs256_confusion`` (HS256 with the public key PEM as HMAC secret).
         For the reference platform its private key signs the claim-rule
         forgeries so only the named rule is broken.

@@ -41,6 +41,9 @@ class Forgery(Enum):
     HS256_CONFUSION = "hs256_confusion"  # HS256 with the public key PEM as HMAC secret
 
 
+UNSIGNED_ALGS = {Forgery.ALG_NONE: "none", Forgery.ALG_NONE_CAPITALIZED: "None", Forgery.ALG_NONE_UPPER: "NONE"}
+
+
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -113,9 +116,8 @@ def forge(
     kid = header.get("kid")
     now = int(time.time())
     fresh = {**claims, "jti": uuid.uuid4().hex}
-    if kind in (Forgery.ALG_NONE, Forgery.ALG_NONE_CAPITALIZED, Forgery.ALG_NONE_UPPER):
-        alg = kind.value.split("_", 1)[1]
-        return unsigned({"alg": alg, "typ": "JWT"}, fresh)
+    if kind in UNSIGNED_ALGS:
+        return unsigned({"alg": UNSIGNED_ALGS[kind], "typ": "JWT"}, fresh)
     if kind is Forgery.SIGNATURE_STRIPPED:
         return genuine.rsplit(".", 1)[0] + "."
     if kind is Forgery.PAYLOAD_TAMPERED:
