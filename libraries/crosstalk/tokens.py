@@ -41,7 +41,11 @@ class Forgery(Enum):
     HS256_CONFUSION = "hs256_confusion"  # HS256 with the public key PEM as HMAC secret
 
 
-UNSIGNED_ALGS = {Forgery.ALG_NONE: "none", Forgery.ALG_NONE_CAPITALIZED: "None", Forgery.ALG_NONE_UPPER: "NONE"}
+UNSIGNED_ALGS = {
+    Forgery.ALG_NONE: "none",
+    Forgery.ALG_NONE_CAPITALIZED: "None",
+    Forgery.ALG_NONE_UPPER: "NONE",
+}
 
 
 def b64url(data: bytes) -> str:
