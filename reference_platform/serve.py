@@ -21,6 +21,19 @@ import uvicorn
 from .config import Settings
 
 
+def _raise_open_file_limit() -> None:
+    # A thousand WebSockets plus pools need more than the common soft limit of 1024 descriptors.
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reference_platform.serve")
     parser.add_argument("service", choices=["auth", "backend"])
@@ -41,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(**json.loads(line))
     else:
         settings = Settings.from_env()
+    _raise_open_file_limit()
     sock = socket.socket(fileno=args.fd)
     config = uvicorn.Config(
         create_app(settings),
