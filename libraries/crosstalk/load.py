@@ -215,11 +215,12 @@ class LoadUser:
         return pending
 
     async def wait(self, pending: _Pending, timeout: float) -> str | None:
-        """The message's outcome; after ``timeout`` (from now) it is recorded as a timeout."""
+        """The message's outcome; ``timeout`` after its intended send time it is recorded as a timeout."""
         if pending.future.done():
             return pending.future.result()
+        remaining = max(pending.intended + timeout - time.monotonic(), 0.0)
         # one timer per message instead of wait_for + shield: this runs for every message of every user
-        timer = asyncio.get_running_loop().call_later(timeout, self._expire, pending, timeout)
+        timer = asyncio.get_running_loop().call_later(remaining, self._expire, pending, timeout)
         try:
             return await pending.future
         finally:
