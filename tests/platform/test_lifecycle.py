@@ -145,3 +145,24 @@ def test_a_killed_launchers_leftovers_are_reaped_by_the_next_start(tmp_path):
         successor_procs, successor_ports = _platform_processes(successor), _ports(successor)
         assert successor.stop() == 0, successor.log_tail()  # SIGTERM
     assert_nothing_left(successor, successor_procs, successor_ports)
+
+
+def test_health_names_a_failing_store_with_503(tmp_path, monkeypatch):
+    import requests
+
+    from reference_platform.embedded import EmbeddedRedis
+
+    external = EmbeddedRedis(tmp_path / "redis").start()
+    monkeypatch.setenv("REDIS_URL", external.url)  # external: the launcher does not watch it
+    running = start_platform(work_dir=tmp_path)
+    try:
+        assert requests.get(f"{running.backend_url}/health", timeout=10).status_code == 200
+        external.stop()
+        for url in (running.backend_url, running.auth_url):
+            reply = requests.get(f"{url}/health", timeout=10)
+            body = reply.json()
+            assert reply.status_code == 503 and body["postgres"] == "ok", body
+            assert body["redis"] != "ok" and "redis" in body["status"], body
+    finally:
+        external.stop()
+        running.stop()
