@@ -23,6 +23,12 @@ from tests.platform.chatclient import (
 EVENT_FIELDS = {"type", "run_id", "thread_id", "client_message_id", "user_id", "seq", "timestamp", "payload"}
 
 
+@pytest.fixture(scope="module")
+def shared_user(platform):
+    """One user for the parametrized cases that neither flood nor count anything per user."""
+    return register_and_login(platform, "shared")
+
+
 def assert_well_formed_run(frames: list[dict], user, cmid: str, terminal: str = "agent_completed") -> None:
     types = [f["type"] for f in frames]
     assert types[0] == "agent_started" and types[-1] == terminal, types
@@ -130,8 +136,8 @@ def test_another_users_thread_id_is_refused_over_websocket(platform):
     (json.dumps({"type": "user_message", "content": 5, "client_message_id": "m1"}), "missing_field"),
     (json.dumps({"type": "dance", "content": "hi", "client_message_id": "m1"}), "unknown_type"),
 ])
-def test_malformed_frames_get_an_error_frame_and_the_socket_stays_usable(platform, raw, code):
-    user = register_and_login(platform, "malformed")
+def test_malformed_frames_get_an_error_frame_and_the_socket_stays_usable(platform, shared_user, raw, code):
+    user = shared_user
     with open_socket(platform, user.access_token) as ws:
         ws.send(raw)
         error = receive(ws, f"an error frame for {raw!r}")
@@ -144,10 +150,10 @@ def test_malformed_frames_get_an_error_frame_and_the_socket_stays_usable(platfor
     "'; DROP TABLE messages; --", "<script>alert('x')</script>", "tab\tnewline\n\x01\x1f\x7f bell\x07",
     "emoji \U0001f642 and \u202e right-to-left", "quote \" backslash \\ percent %s",
 ])
-def test_hostile_content_is_stored_and_returned_verbatim(platform, content):
+def test_hostile_content_is_stored_and_returned_verbatim(platform, shared_user, content):
     import requests
 
-    user = register_and_login(platform, "verbatim")
+    user = shared_user
     with open_socket(platform, user.access_token) as ws:
         frames = collect_run(ws, send_message(ws, content))
     assert frames[-1]["type"] == "agent_completed", frames[-1]
@@ -158,8 +164,8 @@ def test_hostile_content_is_stored_and_returned_verbatim(platform, content):
 
 
 @pytest.mark.parametrize("content", ["nul \x00 inside", "lone surrogate \ud800"])
-def test_unstorable_content_gets_an_error_frame(platform, content):
-    user = register_and_login(platform, "unstorable")
+def test_unstorable_content_gets_an_error_frame(platform, shared_user, content):
+    user = shared_user
     with open_socket(platform, user.access_token) as ws:
         cmid = send_message(ws, content)
         frames = collect_run(ws, cmid)
@@ -192,8 +198,8 @@ def test_a_flood_of_frames_is_rate_limited(platform):
     (None, 101), ("http://localhost", 101), ("http://127.0.0.1", 101),
     ("https://evil.example", 403), ("null", 403), ("http://localhost.evil.example", 403),
 ])
-def test_websocket_origin_is_checked(platform, origin, expected):
-    user = register_and_login(platform, "origin")
+def test_websocket_origin_is_checked(platform, shared_user, origin, expected):
+    user = shared_user
     assert handshake_status(platform, user.access_token, origin=origin) == expected
 
 
