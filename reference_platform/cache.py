@@ -186,8 +186,9 @@ class LatencyProxy:
                     break
             await releaser
         except Exception:
-            releaser.cancel()
+            pass  # a reset on either side ends this direction; the other side sees EOF next
         finally:
+            releaser.cancel()
             with contextlib.suppress(Exception):
                 writer.close()
 

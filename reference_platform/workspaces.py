@@ -104,6 +104,10 @@ class WorkspaceService:
         self.urls = {"auth": auth_url, "backend": backend_url, "analytics": analytics_url(backend_url)}
         self.authenticate = authenticate
         self.pools: dict[str, asyncpg.Pool] = {}
+        # COMMIT/ROLLBACK PREPARED get their own connections: the prepared auth step holds the user's
+        # row lock, so same-user transactions queued on that lock may hold every connection of the
+        # step pool, and the coordinator must still be able to finish the one that holds the lock.
+        self.decisions: dict[str, asyncpg.Pool] = {}
         self.clickhouse = ClickHouseEvents.from_environment()
         # With ClickHouse, analytics is not a two-phase participant (see clickhouse_events.py).
         self.prepared_steps = ("auth", "backend") if self.clickhouse else ("auth", "backend", "analytics")
@@ -118,6 +122,9 @@ class WorkspaceService:
             ddl = ddls[step]
             pool = await asyncpg.create_pool(self.urls[step], min_size=1, max_size=10, command_timeout=10)
             self.pools[step] = pool
+            self.decisions[step] = await asyncpg.create_pool(
+                self.urls[step], min_size=1, max_size=4, command_timeout=10
+            )
             async with pool.acquire() as conn:
                 await conn.execute("SELECT pg_advisory_lock(424243)")
                 try:
@@ -139,7 +146,7 @@ class WorkspaceService:
     async def close(self) -> None:
         if self.clickhouse:
             await self.clickhouse.close()
-        for pool in self.pools.values():
+        for pool in [*self.pools.values(), *self.decisions.values()]:
             await pool.close()
 
     # ------------------------------------------------------------------ REST
@@ -247,13 +254,13 @@ class WorkspaceService:
         except BaseException:
             for step, gid in prepared:
                 try:
-                    await self.pools[step].execute(f"ROLLBACK PREPARED '{gid}'")
+                    await self.decisions[step].execute(f"ROLLBACK PREPARED '{gid}'")
                 except Exception as exc:  # left for the recovery on the next start
                     log.error("ROLLBACK PREPARED %s failed: %s", gid, exc)
             raise
         try:
             for step, gid in prepared:
-                await self.pools[step].execute(f"COMMIT PREPARED '{gid}'")
+                await self.decisions[step].execute(f"COMMIT PREPARED '{gid}'")
         except Exception:
             if self.clickhouse:
                 await self.clickhouse.compensate(workspace_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
 import pytest
@@ -94,3 +95,13 @@ def test_no_rollback_leaves_the_earlier_steps_applied(platform_factory):
     user = register_and_login(broken, "ws")
     assert create(broken, user).status_code == 503
     assert stores(broken, user) == (1, 1, 0)
+
+
+def test_many_concurrent_workspaces_of_one_user_all_commit(platform):
+    # More same-user transactions than the step pool has connections: they queue on the user's row
+    # lock, and the coordinator must still commit the one holding it.
+    user = register_and_login(platform, "ws")
+    with ThreadPoolExecutor(15) as pool:
+        statuses = list(pool.map(lambda i: create(platform, user, f"w{i}").status_code, range(15)))
+    assert statuses == [201] * 15
+    assert stores(platform, user) == (15, 15, 15)
