@@ -246,13 +246,15 @@ def create_users(auth_url: str, count: int) -> list[dict]:
 
 def child(args: argparse.Namespace) -> None:
     spec = json.loads(Path(args.child).read_text())
-    if spec.get("loop") == "uvloop" and spec["generator"] != "locust":
-        import asyncio
+    if spec["generator"] != "locust":
+        # read by crosstalk.engine when it creates its loop (the bare loop follows the same policy)
+        os.environ["CROSSTALK_LOOP"] = spec.get("loop", "uvloop")
+        if spec.get("loop") == "uvloop":
+            import asyncio
 
-        import uvloop
+            import uvloop
 
-        # before the engine starts: its asyncio.new_event_loop() then makes a uvloop loop
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     runner = {"crosstalk": run_crosstalk, "bare": run_bare, "locust": run_locust}[spec["generator"]]
     result = runner(spec["users"], spec["ws_url"], spec["messages"], spec["timeout"])
     print("RESULT " + json.dumps(result), flush=True)
@@ -299,8 +301,8 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=20, help="messages per user (closed loop)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one run")
     parser.add_argument("--only", choices=GENERATORS, action="append", help="run only these generators")
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
-                        help="loop of the crosstalk and bare generators (default asyncio, like the suites)")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop",
+                        help="loop of the crosstalk and bare generators (default uvloop, as in the suites)")
     parser.add_argument("--state-file", type=Path, help="attach to a running platform's state file")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)

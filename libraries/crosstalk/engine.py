@@ -38,17 +38,22 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import os
 import threading
 from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any, TypeVar
 
-try:  # uvloop (installed with uvicorn[standard]) cuts the generator's CPU per message by about 40 %
-    import uvloop
 
-    _new_event_loop = uvloop.new_event_loop
-except ImportError:  # pragma: no cover - plain asyncio works, just slower
-    _new_event_loop = asyncio.new_event_loop
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop (installed with uvicorn[standard]) cuts the generator's CPU per message by
+    about 40 %; ``CROSSTALK_LOOP=asyncio`` keeps the standard loop (for comparisons)."""
+    if os.environ.get("CROSSTALK_LOOP", "uvloop") != "asyncio":
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 T = TypeVar("T")
 
