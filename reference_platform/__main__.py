@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import re
@@ -147,11 +148,22 @@ def _replace_db(url: str, name: str) -> str:
 STALE_DIR = re.compile(r"^\d{8}-\d{6}-(\d+)$")
 
 
-def _is_launcher(pid: int) -> bool:
+LOCK_NAME = ".launcher.lock"
+
+
+def _owner_alive(data_dir: Path, pid: int) -> bool:
+    """A running launcher holds an exclusive lock on its data dir's lock file for its whole life."""
     try:
-        return b"reference_platform" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        fd = os.open(data_dir / LOCK_NAME, os.O_RDWR)
     except OSError:
-        return _alive(pid) and not Path("/proc").is_dir()
+        return _alive(pid)  # the launcher has not taken its lock yet (or predates the lock file)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock we may have taken
+    return False
 
 
 def reap_stale_data_dirs(root: Path = DEFAULT_DATA_ROOT) -> None:
@@ -164,7 +176,7 @@ def reap_stale_data_dirs(root: Path = DEFAULT_DATA_ROOT) -> None:
         return
     for entry in root.iterdir():
         match = STALE_DIR.match(entry.name)
-        if not match or _is_launcher(int(match.group(1))):
+        if not match or _owner_alive(entry, int(match.group(1))):
             continue
         try:
             postmaster = int((entry / "postgres" / "postmaster.pid").read_text().split()[0])
@@ -195,6 +207,7 @@ class Platform:
         self.children: dict[str, subprocess.Popen] = {}
         self.sockets: dict[str, socket.socket] = {}
         self.settings: Settings | None = None
+        self._lock_fd: int | None = None
         self.server_url = ""
         self.redis_url = ""
 
@@ -206,6 +219,15 @@ class Platform:
         if self.own_data_dir:
             reap_stale_data_dirs(self.data_dir.parent)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.own_data_dir = False  # it belongs to the launcher that holds the lock
+            raise StartupError(
+                f"data directory {self.data_dir} is in use by another running launcher: "
+                "pass another --data-dir or stop that launcher"
+            ) from None
         key_path = self._private_key()
         for name in ("auth", "backend"):
             self._spawn(name)  # they import while the stores start, then wait for their settings
@@ -404,6 +426,9 @@ class Platform:
             from .embedded import remove_data_dir
 
             remove_data_dir(self.data_dir)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 def _alive(pid: int) -> bool:
