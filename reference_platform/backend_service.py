@@ -436,11 +436,12 @@ class BackendService:
         finally:
             conn.closed = True
             self.active_websockets -= 1
+            # Before any await, so /metrics never shows a closed socket as still tracked.
+            if not faults.on("connection_leak"):
+                self.registry.pop(conn.connection_id, None)
             if not faults.on("session_leak"):
                 with contextlib.suppress(Exception):
                     await self.redis.delete(session_key)
-            if not faults.on("connection_leak"):
-                self.registry.pop(conn.connection_id, None)
 
     async def _send_error(self, conn: Connection, code: str, message: str, client_message_id: object) -> None:
         await conn.send(json.dumps({
