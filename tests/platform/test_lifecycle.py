@@ -166,3 +166,12 @@ def test_health_names_a_failing_store_with_503(tmp_path, monkeypatch):
     finally:
         external.stop()
         running.stop()
+
+
+def test_help_documents_env_vars_and_every_fault_switch():
+    from reference_platform.faults import FAULTS
+
+    result = _launch("--help")
+    assert result.returncode == 0
+    for word in ("DATABASE_URL", "REDIS_URL", "REFPLAT_FAULTS", "--auth-port", "--state-file", *FAULTS):
+        assert word in result.stdout, f"--help does not mention {word}"
