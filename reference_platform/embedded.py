@@ -138,6 +138,8 @@ class EmbeddedPostgres:
         self._system_user = EMBEDDED_PG_USER
         ensure_user_exists(EMBEDDED_PG_USER)
         ensure_prefix_permissions(data_dir)
+        # the binaries may sit in a 0700 folder (tox makes .tox/ so): the postgres user must reach them
+        ensure_prefix_permissions(bin_path)
         readable = stat.S_IRGRP | stat.S_IROTH
         ensure_folder_permissions(bin_path, readable | stat.S_IXGRP | stat.S_IXOTH)
         ensure_folder_permissions(bin_path.parent / "lib", readable)
