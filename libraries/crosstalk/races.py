@@ -313,18 +313,8 @@ def disconnect_mid_request(target: Target, user: TestUser, path: str, after: flo
 
 # ---------------------------------------------------------------------- stores
 def pg_value(url: str, sql: str, params: tuple = ()) -> Any:
-    try:
-        conn = psycopg2.connect(url, connect_timeout=5)
-    except psycopg2.Error as exc:
-        raise RaceError(f"cannot connect to {mask_url(url)}: {str(exc).strip()}") from None
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            row = cur.fetchone()
-            return row[0] if row else None
-    finally:
-        conn.close()
+    rows = pg_rows(url, sql, params)
+    return rows[0][0] if rows else None
 
 
 def pg_rows(url: str, sql: str, params: tuple = ()) -> list[tuple]:
