@@ -22,7 +22,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import faults
-from .common import AUTH_SCHEMA, authenticate, create_pool, ensure_schema, error, health, unauthorized
+from .common import (
+    AUTH_SCHEMA,
+    authenticate,
+    create_pool,
+    ensure_schema,
+    error,
+    health,
+    json_object,
+    unauthorized,
+)
 from .config import REVOCATION_CHANNEL, Settings
 from .tokens import Signer, Verifier, generate_private_key_pem
 
@@ -40,13 +49,6 @@ DUMMY_HASH = HASHER.hash("not-a-real-password-0")
 def _hash_refresh(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
-
-async def _json(request: Request) -> dict | None:
-    try:
-        body = await request.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
 
 
 class AuthService:
@@ -83,7 +85,7 @@ class AuthService:
         return JSONResponse(self.signer.jwks(), headers={"Cache-Control": "public, max-age=300"})
 
     async def register(self, request: Request) -> Response:
-        body = await _json(request)
+        body = await json_object(request)
         if body is None:
             return error(422, "invalid_body", "send a JSON object {email, password}")
         email, password = body.get("email"), body.get("password")
@@ -103,7 +105,7 @@ class AuthService:
         return JSONResponse({"user_id": str(user_id)}, status_code=201)
 
     async def login(self, request: Request) -> Response:
-        body = await _json(request) or {}
+        body = await json_object(request) or {}
         email, password = body.get("email"), body.get("password")
         if not isinstance(email, str) or not isinstance(password, str):
             return JSONResponse(LOGIN_FAILED, status_code=401)
@@ -132,7 +134,7 @@ class AuthService:
         }
 
     async def refresh(self, request: Request) -> Response:
-        body = await _json(request) or {}
+        body = await json_object(request) or {}
         token = body.get("refresh_token")
         if not isinstance(token, str) or not token:
             return JSONResponse(REFRESH_FAILED, status_code=401)

@@ -24,7 +24,15 @@ from starlette.websockets import WebSocket
 
 from . import agent, faults
 from .cache import ClientGone, ThreadListCache, unless_client_leaves
-from .common import BACKEND_SCHEMA, authenticate, create_pool, ensure_schema, health, unauthorized
+from .common import (
+    BACKEND_SCHEMA,
+    authenticate,
+    create_pool,
+    ensure_schema,
+    health,
+    json_object,
+    unauthorized,
+)
 from .config import REVOCATION_CHANNEL, Settings
 from .tokens import Verifier, keys_from_jwks
 from .workspaces import WorkspaceService
@@ -302,11 +310,7 @@ class BackendService:
         user_id = await self._user(request)
         if user_id is None:
             return unauthorized()
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        content = body.get("content") if isinstance(body, dict) else None
+        content = (await json_object(request) or {}).get("content")
         if not isinstance(content, str) or not content:
             return JSONResponse(
                 {"error": "missing_field", "message": "field 'content' must be a non-empty string"},

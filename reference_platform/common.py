@@ -7,7 +7,7 @@ import logging
 
 import asyncpg
 import redis.asyncio as aioredis
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 
 from .tokens import TokenError, Verifier
@@ -65,6 +65,15 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_thread ON runs(thread_id);
 """
+
+
+async def json_object(request: Request) -> dict | None:
+    """The request body if it is a JSON object, else None (malformed JSON included)."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def error(status: int, code: str, message: str) -> JSONResponse:

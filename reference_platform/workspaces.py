@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, Response
 
 from . import faults
 from .clickhouse_events import ClickHouseEvents
-from .common import unauthorized
+from .common import json_object, unauthorized
 
 log = logging.getLogger("reference_platform.workspaces")
 
@@ -154,11 +154,7 @@ class WorkspaceService:
         user_id = await self.authenticate(request)
         if user_id is None:
             return unauthorized()
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        name = body.get("name") if isinstance(body, dict) else None
+        name = (await json_object(request) or {}).get("name")
         if not isinstance(name, str) or not name.strip() or len(name) > NAME_MAX:
             return JSONResponse(
                 {"error": "invalid_name", "message": f'send {{"name": ...}} with 1 to {NAME_MAX} characters'},
