@@ -27,6 +27,8 @@ import urllib.request
 import warnings
 from pathlib import Path
 
+import psutil
+
 from . import faults
 from .config import AUDIENCE, ISSUER, Settings
 
@@ -156,7 +158,7 @@ def _owner_alive(data_dir: Path, pid: int) -> bool:
     try:
         fd = os.open(data_dir / LOCK_NAME, os.O_RDWR)
     except OSError:
-        return _alive(pid)  # the launcher has not taken its lock yet (or predates the lock file)
+        return psutil.pid_exists(pid)  # the launcher has not taken its lock yet (or predates the lock file)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -182,11 +184,11 @@ def reap_stale_data_dirs(root: Path = DEFAULT_DATA_ROOT) -> None:
             postmaster = int((entry / "postgres" / "postmaster.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             postmaster = None
-        if postmaster and _alive(postmaster):
+        if postmaster and psutil.pid_exists(postmaster):
             with contextlib.suppress(OSError):
                 os.kill(postmaster, signal.SIGQUIT)  # immediate shutdown
             deadline = time.monotonic() + 5
-            while _alive(postmaster) and time.monotonic() < deadline:
+            while psutil.pid_exists(postmaster) and time.monotonic() < deadline:
                 time.sleep(0.05)
         from .embedded import remove_data_dir
 
@@ -379,7 +381,7 @@ class Platform:
             raise StartupError(f"embedded Redis exited with code {self.redis.process.returncode}; stopping")
         if self.postgres:
             pid = self.postgres.pid()
-            if pid is None or not _alive(pid):
+            if pid is None or not psutil.pid_exists(pid):
                 raise StartupError("embedded PostgreSQL is no longer running; stopping")
 
     def state(self) -> dict:
@@ -429,16 +431,6 @@ class Platform:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write_state(path: Path, state: dict) -> None:

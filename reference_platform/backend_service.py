@@ -266,6 +266,14 @@ class BackendService:
         claims = await authenticate(request, self.verifier, self.redis)
         return _uuid_or_none(claims.get("sub")) if claims else None
 
+    async def _callers_thread(self, request: Request) -> asyncpg.Record | Response:
+        """The path's thread if the caller owns it, else the 401 or 404 response to send."""
+        user_id = await self._user(request)
+        if user_id is None:
+            return unauthorized()
+        row = await self._owned_thread(request.path_params["thread_id"], user_id)
+        return JSONResponse(NOT_FOUND, status_code=404) if row is None else row
+
     async def _owned_thread(self, thread_id: str, user_id: uuid.UUID) -> asyncpg.Record | None:
         tid = _uuid_or_none(thread_id)
         if tid is None:
@@ -350,24 +358,18 @@ class BackendService:
                             status_code=201)
 
     async def get_thread(self, request: Request) -> Response:
-        user_id = await self._user(request)
-        if user_id is None:
-            return unauthorized()
-        row = await self._owned_thread(request.path_params["thread_id"], user_id)
-        if row is None:
-            return JSONResponse(NOT_FOUND, status_code=404)
+        row = await self._callers_thread(request)
+        if isinstance(row, Response):
+            return row
         return JSONResponse({
             "thread_id": str(row["thread_id"]), "title": row["title"], "message_count": row["message_count"],
             "created_at": row["created_at"].isoformat(),
         })
 
     async def thread_messages(self, request: Request) -> Response:
-        user_id = await self._user(request)
-        if user_id is None:
-            return unauthorized()
-        row = await self._owned_thread(request.path_params["thread_id"], user_id)
-        if row is None:
-            return JSONResponse(NOT_FOUND, status_code=404)
+        row = await self._callers_thread(request)
+        if isinstance(row, Response):
+            return row
         rows = await self.pool.fetch(
             "SELECT message_id, user_id, role, content, run_id, client_message_id, created_at FROM messages "
             "WHERE thread_id = $1 ORDER BY created_at, message_id", row["thread_id"],
