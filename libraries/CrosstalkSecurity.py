@@ -170,11 +170,12 @@ class CrosstalkSecurity:
 
         def fire() -> None:
             with requests.Session() as session:
-                # connect first so that the barrier releases requests, not TCP handshakes
+                # connect and build the request first, so that the barrier releases bytes on the wire
                 session.head(url, timeout=_s(timeout))
+                prepared = session.prepare_request(requests.Request("POST", url, json=body))
                 barrier.wait(_s(timeout))
                 try:
-                    status = session.post(url, json=body, timeout=_s(timeout)).status_code
+                    status = session.send(prepared, timeout=_s(timeout)).status_code
                 except requests.RequestException as error:
                     with lock:
                         errors.append(f"{type(error).__name__}: {error}")

@@ -140,7 +140,10 @@ class AuthService:
             return JSONResponse(REFRESH_FAILED, status_code=401)
         token_hash = _hash_refresh(token)
         if faults.on("refresh_race"):
-            row = await self._refresh_check_then_update(token_hash)
+            pair = await self._refresh_check_then_update(token_hash)
+            if pair is not None:
+                return pair
+            row = None
         elif faults.on("refresh_reuse"):
             # The bug: "is it ours and not expired?" - used_at is recorded but never checked.
             row = await self.pool.fetchrow(
@@ -165,8 +168,9 @@ class AuthService:
             return JSONResponse(REFRESH_FAILED, status_code=401)
         return JSONResponse(await self._token_pair(str(row["user_id"]), row["family_id"]))
 
-    async def _refresh_check_then_update(self, token_hash: str):
-        # The bug: "is it unused?" and "mark it used" are two statements, so parallel refreshes all pass.
+    async def _refresh_check_then_update(self, token_hash: str) -> dict | None:
+        # The bug: "is it unused?", "mint the new pair" and "mark the old one used" are separate
+        # statements, so parallel refreshes all pass the check before any of them marks the token.
         row = await self.pool.fetchrow(
             "SELECT token_id, user_id, family_id FROM refresh_tokens WHERE token_hash = $1 "
             "AND used_at IS NULL AND revoked_at IS NULL AND expires_at > now()", token_hash,
@@ -174,10 +178,11 @@ class AuthService:
         if row is None:
             return None
         await self.pool.fetchval("SELECT email FROM users WHERE user_id = $1", row["user_id"])
+        pair = await self._token_pair(str(row["user_id"]), row["family_id"])
         await self.pool.execute(
             "UPDATE refresh_tokens SET used_at = now() WHERE token_id = $1", row["token_id"]
         )
-        return row
+        return JSONResponse(pair)
 
     async def logout(self, request: Request) -> Response:
         claims = await authenticate(request, self.verifier, self.redis)

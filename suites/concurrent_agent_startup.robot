@@ -9,7 +9,7 @@ Documentation       Concurrent agent startup: many customers start their agents 
 Resource            ../resources/load.resource
 
 Suite Setup         Start Agents For Every User
-Suite Teardown      Close Load Users
+Suite Teardown      Load Suite Ends
 
 Test Tags           performance    load
 
@@ -65,5 +65,6 @@ Every WebSocket Stays Up For The Whole Suite
 *** Keywords ***
 Start Agents For Every User
     [Documentation]    All users connect, then start their agents at the same moment.
+    Start Or Attach Platform
     ${run} =    Users Start Agents At The Same Moment    ${USERS}    timeout=${STARTUP_TIMEOUT}
     Set To Dictionary    ${LOAD}    startup=${run}

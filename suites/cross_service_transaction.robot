@@ -9,6 +9,9 @@ Documentation       Creating a workspace writes three stores in one all-or-nothi
 
 Resource            ../resources/races.resource
 
+Suite Setup         Start Or Attach Platform
+Suite Teardown      Release Platform
+
 Test Tags           transaction    workspace
 
 

@@ -8,6 +8,9 @@ Documentation       Many users and many clients of one user hit the platform at 
 
 Resource            ../resources/races.resource
 
+Suite Setup         Start Or Attach Platform
+Suite Teardown      Release Platform
+
 Test Teardown       Close All Race Sockets
 
 Test Tags           race

@@ -9,8 +9,8 @@ Documentation       Security of a multi-user chat platform, after the OWASP Web 
 
 Resource            ../resources/security.resource
 
-Suite Setup         Three Users Each Own A Thread With Their Secret
-Suite Teardown      Disconnect All
+Suite Setup         Security Suite Starts
+Suite Teardown      Chat Suite Ends
 
 Test Tags           security
 

@@ -5,7 +5,8 @@ Documentation       Sustained performance: the same users chat for several round
 
 Resource            ../resources/load.resource
 
-Suite Teardown      Close Load Users
+Suite Setup         Start Or Attach Platform
+Suite Teardown      Load Suite Ends
 
 Test Tags           performance    load
 
