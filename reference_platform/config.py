@@ -38,6 +38,7 @@ class Settings:
     audience: str = AUDIENCE
     faults: list[str] = field(default_factory=list)
     db_pool_size: int = 20
+    test_hooks: bool = False  # honour X-Crosstalk-Inject (see hooks.py)
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

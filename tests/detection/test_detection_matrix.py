@@ -159,7 +159,8 @@ class Platform:
                if k not in TARGET_VARIABLES and k not in ("REFPLAT_FAULTS", "DATABASE_URL")}
         env["REFPLAT_FAULTS"] = ",".join(self.faults)
         command = [sys.executable, "-m", "reference_platform", "--auth-port", "0", "--backend-port", "0",
-                   "--state-file", str(self.state_file), "--jwt-private-key", str(signing_key())]
+                   "--state-file", str(self.state_file), "--jwt-private-key", str(signing_key()),
+                   "--test-hooks"]
         with self.log_file.open("wb") as log:
             # own session: on a hung stop we can kill exactly what we started, as a group
             self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
