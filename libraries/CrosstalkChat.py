@@ -6,7 +6,7 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
-from crosstalk import htmllog
+from crosstalk import context, htmllog
 from crosstalk.connection import (
     ConnectionRefused,
     RunHandle,
@@ -20,7 +20,6 @@ from crosstalk.secrets import mask
 from crosstalk.sequence import check_run_events, matches_pattern, types_of
 from robot.api import logger
 from robot.api.deco import keyword, library
-from robot.libraries.BuiltIn import BuiltIn
 
 try:  # RF 7.4+
     from robot.api.types import Secret
@@ -65,7 +64,7 @@ class CrosstalkChat:
 
     # ------------------------------------------------------------------ helpers
     def _ws_url(self) -> str:
-        url = BuiltIn().get_variable_value("${WS_URL}")
+        url = context.current().get("WS_URL")
         if not url:
             raise AssertionError(
                 "WS_URL is not set: run 'Start Or Attach Platform' in the suite setup first."

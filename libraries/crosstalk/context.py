@@ -233,8 +233,8 @@ def static_capabilities(values: Mapping[str, str], reference: bool) -> dict[Capa
             missing = [n for n in missing if n != "OVERSIZED_FRAME_BYTES"]
         if off:
             states[capability] = CapabilityState(
-                False, f"{' and '.join(off)} {'is' if len(off) == 1 else 'are'} off"
-                f" ({capability.tag} needs {_enable(names)})")
+                False, f"{' and '.join(off)} {'is' if len(off) == 1 else 'are'} off: give "
+                f"{_enable(names)} to run {capability.tag} tests")
         elif missing:
             states[capability] = CapabilityState(
                 False, f"{capability.value} not configured: set {_enable(missing)}")
@@ -276,6 +276,9 @@ class TargetContext:
     skipped: list[SkipRecord] = field(default_factory=list)
     created_users: list[Any] = field(default_factory=list)
     created_workspaces: list[tuple[Any, str]] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # incomplete evidence of the running test
+    signing_key: Any = None  # the RSA private key checked against the JWKS (signing-key capability)
+    signing_kid: str | None = None
 
     # -------------------------------------------------------------- values
     def get(self, name: str, default: str = "") -> str:
@@ -312,11 +315,29 @@ class TargetContext:
         """Skip the running test (``SkipExecution``) when ``capability`` is absent, naming the variable."""
         if self.has(capability):
             return
+        self.skip(capability, f"needs {Capability(capability).value}: {self.reason(capability)}", test)
+
+    def skip(self, capability: Capability | str, reason: str, test: str = "") -> None:
+        """Record the skip for the end-of-run summary and skip the running test with ``reason``."""
         from robot.api.exceptions import SkipExecution
 
-        reason = f"needs {Capability(capability).value}: {self.reason(capability)}"
+        if not test and _in_robot():
+            from robot.libraries.BuiltIn import BuiltIn
+
+            test = str(BuiltIn().get_variable_value("${TEST NAME}", "") or "")
         self.skipped.append(SkipRecord(test, Capability(capability).value, reason))
         raise SkipExecution(reason)
+
+    def incomplete(self, capability: Capability | str, what: str) -> None:
+        """Note that the running test's check lacked ``what`` because ``capability`` is absent.
+
+        The check still runs on the evidence it has (and fails on what it finds there),
+        but a test that would pass ends SKIPPED with this reason: no verdict without evidence.
+        """
+        capability = Capability(capability)
+        reason = f"{what} not checked: needs {capability.value}: {self.reason(capability)}"
+        if reason not in self.pending:
+            self.pending.append(reason)
 
     def missing_for(self, tags: list[str] | tuple[str, ...]) -> tuple[Capability, str] | None:
         """The first ``needs:*`` tag among ``tags`` whose capability is absent, with its reason."""
@@ -366,7 +387,9 @@ class TargetContext:
         """Lines 'N test(s) skipped: reason' grouped by reason, most frequent first."""
         counts: dict[str, list[str]] = {}
         for record in self.skipped:
-            counts.setdefault(record.reason, []).append(record.test)
+            tests = counts.setdefault(record.reason, [])
+            if record.test not in tests or not record.test:
+                tests.append(record.test)
         lines = []
         for reason, tests in sorted(counts.items(), key=lambda item: -len(item[1])):
             lines.append(f"{len(tests)} test{'s' if len(tests) != 1 else ''} skipped: {reason}")
@@ -402,9 +425,21 @@ def current() -> TargetContext:
     anything (a library used on its own with explicit URLs).
     """
     global _CURRENT
-    if _CURRENT is None:
-        _CURRENT = build(robot_globals(), os.environ)
-    return _CURRENT
+    if _CURRENT is not None:
+        return _CURRENT
+    robot = robot_globals()
+    ctx = build(robot, os.environ)
+    if _in_robot():
+        _CURRENT = ctx  # outside Robot (pytest, scripts) the environment may change: resolve each time
+    return ctx
+
+
+def _in_robot() -> bool:
+    try:
+        from robot.running.context import EXECUTION_CONTEXTS
+    except ImportError:
+        return False
+    return EXECUTION_CONTEXTS.current is not None
 
 
 def peek() -> TargetContext | None:
@@ -448,7 +483,8 @@ def build(
 ) -> TargetContext:
     """Resolve every variable (precedence rule), derive defaults and static capabilities. No network.
 
-    ``reference`` holds the reference platform's values when it was started (not configured).
+    ``reference`` holds the reference platform's values when it was started (not configured);
+    then a stray plain ``REDIS_URL`` etc. in the shell is ignored.
 
     Example:
         ctx = build({"AUTH_URL": "http://a", "BACKEND_URL": "http://b"}, {})
@@ -459,7 +495,7 @@ def build(
     values: dict[str, str] = {}
     sources: dict[str, str] = {}
     for variable in VARIABLES:
-        resolved = resolve(variable.name, robot, environ, fallback, legacy=configured)
+        resolved = resolve(variable.name, robot, environ, fallback, legacy=configured or reference is None)
         values[variable.name], sources[variable.name] = resolved.value, resolved.source
     if values["BACKEND_URL"] and not values["WS_URL"]:
         values["WS_URL"], sources["WS_URL"] = ws_from_backend(values["BACKEND_URL"]), "derived"
