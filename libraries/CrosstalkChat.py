@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from datetime import timedelta
 from typing import Any
 
-from crosstalk import htmllog
+from crosstalk import context, htmllog
 from crosstalk.connection import (
     ConnectionRefused,
     RunHandle,
@@ -22,7 +21,7 @@ from crosstalk.secrets import mask
 from crosstalk.sequence import check_run_events, matches_pattern, types_of
 from robot.api import logger
 from robot.api.deco import keyword, library
-from robot.libraries.BuiltIn import BuiltIn
+from robot.api.exceptions import SkipExecution
 
 try:  # RF 7.4+
     from robot.api.types import Secret
@@ -68,7 +67,7 @@ class CrosstalkChat:
 
     # ------------------------------------------------------------------ helpers
     def _ws_url(self) -> str:
-        url = BuiltIn().get_variable_value("${WS_URL}")
+        url = context.current().get("WS_URL")
         if not url:
             raise AssertionError(
                 "WS_URL is not set: run 'Start Or Attach Platform' in the suite setup first."
@@ -108,10 +107,9 @@ class CrosstalkChat:
     def _frame_contract(self) -> FrameContract | None:
         """The AsyncAPI contract received frames are checked against (``${FRAME_SCHEMA}``: path or off)."""
         if self._contract is False:
-            default = os.environ.get("CROSSTALK_FRAME_SCHEMA")
-            setting = BuiltIn().get_variable_value("${FRAME_SCHEMA}", default)
+            setting = context.current().values.get("FRAME_SCHEMA") or None
             try:
-                self._contract = frame_contract(None if setting is None else str(setting))
+                self._contract = frame_contract(setting)
             except ContractError as exc:
                 raise AssertionError(f"FRAME_SCHEMA: {exc}") from None
         return self._contract or None
@@ -639,7 +637,7 @@ class CrosstalkChat:
         | Received Frames Should Match The Contract | ${alice} |
         """
         if self._frame_contract() is None:
-            BuiltIn().skip("frame validation is off (FRAME_SCHEMA=off): no frame was checked")
+            raise SkipExecution("frame validation is off (FRAME_SCHEMA=off): no frame was checked")
         connections = [self._resolve(target)] if target is not None else list(self._connections.values())
         checked = sum(1 for c in connections for f in c.frames if f.direction == "in")
         problems = [f"{c.label}: {v}" for c in connections for v in c.violations]

@@ -20,14 +20,13 @@ from enum import Enum
 
 import redis
 import requests
-from crosstalk import probe, races
+from crosstalk import context, races, testhooks
 from crosstalk.htmllog import table
 from crosstalk.model import TestUser
 from crosstalk.races import Outcome, RaceError, Target
 from crosstalk.secrets import mask
 from robot.api import logger
 from robot.api.deco import keyword, library
-from robot.libraries.BuiltIn import BuiltIn
 
 TERMINAL = ("agent_completed", "agent_error")
 
@@ -80,10 +79,10 @@ class CrosstalkRaces:
 
     @staticmethod
     def _target_from_variables() -> Target:
-        builtin = BuiltIn()
+        ctx = context.current()
 
         def var(name: str) -> str:
-            return str(builtin.get_variable_value(f"${{{name}}}", "") or "")
+            return ctx.get(name)
 
         target = Target(
             var("AUTH_URL"),
@@ -114,12 +113,14 @@ class CrosstalkRaces:
         Example:
         | Failure Injection Should Be Available | backend |
         """
-        reason = probe.missing_injection(
-            probe.capabilities(self.target.backend_url), failure.value, self.target.backend_url
+        ctx = context.current()
+        ctx.require(context.Capability.FAULT_INJECTION)
+        reason = testhooks.missing_injection(
+            testhooks.capabilities(self.target.backend_url), failure.value, self.target.backend_url
         )
         if reason:
-            BuiltIn().skip(reason)
-        logger.info(f"{self.target.backend_url} honours {probe.INJECT_HEADER}: {failure.value}")
+            ctx.skip(context.Capability.FAULT_INJECTION, reason)
+        logger.info(f"{self.target.backend_url} honours {testhooks.INJECT_HEADER}: {failure.value}")
 
     # ------------------------------------------------------------------ users
     @keyword
@@ -799,7 +800,7 @@ class CrosstalkRaces:
     ) -> requests.Response:
         headers = races.auth_header(user.access_token)
         if inject is not None:
-            headers[probe.INJECT_HEADER] = inject.value
+            headers[testhooks.INJECT_HEADER] = inject.value
         return requests.post(
             f"{self.target.backend_url}/workspaces",
             json={"name": name},
@@ -828,7 +829,7 @@ class CrosstalkRaces:
         started = time.monotonic()
         reply = self._create_workspace(user, name, inject)
         body = races._json_or_text(reply)
-        injected = f" ({probe.INJECT_HEADER}: {inject.value})" if inject is not None else ""
+        injected = f" ({testhooks.INJECT_HEADER}: {inject.value})" if inject is not None else ""
         logger.info(
             f"POST /workspaces {name!r}{injected} as {user.label} to {self.target.backend_url}: "
             f"{reply.status_code} in "
