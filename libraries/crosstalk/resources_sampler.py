@@ -188,8 +188,8 @@ class BackgroundSampler:
         return STATISTIC.format(min_window=self.min_window, interval=self.interval)
 
     def start(self) -> BackgroundSampler:
-        self._started = self._clock()
         self.sample()
+        self._started = self._clock()  # after the first sample: the window is never shorter
         self._thread.start()
         return self
 
