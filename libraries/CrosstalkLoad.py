@@ -22,7 +22,6 @@ from robot.api import logger
 from robot.api.deco import keyword, library
 from robot.libraries.BuiltIn import BuiltIn
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "results" / "load"
 PROGRESS_EVERY = 5.0
 
 
@@ -38,7 +37,8 @@ class CrosstalkLoad:
     frames it receives are recorded on its ``TestUser`` so the isolation oracle
     can check them afterwards (``${run.users}``).  Latencies go into HDR
     histograms; each run logs a metrics table and charts into log.html and
-    writes a JSON summary under ``results/load/``.
+    writes a JSON summary under ``${OUTPUT DIR}/load/``
+    (or ``LOAD_RESULTS_DIR``).
 
     Thresholds are one-line expressions ``<metric> <op> <value>[unit]``:
     ``p95 < 250ms`` (time to first event, i.e. agent startup), ``completion.p99 < 1s``,
@@ -120,7 +120,9 @@ class CrosstalkLoad:
         for kind, example in metrics.error_examples.items():
             logger.info(f"first {kind} error: {example}")
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        directory = Path(self._variable("LOAD_RESULTS_DIR") or RESULTS_DIR)
+        # every artifact of a run lands under its output directory (pabot: the process's own one)
+        directory = Path(self._variable("LOAD_RESULTS_DIR")
+                         or Path(BuiltIn().get_variable_value("${OUTPUT DIR}")) / "load")
         slug = re.sub(r"[^A-Za-z0-9]+", "_", metrics.name).strip("_") or "load"
         path = directory / f"{slug}-{stamp}-{os.getpid()}-{len(self.runs)}.json"
         logger.info(f"Load summary written to {_write_summary(metrics, path)}")
@@ -151,7 +153,7 @@ class CrosstalkLoad:
 
         The connections stay open after the run (see `Load Connections Should
         Be Held` and `Close Load Users`).  Logs a metrics table with charts and
-        writes a JSON summary under ``results/load/``; returns the run, whose
+        writes a JSON summary under ``${OUTPUT DIR}/load/``; returns the run, whose
         ``users`` attribute lists the ``TestUser`` objects for the isolation oracle.
 
         Example:
