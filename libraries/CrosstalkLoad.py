@@ -11,7 +11,7 @@ import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
-from crosstalk import charts, context
+from crosstalk import charts, context, testhooks
 from crosstalk.context import Capability
 from crosstalk.engine import get_engine
 from crosstalk.load import LoadConfig, LoadModel, LoadRun, foreign_canaries, local_platform_pids, run_load
@@ -82,9 +82,12 @@ class CrosstalkLoad:
         # registering users hashes passwords on the server: allow for it beside the runs themselves
         default_limit = 120.0 + 0.5 * config.users + config.message_timeout * config.messages * 2
         limit = _seconds(timeout) if timeout else default_limit
+        metrics_urls = testhooks.metrics_urls(context.current().get("METRICS_URL"))
+        cores = context.current().int("PLATFORM_CORES", 0) or None
         future = get_engine().submit(
-            run_load(config, auth_url, ws_url, users=users, platform_pids=self._platform_pids(), run=run,
-                     previous=previous)
+            run_load(config, auth_url, ws_url, users=users,
+                     platform_pids=[] if metrics_urls else self._platform_pids(), run=run,
+                     previous=previous, metrics_urls=metrics_urls, platform_cores=cores)
         )
         started = last = time.monotonic()
         shown = ""
@@ -241,6 +244,16 @@ class CrosstalkLoad:
             # no resource metrics from this target: no verdict on them (the test ends SKIP if the rest holds)
             ctx.incomplete(Capability.METRICS, ", ".join(r.expression for r in unmeasured))
             results = [r for r in results if r not in unmeasured]
+        coreless = [r for r in results if r.metric.startswith("platform_cpu") and r.measured is None
+                    and run.metrics.resources.platform_source.startswith("Prometheus")]
+        if coreless:
+            # CPU seconds from a remote platform's Prometheus endpoint, but no core count for a percentage
+            reason = (f"{', '.join(r.expression for r in coreless)} not checked: a CPU percentage of a "
+                      f"remote platform needs its core count: set PLATFORM_CORES "
+                      f"({context.ENV_PREFIX}PLATFORM_CORES)")
+            if reason not in ctx.pending:
+                ctx.pending.append(reason)
+            results = [r for r in results if r not in coreless]
         failed = [r for r in results if not r.passed]
         if not failed:
             BuiltIn().set_test_message(

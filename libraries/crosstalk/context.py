@@ -109,6 +109,9 @@ VARIABLES: tuple[Variable, ...] = (
              "`process_cpu_seconds_total` and `process_resident_memory_bytes`; default: the paths the "
              "target advertises in `/health` `capabilities.metrics`", capability=Capability.METRICS,
              reference="local process table", example="https://api.example.test/metrics/prometheus"),
+    Variable("PLATFORM_CORES", "CPU cores of the platform's machine(s), for CPU percentages from "
+             "`METRICS_URL` (without it a remote platform's CPU % is not judged)",
+             capability=None, reference="this machine's", example="8"),
     Variable("MAX_FRAME_BYTES", "largest WebSocket frame the platform accepts",
              capability=Capability.LIMITS, reference="65536", example="65536"),
     Variable("OVERSIZED_FRAME_BYTES", "size of the frame the security suite expects refused "

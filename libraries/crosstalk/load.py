@@ -44,6 +44,7 @@ from .connection import UserConnection
 from .metrics import LoadMetrics, UserStats
 from .model import TestUser, Tokens
 from .resources_sampler import BackgroundSampler, generator_source, psutil_source, record_series
+from .testhooks import prometheus_source
 
 TOPICS = (
     "What will my billing look like next month",
@@ -322,12 +323,18 @@ def local_platform_pids(urls: Sequence[str]) -> list[int]:
                    and c.laddr and c.laddr.port in ports})
 
 
-def start_resource_sampler(platform_pids: Sequence[int]) -> BackgroundSampler | None:
-    """Samples the platform's processes and the generator over the load window (see resources_sampler)."""
-    if not platform_pids:
+def start_resource_sampler(
+    platform_pids: Sequence[int], metrics_urls: Sequence[str] = ()
+) -> BackgroundSampler | None:
+    """Samples the platform and the generator over the load window (see resources_sampler): the
+    platform from its Prometheus endpoints when ``metrics_urls`` are given, else its local processes."""
+    if metrics_urls:
+        platform = prometheus_source(metrics_urls)
+    elif platform_pids:
+        platform = psutil_source(platform_pids)
+    else:
         return None
-    sources = {"platform": psutil_source(platform_pids), "generator": generator_source()}
-    return BackgroundSampler(sources).start()
+    return BackgroundSampler({"platform": platform, "generator": generator_source()}).start()
 
 
 # -------------------------------------------------------------------- the run
@@ -441,11 +448,15 @@ async def run_load(
     platform_pids: Sequence[int] = (),
     run: LoadRun | None = None,
     previous: LoadRun | None = None,
+    metrics_urls: Sequence[str] = (),
+    platform_cores: int | None = None,
 ) -> LoadRun:
     """Drive one load run on the engine loop; the connections stay open (``run.close()``).
 
     With ``previous``, its users and their open connections carry on into this
-    run (a new round of a sustained test), measured in fresh metrics.
+    run (a new round of a sustained test), measured in fresh metrics.  With
+    ``metrics_urls`` the platform's CPU and memory come from its Prometheus
+    endpoints; CPU percentages then need ``platform_cores`` (else not measured).
     """
     config.validate()
     metrics = run.metrics if run else LoadMetrics(config.name)
@@ -466,7 +477,8 @@ async def run_load(
         run.phase = "logging in"
         await _login_all(run, auth_url)
 
-    sampler = start_resource_sampler(platform_pids)
+    sampler = start_resource_sampler(platform_pids, metrics_urls)
+    remote = (list(metrics_urls), platform_cores) if metrics_urls else None
     cpu_process, cpu_engine, wall = time.process_time(), time.thread_time(), time.monotonic()
     metrics.started_mono = wall
     metrics.started_at = time.time()
@@ -500,9 +512,9 @@ async def run_load(
             await asyncio.sleep(sampler.remaining())
         finally:
             sampler.stop()
-            _record_resources(metrics, sampler, platform_pids, *spent)
+            _record_resources(metrics, sampler, platform_pids, *spent, remote=remote)
     else:
-        _record_resources(metrics, sampler, platform_pids, *spent)
+        _record_resources(metrics, sampler, platform_pids, *spent, remote=remote)
     return run
 
 
@@ -541,15 +553,30 @@ def foreign_canaries(run: LoadRun) -> list[str]:
 
 
 def _record_resources(metrics: LoadMetrics, sampler: BackgroundSampler | None, pids: Sequence[int],
-                      process_cpu: float, engine_cpu: float, wall: float) -> None:
+                      process_cpu: float, engine_cpu: float, wall: float,
+                      remote: tuple[list[str], int | None] | None = None) -> None:
     res = metrics.resources
     res.cores = psutil.cpu_count() or 1
-    res.platform_pids = list(pids)
+    res.platform_pids = [] if remote else list(pids)
     res.generator_cpu_seconds = process_cpu
     res.engine_cpu_seconds = engine_cpu
     res.generator_core_pct = 100.0 * engine_cpu / wall if wall > 0 else None
+    if remote is not None:
+        res.platform_source = f"Prometheus: {', '.join(remote[0])}"
+    elif pids:
+        res.platform_source = f"local processes {', '.join(map(str, pids))} (psutil)"
     if sampler is not None:
+        if remote is not None:
+            res.cores = remote[1] or 1  # the platform's machine, not this one
         record_series(res, sampler)
+        if remote is not None and not remote[1]:
+            # a CPU % needs the platform's core count: without it there is no CPU verdict
+            res.platform_cpu_mean_pct = res.platform_cpu_p90_pct = res.platform_cpu_peak_pct = None
+            metrics.info["platform_cpu"] = "not measured: set PLATFORM_CORES to the platform's core count"
+        if remote is not None and sampler.series["platform"].failures:
+            metrics.warnings.append(
+                f"{sampler.series['platform'].failures} Prometheus scrape(s) failed: "
+                f"{sampler.series['platform'].last_error}")
     if metrics.completed:
         metrics.info["generator_cpu_ms_per_message"] = round(1000.0 * process_cpu / metrics.completed, 4)
     if res.generator_core_pct is not None and res.generator_core_pct > GENERATOR_BUSY_PCT:

@@ -151,6 +151,7 @@ class ResourceUsage:
     """
 
     platform_pids: list[int] = field(default_factory=list)
+    platform_source: str = ""  # where platform figures come from: local processes or Prometheus endpoints
     platform_cpu_seconds: float = 0.0
     platform_cpu_mean_pct: float | None = None  # % of the whole machine
     platform_cpu_peak_pct: float | None = None
