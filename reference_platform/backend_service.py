@@ -522,7 +522,8 @@ class BackendService:
         text = json.dumps({
             "type": event_type, "run_id": run.run_id, "thread_id": run.thread_id,
             "client_message_id": run.client_message_id, "user_id": run.conn.user_id, "seq": run.seq,
-            "timestamp": _now_iso(), "payload": payload,
+            "timestamp": time.time() if faults.on("event_timestamp_drift") else _now_iso(),
+            "payload": payload,
         })
         every_third = run.number % 3 == 0
         if event_type == "tool_completed" and every_third and faults.on("drop_event"):

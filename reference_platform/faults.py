@@ -40,6 +40,8 @@ FAULTS: dict[str, str] = {
     "the pool with the reply unread (redis-py 2624, the ChatGPT incident of March 2023)",
     "no_rollback": "POST /workspaces commits each store on its own, so a failing step leaves the "
     "earlier ones applied",
+    "event_timestamp_drift": "event frames carry timestamp as epoch seconds (a number) instead of ISO 8601 "
+    "text: a contract break only the frame schema sees",
     "workspace_backend_fail": "failure injection, not a bug: step 2 of POST /workspaces (backend) fails",
     "workspace_analytics_fail": "failure injection, not a bug: step 3 of POST /workspaces (analytics) fails",
 }

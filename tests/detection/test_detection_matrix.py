@@ -103,6 +103,8 @@ MATRIX: tuple[Row, ...] = (
         "Hanging Up Mid-Request Never Hands Titles To Another User", "Redis reply leak"),
     Row("no_rollback", ("rollback",), "A Backend Failure Rolls Everything Back",
         "partially applied cross-service transaction"),
+    Row("event_timestamp_drift", ("smoke",), "Two Users Each Get An Answer To Their Own Question",
+        "breaks the platform contract"),
     # failure injections, not bugs: the plain success scenario must notice the broken step
     Row("workspace_backend_fail", ("workspaceNOTrollbackNOTdetectionNOTconcurrency",),
         "A Workspace Is Recorded In All Three Stores", "'failed_step': 'backend'"),
