@@ -3,7 +3,8 @@
 PostgreSQL and Redis (embedded from pip wheels unless DATABASE_URL / REDIS_URL
 name existing servers), then the auth and backend services as two uvicorn
 processes.  Stays in the foreground; Ctrl-C / SIGTERM stops everything it started
-and removes its data directory.  See ``--help`` and reference_platform/README.md.
+and removes its data directory.  See ``--help``, reference_platform/README.md (the
+contract) and reference_platform/NOTES.md (this implementation).
 """
 
 from __future__ import annotations

@@ -99,3 +99,19 @@ def test_every_rest_route_of_the_reference_platform_is_described(openapi):
                  if method in ("get", "post", "put", "patch", "delete")}
     assert routes - described == set(), "routes missing from docs/contract/openapi.yaml"
     assert described - routes == set(), "openapi.yaml describes routes the reference platform lacks"
+
+
+def test_every_conformance_rule_is_stated_in_the_contract():
+    from crosstalk.conformance import RULES
+
+    text = (HERE.parents[1] / "reference_platform" / "README.md").read_text()
+    missing = [rule.rule_id for rules in RULES.values() for rule in rules
+               if f"**{rule.rule_id}** {rule.level} *(conformance)*" not in text]
+    assert missing == [], "rules checked by the conformance suite but not stated with that level"
+
+
+def test_every_fault_switch_is_in_the_implementation_notes():
+    from reference_platform.faults import FAULTS
+
+    notes = (HERE.parents[1] / "reference_platform" / "NOTES.md").read_text()
+    assert [name for name in FAULTS if f"| `{name}` |" not in notes] == []
