@@ -88,8 +88,11 @@ class CrosstalkPlatform:
             self._metadata(ctx, top=False)
             return dict(self.target)
         robot, environ = context.robot_globals(), os.environ
+        state_file = context.resolve("REFERENCE_STATE", robot, environ).value
         try:
-            if context.is_configured(robot, environ):
+            if state_file:
+                ctx = self._attach_reference(robot, state_file)
+            elif context.is_configured(robot, environ):
                 ctx = self._attach_configured(robot, timeout.total_seconds())
             else:
                 ctx = self._start_reference(robot, timeout.total_seconds())
@@ -128,6 +131,32 @@ class CrosstalkPlatform:
         ctx.versions["platform"] = str(health.get("version") or "not reported by /health")
         faults = health.get("faults")
         ctx.faults = [str(f) for f in faults] if isinstance(faults, list) else []
+        return ctx
+
+    def _attach_reference(self, robot: dict, state_file: str) -> TargetContext:
+        import json
+
+        from crosstalk import probes
+
+        for name in ("AUTH_URL", "BACKEND_URL"):
+            if context.resolve(name, robot, os.environ).value:
+                raise ConfigurationError(
+                    f"Both REFERENCE_STATE and {name} are set: give one target, either the reference "
+                    "platform's state file or the URLs of your own platform.")
+        try:
+            state = json.loads(Path(state_file).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(
+                f"REFERENCE_STATE {state_file} is not a readable reference platform state file "
+                f"({type(exc).__name__}): fix {context.how_to_set('REFERENCE_STATE')}.") from None
+        ctx = context.build(robot, os.environ, reference=context.reference_values(state, None))
+        ctx.reference_state = dict(state)
+        log = Path(state_file).with_name("platform.log")
+        ctx.reference_log = str(log) if log.exists() else "unknown (started by hand)"
+        ctx.faults = list(state.get("faults") or [])
+        wait_healthy(ctx.get("BACKEND_URL"), 10)
+        probes.probe(ctx)
+        ctx.versions["platform"] = f"reference platform (state file {state_file})"
         return ctx
 
     def _start_reference(self, robot: dict, seconds: float) -> TargetContext:

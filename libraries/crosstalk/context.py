@@ -112,6 +112,9 @@ VARIABLES: tuple[Variable, ...] = (
              "(default: 1.5 x `MAX_FRAME_BYTES`)", capability=Capability.LIMITS, reference="100000"),
     Variable("FLOOD_SIZE", "messages sent back to back to trip the rate limit (default: 6 x burst)",
              capability=Capability.LIMITS, reference="120", example="120"),
+    Variable("REFERENCE_STATE", "state file of a reference platform started by hand (`python -m "
+             "reference_platform --state-file F`): attach to it as the reference, faults and all",
+             example="results/platform.json"),
     Variable("PROFILE", "target profile (what the contract leaves open), a file path",
              reference="the reference profile", example="profiles/ourplatform.yaml"),
     Variable("RUN_PREFIX", "prefix of everything this run creates on the target (default: generated)",
@@ -212,7 +215,9 @@ class CapabilityState:
 
 
 def is_configured(robot: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
-    """True when a target is configured (``AUTH_URL`` or ``BACKEND_URL`` resolves)."""
+    """True when a target is configured (``AUTH_URL`` or ``BACKEND_URL`` resolves, no ``REFERENCE_STATE``)."""
+    if resolve("REFERENCE_STATE", robot, environ).value:
+        return False
     return any(resolve(name, robot, environ).value for name in ("AUTH_URL", "BACKEND_URL"))
 
 
