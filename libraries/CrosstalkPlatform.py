@@ -87,6 +87,7 @@ class CrosstalkPlatform:
                 self._acquired += 1
             self._metadata(ctx, top=False)
             return dict(self.target)
+        self._check_variable_files()
         robot, environ = context.robot_globals(), os.environ
         state_file = context.resolve("REFERENCE_STATE", robot, environ).value
         try:
@@ -109,6 +110,24 @@ class CrosstalkPlatform:
         self._metadata(ctx, top=True)
         self._log_context(ctx)
         return dict(self.target)
+
+    @staticmethod
+    def _check_variable_files() -> None:
+        # Robot only logs a variable file it could not load and runs on - against the reference
+        # platform instead of the intended target.  That is a configuration error: stop here.
+        from robot.output import LOGGER
+
+        for message in getattr(LOGGER, "_message_cache", None) or []:
+            text = str(getattr(message, "message", ""))
+            if getattr(message, "level", "") != "ERROR" or not text.startswith(
+                    ("Processing variable file", "Variable file")):
+                continue
+            first = text.splitlines()[0].rstrip(".")
+            if " failed: " in first:  # the file raised: its own message says what to do
+                name = first.split("'")[1] if "'" in first else "variable file"
+                raise ConfigurationError(f"{name}: {first.split(' failed: ', 1)[1].split(': ', 1)[-1]}.")
+            raise ConfigurationError(f"{first}: fix the --variablefile path (nothing was run against a "
+                                     "target).")
 
     def _attach_configured(self, robot: dict, seconds: float) -> TargetContext:
         from crosstalk import probes

@@ -6,7 +6,8 @@ For each registered fault the platform is started once with only that fault on
 (`python -m reference_platform --auth-port 0 --backend-port 0 --state-file …`),
 robot runs only the tags that should catch it against that platform (its state
 file is passed as ``REFERENCE_STATE``, so `CrosstalkPlatform` attaches to it as the
-reference instead of starting another platform), and `output.xml` is read back with `robot.api.ExecutionResult`.
+reference instead of starting another platform), and `output.xml` is read back
+with `robot.api.ExecutionResult`.
 A fault is *detected* when the expected test failed and its message contains the
 key phrase.  The table is printed at the end of the pytest run and written to
 `results/detection/matrix.md`; `docs/detection.md` explains how to read it.
