@@ -170,13 +170,24 @@ class CrosstalkPlatform:
                 f"({type(exc).__name__}): fix {context.how_to_set('REFERENCE_STATE')}.") from None
         ctx = context.build(robot, os.environ, reference=context.reference_values(state, None))
         ctx.reference_state = dict(state)
-        log = Path(state_file).with_name("platform.log")
-        ctx.reference_log = str(log) if log.exists() else "unknown (started by hand)"
+        ctx.reference_log = self._log_beside(Path(state_file))
         ctx.faults = list(state.get("faults") or [])
-        wait_healthy(ctx.get("BACKEND_URL"), 10)
+        try:
+            wait_healthy(ctx.get("BACKEND_URL"), 10)
+        except PlatformError as exc:
+            raise PlatformError(ctx.explain(str(exc))) from None
         probes.probe(ctx)
         ctx.versions["platform"] = f"reference platform (state file {state_file})"
         return ctx
+
+    @staticmethod
+    def _log_beside(state_file: Path) -> str:
+        """The launcher's log next to its state file (``platform.log``, or ``*<suffix>.log``)."""
+        suffix = state_file.stem.split("-", 1)[-1]
+        beside = sorted(state_file.parent.glob(f"*{suffix}*.log"))
+        candidates = [state_file.with_name("platform.log"), *beside]
+        found = next((c for c in candidates if c.is_file()), None)
+        return str(found) if found else "not found beside the state file"
 
     def _start_reference(self, robot: dict, seconds: float) -> TargetContext:
         from crosstalk import probes
@@ -325,7 +336,14 @@ class CrosstalkPlatform:
 
     def end_test(self, data: Any, result: Any) -> None:
         ctx = context.peek()
-        if ctx is None or not ctx.pending:
+        if ctx is None:
+            return
+        if result.status == "FAIL":
+            # "Connection refused" alone hides the cause: say which service died, how, and where its log is
+            note = ctx.death_note()
+            if note and note not in result.message:
+                result.message = f"{result.message} [{note}]"
+        if not ctx.pending:
             return
         pending, ctx.pending = list(ctx.pending), []
         note = "; ".join(pending)

@@ -402,12 +402,32 @@ class TargetContext:
 
     # -------------------------------------------------------------- platform death
     def death_note(self) -> str:
-        """'' while the platform is alive; else which reference service died, how, and where its log is."""
-        if self.configured or not self.reference_state:
-            return ""
-        from crosstalk.sharedplatform import describe_death
+        """'' while the platform is alive; else which reference service died, how, and where its log is.
 
-        return describe_death(self.reference_state, self.reference_log)
+        For a configured target (no process table to look at) it asks ``/health`` and the
+        JWKS once, with a short timeout, and names the service that no longer answers.
+        """
+        if self.reference_state and not self.configured:
+            from crosstalk.sharedplatform import describe_death
+
+            return describe_death(self.reference_state, self.reference_log)
+        if not self.configured:
+            return ""
+        import requests
+
+        down = []
+        for name, path in (("BACKEND_URL", "/health"), ("AUTH_URL", "/.well-known/jwks.json")):
+            url = self.get(name)
+            if not url:
+                continue
+            try:
+                status = requests.get(url.rstrip("/") + path, timeout=2).status_code
+            except requests.RequestException as exc:
+                down.append(f"{name} {url} no longer answers {path} ({type(exc).__name__})")
+                continue
+            if status >= 500:
+                down.append(f"{name} {url} answers {path} with {status}")
+        return "; ".join(down) + (": the target's service is down" if down else "")
 
     def explain(self, message: str) -> str:
         """``message`` with the platform's death appended when a reference service died."""

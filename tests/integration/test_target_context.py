@@ -344,3 +344,35 @@ def test_no_usable_key_skips_and_never_passes(tmp_path, accepting_expired, case)
     status, message = run_bad_claims(tmp_path, running, key)
     assert status == "SKIP", f"{case}: {status}: {message}"
     assert phrase in message and "\n" not in message, message
+
+
+# ------------------------------------------------- issue 10.4: a dead platform is named
+
+DEATH_SUITE = f"""*** Settings ***
+Resource            {ROOT}/resources/platform.resource
+Suite Setup         Start Or Attach Platform
+Suite Teardown      Release Platform
+
+*** Test Cases ***
+The Backend Dies
+    ${{state}} =    Evaluate    json.load(open($REFERENCE_STATE))    modules=json
+    Evaluate    os.kill(${{state}}[pids][backend], 9)    modules=os
+    Sleep    1.5s
+
+The Next Check Names The Dead Service
+    Platform Should Be Healthy    timeout=2s
+
+A Login Names The Dead Service Too
+    A Logged-In User    orphan
+"""
+
+
+def test_a_dead_reference_service_is_named_with_exit_code_and_log(tmp_path, platform_factory):
+    running = platform_factory()
+    run = run_robot(tmp_path, {"REFERENCE_STATE": str(running.state_file)}, suite=DEATH_SUITE)
+    backend = running.pids["backend"]
+    for test in ("The Next Check Names The Dead Service", "A Login Names The Dead Service Too"):
+        status, message = run.tests[test]
+        assert status == "FAIL", (test, status, message)
+        assert f"backend service (pid {backend}) died" in message, message
+        assert "exited with code -9" in message and str(running.log_file) in message, message
