@@ -27,6 +27,7 @@ Example (inside a library):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
@@ -290,6 +291,20 @@ class TargetContext:
         """The resolved value of ``name`` ('' for off)."""
         value = self.values.get(name, "")
         return default if not value or is_off(value) else value
+
+    def email(self, label: str) -> str:
+        """A fresh email carrying the run prefix: ``<prefix><label>-<hex>@crosstalk.test``."""
+        return f"{self.run_prefix}{label}-{secrets.token_hex(4)}@crosstalk.test".lower()
+
+    def record_user(self, user: Any) -> None:
+        """Remember a registered user for the end-of-run cleanup (and in the crash ledger)."""
+        self.created_users.append(user)
+        if is_off(self.values.get("CLEANUP")):
+            return
+        from crosstalk import cleanup
+
+        with contextlib.suppress(OSError):  # a read-only checkout: the in-process cleanup still works
+            cleanup.record(self.run_prefix, user)
 
     def int(self, name: str, default: int) -> int:
         value = self.get(name)
