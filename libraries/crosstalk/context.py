@@ -299,8 +299,6 @@ class TargetContext:
     def record_user(self, user: Any) -> None:
         """Remember a registered user for the end-of-run cleanup (and in the crash ledger)."""
         self.created_users.append(user)
-        if is_off(self.values.get("CLEANUP")):
-            return
         from crosstalk import cleanup
 
         with contextlib.suppress(OSError):  # a read-only checkout: the in-process cleanup still works
