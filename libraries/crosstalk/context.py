@@ -98,9 +98,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("JWT_PRIVATE_KEY", "the platform's signing key (PEM file), checked against the JWKS; "
              "signs tokens whose only flaw is one bad claim", capability=Capability.SIGNING_KEY,
              reference="generated per start", example="/secrets/jwt-signing.pem"),
-    Variable("JWT_ISSUER", "expected `iss` of access tokens (default: read from a genuine token)",
+    Variable("JWT_ISSUER", "expected `iss` of access tokens (unset: `iss` is not checked)",
              reference="crosstalk-auth"),
-    Variable("JWT_AUDIENCE", "expected `aud` of access tokens (default: read from a genuine token)",
+    Variable("JWT_AUDIENCE", "expected `aud` of access tokens (unset: `aud` is not checked)",
              reference="crosstalk-backend"),
     Variable("FAULT_INJECTION", "`on` when the platform honours the failure-injection contract hook",
              capability=Capability.FAULT_INJECTION, reference="on (fault switches)", example="on"),
@@ -111,7 +111,7 @@ VARIABLES: tuple[Variable, ...] = (
              capability=Capability.LIMITS, reference="65536", example="65536"),
     Variable("OVERSIZED_FRAME_BYTES", "size of the frame the security suite expects refused "
              "(default: 1.5 x `MAX_FRAME_BYTES`)", capability=Capability.LIMITS, reference="100000"),
-    Variable("FLOOD_SIZE", "messages sent back to back to trip the rate limit (default: 6 x burst)",
+    Variable("FLOOD_SIZE", "messages sent back to back that must trip the rate limit",
              capability=Capability.LIMITS, reference="120", example="120"),
     Variable("REFERENCE_STATE", "state file of a reference platform started by hand (`python -m "
              "reference_platform --state-file F`): attach to it as the reference, faults and all",

@@ -167,3 +167,14 @@ def test_death_note_names_service_exit_code_and_log(tmp_path):
     assert note == (f"the reference platform's backend service (pid {dead.pid}) died: backend service exited "
                     f"with code -9; log: {log}")
     assert describe_death({"pids": {"backend": os.getpid()}}, log) == ""
+
+
+def test_readme_documents_every_variable_and_capability():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Running against your own platform", 1)[1].split("\n## ", 1)[0]
+    for variable in VARIABLES:
+        assert f"| `{variable.name}` | `CROSSTALK_{variable.name}` |" in section, variable.name
+    for capability in Capability:
+        assert f"`{capability.tag}`" in section, capability.tag
