@@ -67,6 +67,9 @@ class CrosstalkPlatform:
         self._acquired = 0
         self.target: dict[str, str] = {}
         self._summary_printed = False
+        self._depth = 0  # nested Start Or Attach Platform calls of this process
+        self._cleanup_line = ""
+        self._users_created = 0
 
     # ------------------------------------------------------------------ keywords
     @keyword("Start Or Attach Platform")
@@ -86,13 +89,18 @@ class CrosstalkPlatform:
         ctx = context.peek()
         if ctx is not None and self.target:
             # already attached by a parent suite: a child suite's own setup just joins
+            self._depth += 1
             if self._acquired:
                 self._acquired += 1
             self._metadata(ctx, top=False)
             return dict(self.target)
+        self._check_variable_files()
         robot, environ = context.robot_globals(), os.environ
+        state_file = context.resolve("REFERENCE_STATE", robot, environ).value
         try:
-            if context.is_configured(robot, environ):
+            if state_file:
+                ctx = self._attach_reference(robot, state_file)
+            elif context.is_configured(robot, environ):
                 ctx = self._attach_configured(robot, timeout.total_seconds())
             else:
                 ctx = self._start_reference(robot, timeout.total_seconds())
@@ -102,6 +110,7 @@ class CrosstalkPlatform:
         if previous is not None:
             ctx.skipped = previous.skipped
         context.install(ctx)
+        self._depth = 1
         self._publish(ctx)
         self.target = {name: ctx.get(name) for name in
                        ("AUTH_URL", "BACKEND_URL", "WS_URL", "AUTH_DATABASE_URL", "BACKEND_DATABASE_URL",
@@ -109,6 +118,24 @@ class CrosstalkPlatform:
         self._metadata(ctx, top=True)
         self._log_context(ctx)
         return dict(self.target)
+
+    @staticmethod
+    def _check_variable_files() -> None:
+        # Robot only logs a variable file it could not load and runs on - against the reference
+        # platform instead of the intended target.  That is a configuration error: stop here.
+        from robot.output import LOGGER
+
+        for message in getattr(LOGGER, "_message_cache", None) or []:
+            text = str(getattr(message, "message", ""))
+            if getattr(message, "level", "") != "ERROR" or not text.startswith(
+                    ("Processing variable file", "Variable file")):
+                continue
+            first = text.splitlines()[0].rstrip(".")
+            if " failed: " in first:  # the file raised: its own message says what to do
+                name = first.split("'")[1] if "'" in first else "variable file"
+                raise ConfigurationError(f"{name}: {first.split(' failed: ', 1)[1].split(': ', 1)[-1]}.")
+            raise ConfigurationError(f"{first}: fix the --variablefile path (nothing was run against a "
+                                     "target).")
 
     def _attach_configured(self, robot: dict, seconds: float) -> TargetContext:
         from crosstalk import probes
@@ -132,6 +159,43 @@ class CrosstalkPlatform:
         faults = health.get("faults")
         ctx.faults = [str(f) for f in faults] if isinstance(faults, list) else []
         return ctx
+
+    def _attach_reference(self, robot: dict, state_file: str) -> TargetContext:
+        import json
+
+        from crosstalk import probes
+
+        for name in ("AUTH_URL", "BACKEND_URL"):
+            if context.resolve(name, robot, os.environ).value:
+                raise ConfigurationError(
+                    f"Both REFERENCE_STATE and {name} are set: give one target, either the reference "
+                    "platform's state file or the URLs of your own platform.")
+        try:
+            state = json.loads(Path(state_file).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(
+                f"REFERENCE_STATE {state_file} is not a readable reference platform state file "
+                f"({type(exc).__name__}): fix {context.how_to_set('REFERENCE_STATE')}.") from None
+        ctx = context.build(robot, os.environ, reference=context.reference_values(state, None))
+        ctx.reference_state = dict(state)
+        ctx.reference_log = self._log_beside(Path(state_file))
+        ctx.faults = list(state.get("faults") or [])
+        try:
+            wait_healthy(ctx.get("BACKEND_URL"), 10)
+        except PlatformError as exc:
+            raise PlatformError(ctx.explain(str(exc))) from None
+        probes.probe(ctx)
+        ctx.versions["platform"] = f"reference platform (state file {state_file})"
+        return ctx
+
+    @staticmethod
+    def _log_beside(state_file: Path) -> str:
+        """The launcher's log next to its state file (``platform.log``, or ``*<suffix>.log``)."""
+        suffix = state_file.stem.split("-", 1)[-1]
+        beside = sorted(state_file.parent.glob(f"*{suffix}*.log"))
+        candidates = [state_file.with_name("platform.log"), *beside]
+        found = next((c for c in candidates if c.is_file()), None)
+        return str(found) if found else "not found beside the state file"
 
     def _start_reference(self, robot: dict, seconds: float) -> TargetContext:
         from crosstalk import probes
@@ -207,6 +271,11 @@ class CrosstalkPlatform:
         Example:
         | Suite Teardown | Release Platform |
         """
+        if self._depth == 0:
+            return
+        self._depth -= 1
+        if self._depth == 0:
+            self._clean_up()
         if self._shared is None or self._acquired == 0:
             return
         self._acquired -= 1
@@ -220,6 +289,52 @@ class CrosstalkPlatform:
                     f"Last holder: the reference platform stops in {self._shared.linger:g} s unless "
                     "another process joins it (CROSSTALK_PLATFORM_LINGER=0 stops it at once)."
                 )
+
+    def _clean_up(self) -> None:
+        ctx = context.peek()
+        if ctx is None or not ctx.created_users:
+            return
+        if context.is_off(ctx.values.get("CLEANUP")):
+            self._cleanup_line = f"off (CLEANUP): run {ctx.run_prefix} left {len(ctx.created_users)} users"
+            logger.info(self._cleanup_line)
+            return
+        from crosstalk import cleanup
+
+        report = cleanup.clean(ctx)
+        self._cleanup_line = report.line()
+        (logger.warn if report.problems else logger.info)(self._cleanup_line)
+        self._users_created += len(ctx.created_users)
+        ctx.created_users.clear()
+
+    @keyword("Clean Up Run")
+    def clean_up_run(self, prefix: str = "") -> str:
+        """Remove what runs with ``prefix`` (default: this run's) left on the target; returns the report line.
+
+        Threads go through the API (``DELETE /threads/{id}``) for the users in the run's
+        ledger, rows and Redis keys through the stores the target gives.  The end of every
+        run does this by itself (unless ``CLEANUP`` is ``off``); use this keyword, or
+        ``python -m crosstalk.cleanup --prefix ...``, for the leftovers of a crashed run.
+
+        Example:
+        | Clean Up Run | ct2611301648 |
+        """
+        from crosstalk import cleanup
+
+        ctx = context.current()
+        if not prefix or prefix == ctx.run_prefix:
+            report = cleanup.clean(ctx)
+            ctx.created_users.clear()
+        else:
+            users, files = cleanup.read_ledgers(prefix)
+            report = cleanup.Report(prefix, users=len(users))
+            cleanup.delete_threads(ctx.get("AUTH_URL"), ctx.get("BACKEND_URL"), users, report)
+            stores = {name: ctx.get(name) for name in (*cleanup.STORE_CLEANUP_SQL, "REDIS_URL")}
+            cleanup.clean_stores(stores, prefix, (u.user_id for u in users), report)
+            if not report.problems:
+                for path in files:
+                    path.unlink(missing_ok=True)
+        logger.info(report.line())
+        return report.line()
 
     @keyword("Platform Should Be Healthy")
     def platform_should_be_healthy(self, timeout: timedelta = timedelta(seconds=10)) -> None:
@@ -280,7 +395,14 @@ class CrosstalkPlatform:
 
     def end_test(self, data: Any, result: Any) -> None:
         ctx = context.peek()
-        if ctx is None or not ctx.pending:
+        if ctx is None:
+            return
+        if result.status == "FAIL":
+            # "Connection refused" alone hides the cause: say which service died, how, and where its log is
+            note = ctx.death_note()
+            if note and note not in result.message:
+                result.message = f"{result.message} [{note}]"
+        if not ctx.pending:
             return
         pending, ctx.pending = list(ctx.pending), []
         note = "; ".join(pending)
@@ -294,22 +416,37 @@ class CrosstalkPlatform:
             result.message = f"{result.message} (also: {note})"
 
     def end_suite(self, data: Any, result: Any) -> None:
+        own = skip_lines(result.tests)
+        if own:
+            result.metadata["Skipped, and why"] = "; ".join(own)
         if result.parent is not None:
             return
         ctx = context.peek()
-        lines = ctx.skip_summary() if ctx else []
-        if lines:
-            result.metadata["Skipped for missing capabilities"] = "; ".join(lines)
-        self._print_summary(lines)
-
-    def close(self) -> None:
-        ctx = context.peek()
-        self._print_summary(ctx.skip_summary() if ctx else [])
+        if ctx is not None:
+            result.metadata["Users created"] = str(self._users_created + len(ctx.created_users))
+            if self._cleanup_line:
+                result.metadata["Cleanup"] = self._cleanup_line
+        every = skip_lines(result.all_tests)
+        if every:
+            result.metadata["Skipped, and why"] = "; ".join(every)
+        self._print_summary(every)
 
     def _print_summary(self, lines: list[str]) -> None:
         if self._summary_printed or not lines:
             return
         self._summary_printed = True
-        text = "Crosstalk skipped (missing capabilities):\n" + "\n".join(f"  {line}" for line in lines)
+        text = "Crosstalk skipped, and why:\n" + "\n".join(f"  {line}" for line in lines)
         sys.__stdout__.write(text + "\n")
         sys.__stdout__.flush()
+
+
+def skip_lines(tests: Any) -> list[str]:
+    """'N tests skipped: reason' per distinct reason, most frequent first."""
+    reasons: dict[str, int] = {}
+    for test in tests:
+        if test.status == "SKIP":
+            reason = (test.message or "no reason given").splitlines()[0]
+            reason = reason.removeprefix("Skipped in parent suite setup: ")
+            reasons[reason] = reasons.get(reason, 0) + 1
+    return [f"{n} test{'s' if n != 1 else ''} skipped: {reason}"
+            for reason, n in sorted(reasons.items(), key=lambda item: -item[1])]

@@ -27,6 +27,7 @@ Example (inside a library):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
@@ -97,9 +98,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("JWT_PRIVATE_KEY", "the platform's signing key (PEM file), checked against the JWKS; "
              "signs tokens whose only flaw is one bad claim", capability=Capability.SIGNING_KEY,
              reference="generated per start", example="/secrets/jwt-signing.pem"),
-    Variable("JWT_ISSUER", "expected `iss` of access tokens (default: read from a genuine token)",
+    Variable("JWT_ISSUER", "expected `iss` of access tokens (unset: `iss` is not checked)",
              reference="crosstalk-auth"),
-    Variable("JWT_AUDIENCE", "expected `aud` of access tokens (default: read from a genuine token)",
+    Variable("JWT_AUDIENCE", "expected `aud` of access tokens (unset: `aud` is not checked)",
              reference="crosstalk-backend"),
     Variable("FAULT_INJECTION", "`off` never uses the failure-injection hook; otherwise probed: the target's "
              "`/health` advertises `capabilities.fault_injection` and honours `X-Crosstalk-Inject`",
@@ -116,11 +117,14 @@ VARIABLES: tuple[Variable, ...] = (
              capability=Capability.LIMITS, reference="65536", example="65536"),
     Variable("OVERSIZED_FRAME_BYTES", "size of the frame the security suite expects refused "
              "(default: 1.5 x `MAX_FRAME_BYTES`)", capability=Capability.LIMITS, reference="100000"),
-    Variable("FLOOD_SIZE", "messages sent back to back to trip the rate limit (default: 6 x burst)",
+    Variable("FLOOD_SIZE", "messages sent back to back that must trip the rate limit",
              capability=Capability.LIMITS, reference="120", example="120"),
     Variable("FRAME_SCHEMA", "AsyncAPI document every received WebSocket frame is validated against "
              "(default: `docs/contract/asyncapi.yaml`; `off` disables validation)",
              reference="docs/contract/asyncapi.yaml", example="contract/our-asyncapi.yaml"),
+    Variable("REFERENCE_STATE", "state file of a reference platform started by hand (`python -m "
+             "reference_platform --state-file F`): attach to it as the reference, faults and all",
+             example="results/platform.json"),
     Variable("PROFILE", "target profile (what the contract leaves open), a file path",
              reference="the reference profile", example="profiles/ourplatform.yaml"),
     Variable("RUN_PREFIX", "prefix of everything this run creates on the target (default: generated)",
@@ -221,7 +225,9 @@ class CapabilityState:
 
 
 def is_configured(robot: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
-    """True when a target is configured (``AUTH_URL`` or ``BACKEND_URL`` resolves)."""
+    """True when a target is configured (``AUTH_URL`` or ``BACKEND_URL`` resolves, no ``REFERENCE_STATE``)."""
+    if resolve("REFERENCE_STATE", robot, environ).value:
+        return False
     return any(resolve(name, robot, environ).value for name in ("AUTH_URL", "BACKEND_URL"))
 
 
@@ -294,6 +300,18 @@ class TargetContext:
         """The resolved value of ``name`` ('' for off)."""
         value = self.values.get(name, "")
         return default if not value or is_off(value) else value
+
+    def email(self, label: str) -> str:
+        """A fresh email carrying the run prefix: ``<prefix><label>-<hex>@crosstalk.test``."""
+        return f"{self.run_prefix}{label}-{secrets.token_hex(4)}@crosstalk.test".lower()
+
+    def record_user(self, user: Any) -> None:
+        """Remember a registered user for the end-of-run cleanup (and in the crash ledger)."""
+        self.created_users.append(user)
+        from crosstalk import cleanup
+
+        with contextlib.suppress(OSError):  # a read-only checkout: the in-process cleanup still works
+            cleanup.record(self.run_prefix, user)
 
     def int(self, name: str, default: int) -> int:
         value = self.get(name)
@@ -406,12 +424,32 @@ class TargetContext:
 
     # -------------------------------------------------------------- platform death
     def death_note(self) -> str:
-        """'' while the platform is alive; else which reference service died, how, and where its log is."""
-        if self.configured or not self.reference_state:
-            return ""
-        from crosstalk.sharedplatform import describe_death
+        """'' while the platform is alive; else which reference service died, how, and where its log is.
 
-        return describe_death(self.reference_state, self.reference_log)
+        For a configured target (no process table to look at) it asks ``/health`` and the
+        JWKS once, with a short timeout, and names the service that no longer answers.
+        """
+        if self.reference_state and not self.configured:
+            from crosstalk.sharedplatform import describe_death
+
+            return describe_death(self.reference_state, self.reference_log)
+        if not self.configured:
+            return ""
+        import requests
+
+        down = []
+        for name, path in (("BACKEND_URL", "/health"), ("AUTH_URL", "/.well-known/jwks.json")):
+            url = self.get(name)
+            if not url:
+                continue
+            try:
+                status = requests.get(url.rstrip("/") + path, timeout=2).status_code
+            except requests.RequestException as exc:
+                down.append(f"{name} {url} no longer answers {path} ({type(exc).__name__})")
+                continue
+            if status >= 500:
+                down.append(f"{name} {url} answers {path} with {status}")
+        return "; ".join(down) + (": the target's service is down" if down else "")
 
     def explain(self, message: str) -> str:
         """``message`` with the platform's death appended when a reference service died."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -131,7 +132,7 @@ def probe_postgres(name: str, url: str) -> None:
         psycopg2.connect(url, connect_timeout=int(TIMEOUT)).close()
     except psycopg2.Error as exc:
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        first = first.removeprefix("FATAL:").strip()
+        first = first.split("FATAL:", 1)[-1].strip()
         if "password authentication failed" in first or "no password supplied" in first:
             what = "wrong database credentials"
         elif "does not exist" in first:
@@ -154,7 +155,11 @@ def probe_redis(url: str) -> None:
             "or set it to off.") from None
     try:
         client.ping()
-    except redis.AuthenticationError:
+    except redis.AuthenticationError as exc:
+        if "required" in str(exc).lower() or not urlsplit(url).password:
+            raise ConfigurationError(
+                f"REDIS_URL {mask_url(url)}: Redis requires a password: put it in the URL, "
+                f"redis://:PASSWORD@host:port/0 ({how_to_set('REDIS_URL')}).") from None
         raise ConfigurationError(
             f"REDIS_URL {mask_url(url)}: Redis refused AUTH (wrong password or user): {_fix('REDIS_URL')}."
         ) from None
@@ -202,9 +207,10 @@ def probe_signing_key(key_file: str, jwks: dict[str, Any]) -> tuple[CapabilitySt
     try:
         key = load_private_key(pem)
     except (ValueError, TypeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return CapabilityState(False, f"JWT_PRIVATE_KEY file {path} is not an unencrypted PEM private key "
-                                      f"({first[:80]}): fix {how}"), None, None
+        encrypted = "password" in str(exc).lower()
+        what = ("is encrypted (give an unencrypted PEM)" if encrypted
+                else "is not an unencrypted PEM private key")
+        return CapabilityState(False, f"JWT_PRIVATE_KEY file {path} {what}: fix {how}"), None, None
     if not isinstance(key, rsa.RSAPrivateKey):
         return CapabilityState(False, f"JWT_PRIVATE_KEY file {path} is not an RSA key (RS256): fix {how}"), \
             None, None
