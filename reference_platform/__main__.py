@@ -112,6 +112,9 @@ state file (--state-file), written once both services answer /health:
     parser.add_argument("--max-frame-bytes", type=int, default=65536,
                         help="largest accepted WebSocket frame; larger ones get a frame_too_large error "
                         "frame (default 65536)")
+    parser.add_argument("--max-body-bytes", type=int, default=1024 * 1024,
+                        help="largest accepted REST request body; larger ones get 413 before any parsing "
+                        "(default 1048576)")
     parser.add_argument("--rate-limit", type=float, default=20.0, metavar="PER_SECOND",
                         help="WebSocket messages per second per user; more get rate_limited (default 20)")
     parser.add_argument("--rate-burst", type=int, default=40, help="token bucket burst per user (default 40)")
@@ -256,6 +259,7 @@ class Platform:
             refresh_token_ttl=args.refresh_token_ttl,
             allowed_origins=[o.strip() for o in args.allowed_origins.split(",") if o.strip()],
             agent_step_ms=args.agent_step_ms, max_frame_bytes=args.max_frame_bytes,
+            max_body_bytes=args.max_body_bytes,
             rate_limit_per_second=args.rate_limit, rate_limit_burst=args.rate_burst,
             issuer=args.issuer, audience=args.audience, faults=self.fault_names,
             db_pool_size=args.db_pool_size,
@@ -398,7 +402,8 @@ class Platform:
             "auth_database_url": s.auth_database_url, "backend_database_url": s.backend_database_url,
             "redis_url": s.redis_url, "faults": s.faults, "issuer": s.issuer, "audience": s.audience,
             "access_token_ttl": s.access_token_ttl, "allowed_origins": s.allowed_origins,
-            "max_frame_bytes": s.max_frame_bytes, "rate_limit_per_second": s.rate_limit_per_second,
+            "max_frame_bytes": s.max_frame_bytes, "max_body_bytes": s.max_body_bytes,
+            "rate_limit_per_second": s.rate_limit_per_second,
             "rate_limit_burst": s.rate_limit_burst, "agent_step_ms": s.agent_step_ms,
             "data_dir": str(self.data_dir), "test_hooks": s.test_hooks,
             "pids": {

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerifyMismatchError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -24,6 +25,8 @@ from starlette.routing import Route
 from . import faults, hooks
 from .common import (
     AUTH_SCHEMA,
+    EXCEPTION_HANDLERS,
+    BodyLimit,
     authenticate,
     create_pool,
     ensure_schema,
@@ -233,4 +236,6 @@ def create_app(settings: Settings) -> Starlette:
             Route("/auth/me", service.me),
         ],
         lifespan=service.lifespan,
+        middleware=[Middleware(BodyLimit, limit=settings.max_body_bytes)],
+        exception_handlers=EXCEPTION_HANDLERS,
     )

@@ -175,11 +175,14 @@ class WorkspaceService:
             else:
                 await self._create_two_phase(user_id, workspace_id, name.strip(), inject)
         except StepFailed as exc:
+            # the database's own error stays in the log: the body names the step, never an exception
+            log.warning("workspace %s not created: %s", workspace_id, exc)
+            message = f"{exc}" if faults.on("hostile_input_500") else f"the {exc.step} step failed"
             return JSONResponse(
                 {
                     "error": "workspace_not_created",
                     "failed_step": exc.step,
-                    "message": f"{exc}; nothing was created",
+                    "message": f"{message}; nothing was created",
                 },
                 status_code=503,
             )

@@ -201,11 +201,13 @@ def openapi_validator(path: str, method: str, status: str, document_path: str = 
         response = document["paths"][path][method.lower()]["responses"][status]
     except KeyError:
         raise ContractError(f"openapi.yaml has no response {status} for {method.upper()} {path}") from None
+    where = ("paths", path, method.lower(), "responses", status)
+    if isinstance(response.get("$ref"), str):  # a shared response under components/responses
+        where = tuple(part.replace("~1", "/").replace("~0", "~") for part in response["$ref"][2:].split("/"))
+        response = _resolve(document, response["$ref"])
     schema = (((response.get("content") or {}).get("application/json")) or {}).get("schema")
     if schema is None:
         return None
     uri = "urn:crosstalk:openapi"
-    pointer = _pointer(
-        "paths", path, method.lower(), "responses", status, "content", "application/json", "schema"
-    )
+    pointer = _pointer(*where, "content", "application/json", "schema")
     return Draft202012Validator({"$ref": uri + pointer}, registry=_registry(document, uri))

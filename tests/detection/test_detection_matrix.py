@@ -97,6 +97,8 @@ MATRIX: tuple[Row, ...] = (
         "was neither refused with frame_too_large nor closed with 1009"),
     Row("sql_concat", ("input",), "Hostile Content Is Stored And Returned Verbatim",
         "ended failed instead of completed"),
+    Row("hostile_input_500", ("hostile-input",), "Hostile Input Gets A Clear Refusal And Harms No One",
+        "answered HTTP 500 naming internals"),
     Row("lost_update", ("counter",), "Fifty Parallel Notes Are All Counted", "lost update"),
     Row("cache_key_collision", ("cacheANDisolation",), "Cached Thread Lists Never Cross Users",
         "thread lists crossed users"),

@@ -71,6 +71,10 @@ def test_every_auth_answer_validates(platform):
     assert_conforms(requests.get(f"{auth}/.well-known/jwks.json", timeout=TIMEOUT), "/.well-known/jwks.json",
                     "get")
     assert_conforms(requests.get(f"{auth}/health", timeout=TIMEOUT), "/health", "get")
+    assert_conforms(requests.post(f"{auth}/auth/login", data=b"{not json", timeout=TIMEOUT,
+                                  headers={"Content-Type": "application/json"}), "/auth/login", "post")
+    assert_conforms(requests.post(f"{auth}/auth/register", data=b"x" * (2 * 2**20), timeout=TIMEOUT,
+                                  headers={"Content-Type": "application/json"}), "/auth/register", "post")
     assert_conforms(requests.post(f"{auth}/auth/logout", headers=user.headers, timeout=TIMEOUT),
                     "/auth/logout", "post")
     assert_conforms(requests.post(f"{auth}/auth/logout", headers=user.headers, timeout=TIMEOUT),

@@ -81,6 +81,9 @@ def test_openapi_response_validators_resolve_references():
     assert validator.is_valid({"thread_id": "t", "title": "x", "message_count": 2,
                                "created_at": "2026-11-30T16:00:00+00:00"})
     assert not validator.is_valid({"thread_id": "t", "title": "x", "created_at": "now"})
+    too_large = openapi_validator("/auth/login", "post", "413")
+    assert too_large.is_valid({"error": "body_too_large", "message": "m"})
+    assert not too_large.is_valid({"message": "m"})
     errors = openapi_validator("/workspaces", "post", "503").iter_errors({"error": "x", "message": "m"})
     assert {e.json_path for e in errors} >= {"$", "$.error"}
 
