@@ -20,7 +20,8 @@ from typing import Any
 
 import redis
 import requests
-from crosstalk import hostile
+from crosstalk import context, hostile, testhooks
+from crosstalk.context import Capability
 from crosstalk.model import TestUser
 from crosstalk.secrets import mask
 from robot.api import logger
@@ -230,18 +231,28 @@ class CrosstalkSecurity:
 
     @keyword
     def get_leaked_connection_count(self, backend_url: str) -> int:
-        """Returns ``tracked_connections - active_websockets`` from the backend's ``/metrics``:
-        connection entries the server still holds for sockets that are already closed.
+        """Returns the connection entries the server still holds for sockets that are already closed:
+        ``tracked_connections - active_websockets`` from the reference's ``/metrics`` JSON, else
+        ``crosstalk_connections_tracked - crosstalk_websockets_active`` from the platform's
+        Prometheus endpoint; skips (``needs:metrics``) when neither is served.
 
         Example:
         | ${before} = | Get Leaked Connection Count | ${BACKEND_URL} |
         """
-        try:
+        try:  # the reference platform's JSON counters
             metrics = requests.get(f"{backend_url}/metrics", timeout=10).json()
             return int(metrics["tracked_connections"]) - int(metrics["active_websockets"])
-        except (requests.RequestException, ValueError, KeyError) as error:
-            raise AssertionError(f"Cannot read tracked_connections and active_websockets from "
-                                 f"{backend_url}/metrics: {error}") from None
+        except (requests.RequestException, ValueError, KeyError, TypeError):
+            pass
+        # the contract's optional Prometheus gauges (METRICS_URL, or the path /health advertises)
+        urls = testhooks.metrics_urls(context.current().get("METRICS_URL")) or \
+            testhooks.advertised_metrics_urls(backend_url)
+        leaked, source = testhooks.leaked_connections(urls)
+        if leaked is None:
+            context.current().skip(
+                Capability.METRICS, f"needs metrics: the server's connection entries cannot be read: "
+                f"{source} (contract rule CAP-2: {testhooks.TRACKED} and {testhooks.ACTIVE} gauges)")
+        return int(leaked)
 
     @keyword
     def closed_connections_should_be_released(

@@ -164,6 +164,7 @@ class BackendService:
         self._tasks: set[asyncio.Task] = set()
         self._rate_script = None
         self.thread_cache = ThreadListCache(settings.redis_url)
+        hooks.expose_connection_gauges(lambda: self.active_websockets, lambda: len(self.registry))
         self.workspaces = WorkspaceService(
             settings.auth_database_url, settings.backend_database_url, self._user, settings.test_hooks
         )

@@ -19,8 +19,9 @@ metrics of ``prometheus_client`` (``process_cpu_seconds_total``,
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -67,6 +68,22 @@ def unknown_injection(exc: UnknownInjection) -> JSONResponse:
 def capabilities(enabled: bool) -> dict:
     """The ``capabilities`` object of ``GET /health``."""
     return {"fault_injection": sorted(INJECTIONS) if enabled else [], "metrics": METRICS_PATH}
+
+
+CONNECTION_GAUGES = {
+    "crosstalk_websockets_active": "WebSockets open now",
+    "crosstalk_connections_tracked": "per-connection entries the server holds (open or not yet freed)",
+}
+_gauges: dict[str, Gauge] = {}
+
+
+def expose_connection_gauges(active: Callable[[], float], tracked: Callable[[], float]) -> None:
+    """Serve the two connection gauges of contract rule CAP-2 from this process (idempotent)."""
+    pairs = (("crosstalk_websockets_active", active), ("crosstalk_connections_tracked", tracked))
+    for name, function in pairs:
+        if name not in _gauges:
+            _gauges[name] = Gauge(name, CONNECTION_GAUGES[name])
+        _gauges[name].set_function(function)
 
 
 async def prometheus_metrics(request: Request) -> Response:

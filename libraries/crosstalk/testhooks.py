@@ -86,6 +86,33 @@ def parse_process_metrics(text: str, where: str = "the endpoint") -> tuple[float
     return float(cpu), int(rss)  # type: ignore[arg-type]
 
 
+def gauges(text: str, names: Sequence[str]) -> dict[str, float]:
+    """The summed values of the metrics ``names`` found in Prometheus ``text`` (absent ones left out)."""
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in names:
+                found[sample.name] = found.get(sample.name, 0.0) + float(sample.value)
+    return found
+
+
+ACTIVE, TRACKED = "crosstalk_websockets_active", "crosstalk_connections_tracked"
+
+
+def leaked_connections(urls: Sequence[str], timeout: float = SCRAPE_TIMEOUT) -> tuple[int | None, str]:
+    """``tracked - active`` connection entries over ``urls`` (contract rule CAP-2's optional gauges),
+    or ``(None, why not)``."""
+    for url in urls:
+        try:
+            reply = requests.get(url, timeout=timeout)
+            values = gauges(reply.text, (ACTIVE, TRACKED)) if reply.status_code == 200 else {}
+        except requests.RequestException as exc:
+            return None, f"{url} is unreachable ({type(exc).__name__})"
+        if ACTIVE in values and TRACKED in values:
+            return int(values[TRACKED] - values[ACTIVE]), url
+    return None, f"no {TRACKED} and {ACTIVE} gauges at {', '.join(urls) or 'any metrics endpoint'}"
+
+
 def scrape(url: str, timeout: float = SCRAPE_TIMEOUT) -> tuple[float, int]:
     """One scrape of a Prometheus text endpoint; ValueError with one line on any failure."""
     try:

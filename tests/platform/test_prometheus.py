@@ -23,6 +23,17 @@ def test_each_service_serves_standard_process_metrics(platform, service):
     assert samples["process_start_time_seconds"] > 0
 
 
+def test_the_backend_serves_the_connection_gauges(platform):
+    from crosstalk import testhooks
+
+    url = f"{platform.backend_url}/metrics/prometheus"
+    leaked, source = testhooks.leaked_connections([url])
+    assert leaked is not None and leaked >= 0 and source == url
+    text = requests.get(url, timeout=TIMEOUT).text
+    assert {"crosstalk_websockets_active", "crosstalk_connections_tracked"} <= set(
+        testhooks.gauges(text, ("crosstalk_websockets_active", "crosstalk_connections_tracked")))
+
+
 def test_json_metrics_of_the_backend_stay_as_they_were(platform):
     body = requests.get(f"{platform.backend_url}/metrics", timeout=TIMEOUT).json()
     assert {"active_websockets", "tracked_connections", "rss_bytes", "faults"} <= body.keys()

@@ -48,3 +48,11 @@ def test_metrics_urls_and_the_injection_reason():
     reason = testhooks.missing_injection({}, "workspace_analytics_fail", "http://b")
     assert reason.startswith("needs:fault-injection: http://b/health does not advertise")
     assert "--test-hooks" in reason and "\n" not in reason
+
+
+def test_connection_gauges_are_read_and_summed():
+    text = ("crosstalk_websockets_active 3.0\ncrosstalk_connections_tracked 5.0\n"
+            "crosstalk_connections_tracked 1.0\nprocess_open_fds 40\n")
+    assert testhooks.gauges(text, (testhooks.ACTIVE, testhooks.TRACKED)) == {
+        "crosstalk_websockets_active": 3.0, "crosstalk_connections_tracked": 6.0}
+    assert testhooks.gauges("process_open_fds 4\n", (testhooks.ACTIVE,)) == {}
