@@ -40,7 +40,7 @@ class CrosstalkContract:
         except ContractError as exc:
             raise AssertionError(f"FRAME_SCHEMA: {exc}") from None
         return Target(ctx.get("AUTH_URL"), ctx.get("BACKEND_URL"), ctx.get("WS_URL"),
-                      prefix=ctx.run_prefix or "ct-", frames=frames)
+                      prefix=ctx.run_prefix or "ct-", frames=frames, on_user=ctx.record_user)
 
     @keyword
     def contract_rules_should_hold(self, area: RuleArea) -> str:

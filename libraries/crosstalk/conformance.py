@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import requests
@@ -44,6 +45,8 @@ class Target:
     prefix: str = "ct-"
     frames: FrameContract | None = None
     users: list[dict] = field(default_factory=list)
+    # called with each user created (email, password, user_id, tokens): the run's cleanup ledger
+    on_user: Callable[[Any], None] | None = None
 
     def __post_init__(self) -> None:
         self.auth_url = self.auth_url.rstrip("/")
@@ -110,6 +113,9 @@ def new_user(target: Target, label: str) -> dict:
     tokens = _conform(login, "/auth/login", "post", 200)
     user = {"email": email, "user_id": body["user_id"], **tokens}
     target.users.append(user)
+    if target.on_user is not None:
+        target.on_user(SimpleNamespace(email=email, password=PASSWORD, user_id=body["user_id"],
+                                       tokens=SimpleNamespace(access_token=tokens["access_token"])))
     return user
 
 
