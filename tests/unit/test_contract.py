@@ -35,6 +35,15 @@ def test_conforming_frames_pass(contract, frame):
     assert contract.check(frame) is None
 
 
+def test_only_an_early_agent_error_may_lack_its_thread(contract):
+    failed = event("agent_error", seq=1, message="internal error")
+    failed["thread_id"] = None
+    assert contract.check(failed) is None
+    started = event("agent_started", seq=1, agent="triage")
+    started["thread_id"] = None
+    assert "$.thread_id: null does not satisfy type 'string'" in contract.check(started)
+
+
 def test_a_violation_names_the_frame_and_the_json_path(contract):
     frame = event("tool_completed", seq=5, tool="x", tool_call_id=7, result=[])
     problem = contract.check(frame)
