@@ -33,6 +33,16 @@ PASSWORD = "Conformance-pw-1"
 FOREIGN_ORIGIN = "https://evil.example"
 
 
+def _canonical(frame: dict) -> dict:
+    """The frame in the contract's default names when a target profile renames them (``crosstalk.profile``,
+    where present); unchanged otherwise."""
+    try:
+        from crosstalk import profile as target_profile  # the target profile, when that module exists
+    except ImportError:
+        return frame
+    return target_profile.current().canonical_event(frame)
+
+
 class RuleBroken(AssertionError):
     """The platform does not meet a rule; the message is the evidence."""
 
@@ -114,8 +124,14 @@ def new_user(target: Target, label: str) -> dict:
     user = {"email": email, "user_id": body["user_id"], **tokens}
     target.users.append(user)
     if target.on_user is not None:
-        target.on_user(SimpleNamespace(email=email, password=PASSWORD, user_id=body["user_id"],
-                                       tokens=SimpleNamespace(access_token=tokens["access_token"])))
+        target.on_user(
+            SimpleNamespace(
+                email=email,
+                password=PASSWORD,
+                user_id=body["user_id"],
+                tokens=SimpleNamespace(access_token=tokens["access_token"]),
+            )
+        )
     return user
 
 
@@ -149,6 +165,8 @@ def _receive(target: Target, ws: ClientConnection, what: str, timeout: float = T
         frame = json.loads(text)
     except ValueError:
         frame = None
+    if isinstance(frame, dict):
+        frame = _canonical(frame)
     if target.frames is not None:
         problem = target.frames.check(frame if isinstance(frame, dict) else None, text)
         if problem:
