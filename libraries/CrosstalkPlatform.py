@@ -230,7 +230,6 @@ class CrosstalkPlatform:
             "Faults planted": ", ".join(ctx.faults) or "none" if not ctx.configured
             else ", ".join(ctx.faults) or "none reported",
             "Capabilities": ctx.capability_summary(),
-            "Run prefix": ctx.run_prefix,
             "Versions": f"Crosstalk {ctx.versions['crosstalk']}, Robot Framework {ctx.versions['robot']}, "
                         f"Python {sys.version.split()[0]}, "
                         f"platform: {ctx.versions.get('platform', 'unknown')}",
@@ -418,15 +417,21 @@ class CrosstalkPlatform:
             result.metadata["Skipped, and why"] = "; ".join(own)
         if result.parent is not None:
             return
+        # what this process did: on the top suite for robot; under pabot each process runs one
+        # suite below a shared top, so it goes on that suite (the merged top would show one process)
+        pabot = BuiltIn().get_variable_value("${PABOTQUEUEINDEX}") is not None
+        holders = [s for s in result.suites if s.all_tests] if pabot else [result]
         ctx = context.peek()
-        if ctx is not None:
-            result.metadata["Users created"] = str(self._users_created + len(ctx.created_users))
-            if self._cleanup_line:
-                result.metadata["Cleanup"] = self._cleanup_line
-        every = skip_lines(result.all_tests)
-        if every:
-            result.metadata["Skipped, and why"] = "; ".join(every)
-        self._print_summary(every)
+        for holder in holders:
+            if ctx is not None:
+                holder.metadata["Run prefix"] = ctx.run_prefix
+                holder.metadata["Users created"] = str(self._users_created + len(ctx.created_users))
+                if self._cleanup_line:
+                    holder.metadata["Cleanup"] = self._cleanup_line
+            lines = skip_lines(holder.all_tests)
+            if lines:
+                holder.metadata["Skipped, and why"] = "; ".join(lines)
+        self._print_summary(skip_lines(result.all_tests))
 
     def _print_summary(self, lines: list[str]) -> None:
         if self._summary_printed or not lines:
@@ -439,11 +444,6 @@ class CrosstalkPlatform:
 
 def skip_lines(tests: Any) -> list[str]:
     """'N tests skipped: reason' per distinct reason, most frequent first."""
-    reasons: dict[str, int] = {}
-    for test in tests:
-        if test.status == "SKIP":
-            reason = (test.message or "no reason given").splitlines()[0]
-            reason = reason.removeprefix("Skipped in parent suite setup: ")
-            reasons[reason] = reasons.get(reason, 0) + 1
-    return [f"{n} test{'s' if n != 1 else ''} skipped: {reason}"
-            for reason, n in sorted(reasons.items(), key=lambda item: -item[1])]
+    from crosstalk.summary import group_skips
+
+    return group_skips(tests)

@@ -242,8 +242,7 @@ def static_capabilities(values: Mapping[str, str], reference: bool) -> dict[Capa
                 False, f"{' and '.join(off)} {'is' if len(off) == 1 else 'are'} off: give "
                 f"{_enable(names)} to run {capability.tag} tests")
         elif missing:
-            states[capability] = CapabilityState(
-                False, f"{capability.value} not configured: set {_enable(missing)}")
+            states[capability] = CapabilityState(False, f"set {_enable(missing)}")
         else:
             states[capability] = CapabilityState(True, detail=", ".join(names))
     return states
@@ -470,6 +469,16 @@ def current() -> TargetContext:
     if _in_robot():
         _CURRENT = ctx  # outside Robot (pytest, scripts) the environment may change: resolve each time
     return ctx
+
+
+def test_message(text: str) -> None:
+    """Append ``text`` to the running test's message (report.html shows it); no-op outside a test."""
+    if not _in_robot():
+        return
+    from robot.libraries.BuiltIn import BuiltIn
+
+    with contextlib.suppress(RuntimeError):
+        BuiltIn().set_test_message(text, append=True)
 
 
 def _in_robot() -> bool:
