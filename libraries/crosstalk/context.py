@@ -449,7 +449,7 @@ class TargetContext:
 
 # ---------------------------------------------------------------------- process-wide context
 _CURRENT: TargetContext | None = None
-# the variant helper's crosstalk.profile sets this: (path or '') -> profile object
+# (PROFILE path or '') -> profile object; default: crosstalk.profile.load when that module exists
 PROFILE_LOADER: Callable[[str], Any] | None = None
 # extra probes (e.g. the contract's failure-injection hook): capability -> fn(ctx) -> CapabilityState
 PROBES: dict[Capability, Callable[[TargetContext], CapabilityState]] = {}
@@ -562,9 +562,25 @@ def build(
         sources["RUN_PREFIX"] = "generated"
     ctx = TargetContext(values, sources, configured, run_prefix=values["RUN_PREFIX"])
     ctx.capabilities = static_capabilities(values, reference=not configured)
-    if PROFILE_LOADER is not None:
-        ctx.profile = PROFILE_LOADER(ctx.get("PROFILE"))
+    loader = profile_loader()
+    if loader is not None:
+        ctx.profile = loader(ctx.get("PROFILE"))
     return ctx
+
+
+def profile_loader() -> Callable[[str], Any] | None:
+    """``PROFILE_LOADER`` if set, else ``crosstalk.profile.load`` when that module exists.
+
+    The profile module owns what the contract leaves open; the context only carries
+    the path (``PROFILE``, '' for the reference profile) and the loaded object.
+    """
+    if PROFILE_LOADER is not None:
+        return PROFILE_LOADER
+    try:
+        from crosstalk import profile  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return getattr(profile, "load", None)
 
 
 def reference_values(state: Mapping[str, Any], key_file: Path | None) -> dict[str, str]:
