@@ -46,6 +46,7 @@ class Capability(str, Enum):
     """Optional abilities of a target.  Tests declare them with ``needs:<value>`` tags."""
 
     DB = "db"
+    AUTH_DB = "auth-db"
     ANALYTICS_DB = "analytics-db"
     REDIS = "redis"
     SIGNING_KEY = "signing-key"
@@ -82,9 +83,9 @@ VARIABLES: tuple[Variable, ...] = (
              reference="started on a free port", example="https://api.example.test"),
     Variable("WS_URL", "agent WebSocket (default: `BACKEND_URL` with `ws(s)://` and `/ws`)",
              reference="derived", example="wss://api.example.test/ws"),
-    Variable("AUTH_DATABASE_URL", "auth PostgreSQL database (read-only checks; cleanup deletes)",
-             capability=Capability.DB, secret=True, reference="embedded PostgreSQL",
-             example="postgresql://tester:pw@db:5432/auth"),
+    Variable("AUTH_DATABASE_URL", "auth PostgreSQL database (workspace counts of the cross-service "
+             "transaction; cleanup deletes the run's users)", capability=Capability.AUTH_DB, secret=True,
+             reference="embedded PostgreSQL", example="postgresql://tester:pw@db:5432/auth"),
     Variable("BACKEND_DATABASE_URL", "backend PostgreSQL database (isolation oracle rows, scratch "
              "databases for the transaction suite)", capability=Capability.DB, secret=True,
              reference="embedded PostgreSQL", example="postgresql://tester:pw@db:5432/backend"),
@@ -131,7 +132,8 @@ LEGACY_ENVIRONMENT = frozenset(
 )
 
 CAPABILITY_VARIABLES: dict[Capability, tuple[str, ...]] = {
-    Capability.DB: ("BACKEND_DATABASE_URL", "AUTH_DATABASE_URL"),
+    Capability.DB: ("BACKEND_DATABASE_URL",),
+    Capability.AUTH_DB: ("AUTH_DATABASE_URL",),
     Capability.ANALYTICS_DB: ("ANALYTICS_DATABASE_URL",),
     Capability.REDIS: ("REDIS_URL",),
     Capability.SIGNING_KEY: ("JWT_PRIVATE_KEY",),

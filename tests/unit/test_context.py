@@ -80,18 +80,19 @@ def test_off_switches_a_capability_off_even_on_the_reference_platform():
     assert states[Capability.REDIS].reason.startswith("REDIS_URL is off")
 
 
-def test_db_needs_both_databases():
+def test_each_database_is_its_own_capability():
     states = static_capabilities({"BACKEND_DATABASE_URL": "postgresql://h/b"}, reference=False)
-    assert not states[Capability.DB].available
-    assert "AUTH_DATABASE_URL (CROSSTALK_AUTH_DATABASE_URL)" in states[Capability.DB].reason
-    assert "BACKEND_DATABASE_URL" not in states[Capability.DB].reason
+    assert states[Capability.DB].available
+    assert not states[Capability.AUTH_DB].available
+    assert states[Capability.AUTH_DB].reason == "set AUTH_DATABASE_URL (CROSSTALK_AUTH_DATABASE_URL)"
 
 
 def test_missing_for_names_the_first_absent_capability():
     ctx = build({**TARGET, "REDIS_URL": "redis://h"}, {})
     assert ctx.missing_for(["race", "needs:redis"]) is None
     capability, reason = ctx.missing_for(["needs:redis", "needs:db"])
-    assert capability is Capability.DB and "BACKEND_DATABASE_URL" in reason
+    assert capability is Capability.DB
+    assert reason == "needs db: set BACKEND_DATABASE_URL (CROSSTALK_BACKEND_DATABASE_URL)"
     capability, reason = ctx.missing_for(["needs:teleport"])
     assert capability is None and "unknown capability tag" in reason
 
