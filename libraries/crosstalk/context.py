@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ENV_PREFIX = "CROSSTALK_"
+DOWN_CACHE_S = 10.0
 OFF = frozenset({"off", "none", "skip"})
 
 
@@ -286,6 +287,7 @@ class TargetContext:
     pending: list[str] = field(default_factory=list)  # incomplete evidence of the running test
     signing_key: Any = None  # the RSA private key checked against the JWKS (signing-key capability)
     signing_kid: str | None = None
+    _down_cache: tuple[float, str] = (-1e9, "")
 
     # -------------------------------------------------------------- values
     def get(self, name: str, default: str = "") -> str:
@@ -427,6 +429,14 @@ class TargetContext:
             return describe_death(self.reference_state, self.reference_log)
         if not self.configured:
             return ""
+        checked_at, note = self._down_cache
+        if time.monotonic() - checked_at < DOWN_CACHE_S:
+            return note  # a run of failures against a dead target asks once, not once per test
+        note = self._ask_target()
+        self._down_cache = (time.monotonic(), note)
+        return note
+
+    def _ask_target(self) -> str:
         import requests
 
         down = []
