@@ -90,6 +90,7 @@ class CrosstalkPlatform:
             if self._acquired:
                 self._acquired += 1
             self._metadata(ctx, top=False)
+            logger.info(f"Attached to the {ctx.describe()}; capabilities: {ctx.capability_summary()}")
             return dict(self.target)
         self._check_variable_files()
         robot, environ = context.robot_globals(), os.environ
