@@ -418,20 +418,26 @@ class CrosstalkPlatform:
             result.metadata["Skipped, and why"] = "; ".join(own)
         if result.parent is not None:
             return
-        # what this process did: on the top suite for robot; under pabot each process runs one
-        # suite below a shared top, so it goes on that suite (the merged top would show one process)
+        # what this process did.  Under pabot every process runs one suite below a shared top suite
+        # whose metadata pabot merges key by key, so the facts go under a key naming that suite.
         pabot = BuiltIn().get_variable_value("${PABOTQUEUEINDEX}") is not None
-        holders = [s for s in result.suites if s.all_tests] if pabot else [result]
         ctx = context.peek()
-        for holder in holders:
-            if ctx is not None:
-                holder.metadata["Run prefix"] = ctx.run_prefix
-                holder.metadata["Users created"] = str(self._users_created + len(ctx.created_users))
-                if self._cleanup_line:
-                    holder.metadata["Cleanup"] = self._cleanup_line
-            lines = skip_lines(holder.all_tests)
+        lines = skip_lines(result.all_tests)
+        facts = {}
+        if ctx is not None:
+            facts = {"Run prefix": ctx.run_prefix,
+                     "Users created": str(self._users_created + len(ctx.created_users))}
+            if self._cleanup_line:
+                facts["Cleanup"] = self._cleanup_line
+        if pabot:
+            names = ", ".join(child.name for child in result.suites) or result.name
+            if facts:
+                result.metadata[f"Run of {names}"] = "; ".join(f"{k.lower()}: {v}" for k, v in facts.items())
+        else:
+            for key, value in facts.items():
+                result.metadata[key] = value
             if lines:
-                holder.metadata["Skipped, and why"] = "; ".join(lines)
+                result.metadata["Skipped, and why"] = "; ".join(lines)
         self._print_summary(skip_lines(result.all_tests))
 
     def _print_summary(self, lines: list[str]) -> None:
