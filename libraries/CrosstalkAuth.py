@@ -252,26 +252,32 @@ class CrosstalkAuth:
     def refresh_should_be_refused(
         self,
         refresh_token: Tokens | Secret | str,  # type: ignore[valid-type]
+        why: str = "",
     ) -> None:
         """Fail unless ``POST /auth/refresh`` with this refresh token (or the refresh token of a
-        `Tokens` pair) answers 401.
+        `Tokens` pair) answers 401.  ``why`` names the token in the failure message.
 
         Example:
         | ${before} = | Set Variable | ${alice.tokens} |
         | Refresh Tokens | ${alice} |
         | Refresh Should Be Refused | ${before} |
+        | Log Out | ${alice} |
+        | Refresh Should Be Refused | ${alice.tokens} | why=the session's refresh token after logout |
         """
         token = refresh_token.refresh_token if isinstance(refresh_token, Tokens) else _plain(refresh_token)
         response = self._post("/auth/refresh", {"refresh_token": token})
         if response.status_code != 401:
-            raise AssertionError(f"Refresh with {mask(token)} answered {response.status_code}, expected 401.")
+            what = f"{why} ({mask(token)})" if why else mask(token)
+            raise AssertionError(f"Refresh with {what} answered {response.status_code}, expected 401.")
 
     @keyword("Log Out")
     def log_out(self, user: TestUser) -> str:
         """Log ``user`` out (``POST /auth/logout``); returns the access token that was revoked.
 
-        The user keeps the revoked tokens, so keywords given the user now use the
-        revoked token (assigning the return value would log it: prefer the user).
+        Logout ends the session: the contract revokes the access token and the
+        refresh-token family of its login.  The user keeps the revoked tokens, so
+        keywords given the user now use them (assigning the return value would log
+        it: prefer the user).
 
         Example:
         | Log Out | ${alice} |
