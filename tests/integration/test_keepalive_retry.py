@@ -196,9 +196,10 @@ def test_what_may_be_repeated():
     assert not safe_to_repeat("POST", "/threads/1/messages") and not safe_to_repeat("POST", "/workspaces")
 
 
-def test_the_auth_library_and_the_load_generator_use_the_retrying_session():
+def test_the_auth_and_isolation_libraries_and_the_load_generator_use_the_retrying_session():
     from crosstalk import load
     from CrosstalkAuth import CrosstalkAuth
+    from CrosstalkIsolation import CrosstalkIsolation
 
-    for session in (CrosstalkAuth()._http, load._session()):
+    for session in (CrosstalkAuth()._http, CrosstalkIsolation()._http, load._session()):
         assert isinstance(session.get_adapter("http://127.0.0.1/").max_retries, KeepAliveRetry)
