@@ -181,7 +181,7 @@ def test_a_read_timeout_is_not_retried(server_factory):
     assert len(server.seen) == 1, server.seen
 
 
-def test_a_second_stale_connection_fails_with_one_line():
+def test_a_refused_connection_is_reported_at_once():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         dead = probe.getsockname()[1]
