@@ -118,6 +118,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("REFERENCE_STATE", "state file of a reference platform started by hand (`python -m "
              "reference_platform --state-file F`): attach to it as the reference, faults and all",
              example="results/platform.json"),
+    Variable("REQUIRE_TARGET", "fail the suite setup with this text unless a target is configured "
+             "(`resources/env/external.py` sets it when its URLs are missing): never fall back to the "
+             "reference platform", example="1"),
     Variable("PROFILE", "target profile (what the contract leaves open), a file path",
              reference="the reference profile", example="profiles/ourplatform.yaml"),
     Variable("RUN_PREFIX", "prefix of everything this run creates on the target (default: generated)",
