@@ -179,3 +179,31 @@ def test_readme_documents_every_variable_and_capability():
         assert f"| `{variable.name}` | `CROSSTALK_{variable.name}` |" in section, variable.name
     for capability in Capability:
         assert f"`{capability.tag}`" in section, capability.tag
+
+
+def test_incomplete_evidence_turns_pass_into_skip_and_annotates_fail(monkeypatch):
+    from types import SimpleNamespace as T
+
+    from CrosstalkPlatform import CrosstalkPlatform
+
+    ctx = build(TARGET, {})
+    monkeypatch.setattr(ctx, "death_note", lambda: "")
+    context.install(ctx)
+    try:
+        listener = CrosstalkPlatform()
+        ctx.incomplete(Capability.METRICS, "platform_cpu < 80%")
+        passed = T(status="PASS", message="p95 80 ms (threshold: p95 < 1s)")
+        listener.end_test(T(name="SLA"), passed)
+        assert passed.status == "SKIP"
+        assert passed.message == ("Passed on the evidence available, but platform_cpu < 80% not checked: "
+                                  "needs metrics: set METRICS_URL (CROSSTALK_METRICS_URL)")
+        ctx.incomplete(Capability.DB, "database rows")
+        failed = T(status="FAIL", message="Isolation violated")
+        listener.end_test(T(name="Leak"), failed)
+        assert failed.status == "FAIL"
+        assert failed.message.startswith("Isolation violated (also: database rows")
+        untouched = T(status="PASS", message="")
+        listener.end_test(T(name="Clean"), untouched)
+        assert untouched.status == "PASS"
+    finally:
+        context.install(None)
