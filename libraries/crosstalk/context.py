@@ -559,6 +559,16 @@ def build(
     for variable in VARIABLES:
         resolved = resolve(variable.name, robot, environ, fallback, legacy=configured or reference is None)
         values[variable.name], sources[variable.name] = resolved.value, resolved.source
+    profile = None
+    loader = profile_loader()
+    if loader is not None:
+        profile = loader(values["PROFILE"] if not is_off(values["PROFILE"]) else "")
+        # a profile may name values too (limits, issuer, audience ...): they fill what nobody gave
+        given = getattr(profile, "variables", None)
+        if isinstance(given, Mapping):
+            for name, value in given.items():
+                if name in BY_NAME and sources.get(name) == "default" and value not in (None, ""):
+                    values[name], sources[name] = str(value), "profile"
     if values["BACKEND_URL"] and not values["WS_URL"]:
         values["WS_URL"], sources["WS_URL"] = ws_from_backend(values["BACKEND_URL"]), "derived"
     backend_db = values["BACKEND_DATABASE_URL"]
@@ -575,11 +585,8 @@ def build(
     if not values["RUN_PREFIX"]:
         values["RUN_PREFIX"] = environ.get("CROSSTALK_RUN_ID", "") or new_run_prefix()
         sources["RUN_PREFIX"] = "generated"
-    ctx = TargetContext(values, sources, configured, run_prefix=values["RUN_PREFIX"])
+    ctx = TargetContext(values, sources, configured, run_prefix=values["RUN_PREFIX"], profile=profile)
     ctx.capabilities = static_capabilities(values, reference=not configured)
-    loader = profile_loader()
-    if loader is not None:
-        ctx.profile = loader(ctx.get("PROFILE"))
     return ctx
 
 

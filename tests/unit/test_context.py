@@ -123,6 +123,18 @@ def test_profile_loader_hook_receives_the_profile_path(monkeypatch):
     assert seen == ["p.yaml"] and ctx.profile == {"name": "mine"}
 
 
+def test_profile_variables_fill_only_what_nobody_gave(monkeypatch):
+    from types import SimpleNamespace
+
+    profile = SimpleNamespace(variables={"FLOOD_SIZE": "40", "OVERSIZED_FRAME_BYTES": "9000",
+                                         "REDIS_URL": "redis://profile"})
+    monkeypatch.setattr(context, "PROFILE_LOADER", lambda path: profile)
+    ctx = build({**TARGET, "REDIS_URL": "redis://given"}, {})
+    assert ctx.get("FLOOD_SIZE") == "40" and ctx.sources["FLOOD_SIZE"] == "profile"
+    assert ctx.get("REDIS_URL") == "redis://given"
+    assert ctx.has(Capability.LIMITS)
+
+
 # ---------------------------------------------------------------- ledger, skip summary, death note
 
 def test_ledger_round_trip_is_private(tmp_path):
