@@ -93,10 +93,18 @@ class CrosstalkPlatform:
             if self._acquired:
                 self._acquired += 1
             self._metadata(ctx, top=False)
+            logger.info(f"Attached to the {ctx.describe()}; capabilities: {ctx.capability_summary()}")
             return dict(self.target)
         self._check_variable_files()
         robot, environ = context.robot_globals(), os.environ
         state_file = context.resolve("REFERENCE_STATE", robot, environ).value
+        required = context.resolve("REQUIRE_TARGET", robot, environ).value
+        if required and not state_file and not context.is_configured(robot, environ):
+            if len(required) <= 3:  # REQUIRE_TARGET=1 / on / yes
+                required = (f"REQUIRE_TARGET is set but no target is configured: set "
+                            f"{context.how_to_set('AUTH_URL')} and {context.how_to_set('BACKEND_URL')}")
+            raise ConfigurationError(f"{required} (a required target never falls back to the reference "
+                                     "platform).")
         try:
             if state_file:
                 ctx = self._attach_reference(robot, state_file)
@@ -233,7 +241,6 @@ class CrosstalkPlatform:
             "Faults planted": ", ".join(ctx.faults) or "none" if not ctx.configured
             else ", ".join(ctx.faults) or "none reported",
             "Capabilities": ctx.capability_summary(),
-            "Run prefix": ctx.run_prefix,
             "Versions": f"Crosstalk {ctx.versions['crosstalk']}, Robot Framework {ctx.versions['robot']}, "
                         f"Python {sys.version.split()[0]}, "
                         f"platform: {ctx.versions.get('platform', 'unknown')}",
@@ -421,15 +428,27 @@ class CrosstalkPlatform:
             result.metadata["Skipped, and why"] = "; ".join(own)
         if result.parent is not None:
             return
+        # what this process did.  Under pabot every process runs one suite below a shared top suite
+        # whose metadata pabot merges key by key, so the facts go under a key naming that suite.
+        pabot = BuiltIn().get_variable_value("${PABOTQUEUEINDEX}") is not None
         ctx = context.peek()
+        lines = skip_lines(result.all_tests)
+        facts = {}
         if ctx is not None:
-            result.metadata["Users created"] = str(self._users_created + len(ctx.created_users))
+            facts = {"Run prefix": ctx.run_prefix,
+                     "Users created": str(self._users_created + len(ctx.created_users))}
             if self._cleanup_line:
-                result.metadata["Cleanup"] = self._cleanup_line
-        every = skip_lines(result.all_tests)
-        if every:
-            result.metadata["Skipped, and why"] = "; ".join(every)
-        self._print_summary(every)
+                facts["Cleanup"] = self._cleanup_line
+        if pabot:
+            names = ", ".join(child.name for child in result.suites) or result.name
+            if facts:
+                result.metadata[f"Run of {names}"] = "; ".join(f"{k.lower()}: {v}" for k, v in facts.items())
+        else:
+            for key, value in facts.items():
+                result.metadata[key] = value
+            if lines:
+                result.metadata["Skipped, and why"] = "; ".join(lines)
+        self._print_summary(skip_lines(result.all_tests))
 
     def _print_summary(self, lines: list[str]) -> None:
         if self._summary_printed or not lines:
@@ -442,11 +461,6 @@ class CrosstalkPlatform:
 
 def skip_lines(tests: Any) -> list[str]:
     """'N tests skipped: reason' per distinct reason, most frequent first."""
-    reasons: dict[str, int] = {}
-    for test in tests:
-        if test.status == "SKIP":
-            reason = (test.message or "no reason given").splitlines()[0]
-            reason = reason.removeprefix("Skipped in parent suite setup: ")
-            reasons[reason] = reasons.get(reason, 0) + 1
-    return [f"{n} test{'s' if n != 1 else ''} skipped: {reason}"
-            for reason, n in sorted(reasons.items(), key=lambda item: -item[1])]
+    from crosstalk.summary import group_skips
+
+    return group_skips(tests)

@@ -338,7 +338,14 @@ def auth_logout_revokes(target: Target, state: dict) -> str:
         "get",
         401,
     )
-    return "204, then 401 on auth and backend"
+    refresh = requests.post(
+        f"{target.auth_url}/auth/refresh", json={"refresh_token": user["refresh_token"]}, timeout=TIMEOUT
+    )
+    try:
+        _conform(refresh, "/auth/refresh", "post", 401)
+    except RuleBroken as exc:
+        raise RuleBroken(f"the session's refresh token still works after logout: {exc}") from None
+    return "204, then 401 on auth and backend, and the session's refresh token is dead"
 
 
 # ---------------------------------------------------------------------- backend rules
@@ -636,7 +643,7 @@ RULES: dict[str, list[Rule]] = {
         Rule(
             "AUTH-7",
             "MUST",
-            "logout revokes the access token at once on auth and backend",
+            "logout ends the session: the access token at once on auth and backend, and its refresh token",
             auth_logout_revokes,
         ),
     ],

@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ENV_PREFIX = "CROSSTALK_"
+DOWN_CACHE_S = 10.0
 OFF = frozenset({"off", "none", "skip"})
 
 
@@ -46,6 +47,7 @@ class Capability(str, Enum):
     """Optional abilities of a target.  Tests declare them with ``needs:<value>`` tags."""
 
     DB = "db"
+    AUTH_DB = "auth-db"
     ANALYTICS_DB = "analytics-db"
     REDIS = "redis"
     SIGNING_KEY = "signing-key"
@@ -82,9 +84,9 @@ VARIABLES: tuple[Variable, ...] = (
              reference="started on a free port", example="https://api.example.test"),
     Variable("WS_URL", "agent WebSocket (default: `BACKEND_URL` with `ws(s)://` and `/ws`)",
              reference="derived", example="wss://api.example.test/ws"),
-    Variable("AUTH_DATABASE_URL", "auth PostgreSQL database (read-only checks; cleanup deletes)",
-             capability=Capability.DB, secret=True, reference="embedded PostgreSQL",
-             example="postgresql://tester:pw@db:5432/auth"),
+    Variable("AUTH_DATABASE_URL", "auth PostgreSQL database (workspace counts of the cross-service "
+             "transaction; cleanup deletes the run's users)", capability=Capability.AUTH_DB, secret=True,
+             reference="embedded PostgreSQL", example="postgresql://tester:pw@db:5432/auth"),
     Variable("BACKEND_DATABASE_URL", "backend PostgreSQL database (isolation oracle rows, scratch "
              "databases for the transaction suite)", capability=Capability.DB, secret=True,
              reference="embedded PostgreSQL", example="postgresql://tester:pw@db:5432/backend"),
@@ -125,6 +127,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("REFERENCE_STATE", "state file of a reference platform started by hand (`python -m "
              "reference_platform --state-file F`): attach to it as the reference, faults and all",
              example="results/platform.json"),
+    Variable("REQUIRE_TARGET", "fail the suite setup with this text unless a target is configured "
+             "(`resources/env/external.py` sets it when its URLs are missing): never fall back to the "
+             "reference platform", example="1"),
     Variable("PROFILE", "target profile (what the contract leaves open), a file path",
              reference="the reference profile", example="profiles/ourplatform.yaml"),
     Variable("RUN_PREFIX", "prefix of everything this run creates on the target (default: generated)",
@@ -140,7 +145,8 @@ LEGACY_ENVIRONMENT = frozenset(
 )
 
 CAPABILITY_VARIABLES: dict[Capability, tuple[str, ...]] = {
-    Capability.DB: ("BACKEND_DATABASE_URL", "AUTH_DATABASE_URL"),
+    Capability.DB: ("BACKEND_DATABASE_URL",),
+    Capability.AUTH_DB: ("AUTH_DATABASE_URL",),
     Capability.ANALYTICS_DB: ("ANALYTICS_DATABASE_URL",),
     Capability.REDIS: ("REDIS_URL",),
     Capability.SIGNING_KEY: ("JWT_PRIVATE_KEY",),
@@ -251,8 +257,7 @@ def static_capabilities(values: Mapping[str, str], reference: bool) -> dict[Capa
                 False, f"{' and '.join(off)} {'is' if len(off) == 1 else 'are'} off: give "
                 f"{_enable(names)} to run {capability.tag} tests")
         elif missing:
-            states[capability] = CapabilityState(
-                False, f"{capability.value} not configured: set {_enable(missing)}")
+            states[capability] = CapabilityState(False, f"set {_enable(missing)}")
         else:
             states[capability] = CapabilityState(True, detail=", ".join(names))
     return states
@@ -294,6 +299,7 @@ class TargetContext:
     pending: list[str] = field(default_factory=list)  # incomplete evidence of the running test
     signing_key: Any = None  # the RSA private key checked against the JWKS (signing-key capability)
     signing_kid: str | None = None
+    _down_cache: tuple[float, str] = (-1e9, "")
 
     # -------------------------------------------------------------- values
     def get(self, name: str, default: str = "") -> str:
@@ -435,6 +441,14 @@ class TargetContext:
             return describe_death(self.reference_state, self.reference_log)
         if not self.configured:
             return ""
+        checked_at, note = self._down_cache
+        if time.monotonic() - checked_at < DOWN_CACHE_S:
+            return note  # a run of failures against a dead target asks once, not once per test
+        note = self._ask_target()
+        self._down_cache = (time.monotonic(), note)
+        return note
+
+    def _ask_target(self) -> str:
         import requests
 
         down = []
@@ -459,7 +473,7 @@ class TargetContext:
 
 # ---------------------------------------------------------------------- process-wide context
 _CURRENT: TargetContext | None = None
-# the variant helper's crosstalk.profile sets this: (path or '') -> profile object
+# (PROFILE path or '') -> profile object; default: crosstalk.profile.load when that module exists
 PROFILE_LOADER: Callable[[str], Any] | None = None
 # extra probes (e.g. the contract's failure-injection hook): capability -> fn(ctx) -> CapabilityState
 PROBES: dict[Capability, Callable[[TargetContext], CapabilityState]] = {}
@@ -479,6 +493,16 @@ def current() -> TargetContext:
     if _in_robot():
         _CURRENT = ctx  # outside Robot (pytest, scripts) the environment may change: resolve each time
     return ctx
+
+
+def test_message(text: str) -> None:
+    """Append ``text`` to the running test's message (report.html shows it); no-op outside a test."""
+    if not _in_robot():
+        return
+    from robot.libraries.BuiltIn import BuiltIn
+
+    with contextlib.suppress(RuntimeError):
+        BuiltIn().set_test_message(text, append=True)
 
 
 def _in_robot() -> bool:
@@ -544,6 +568,16 @@ def build(
     for variable in VARIABLES:
         resolved = resolve(variable.name, robot, environ, fallback, legacy=configured or reference is None)
         values[variable.name], sources[variable.name] = resolved.value, resolved.source
+    profile = None
+    loader = profile_loader()
+    if loader is not None:
+        profile = loader(values["PROFILE"] if not is_off(values["PROFILE"]) else "")
+        # a profile may name values too (limits, issuer, audience ...): they fill what nobody gave
+        given = getattr(profile, "variables", None)
+        if isinstance(given, Mapping):
+            for name, value in given.items():
+                if name in BY_NAME and sources.get(name) == "default" and value not in (None, ""):
+                    values[name], sources[name] = str(value), "profile"
     if values["BACKEND_URL"] and not values["WS_URL"]:
         values["WS_URL"], sources["WS_URL"] = ws_from_backend(values["BACKEND_URL"]), "derived"
     backend_db = values["BACKEND_DATABASE_URL"]
@@ -560,11 +594,24 @@ def build(
     if not values["RUN_PREFIX"]:
         values["RUN_PREFIX"] = environ.get("CROSSTALK_RUN_ID", "") or new_run_prefix()
         sources["RUN_PREFIX"] = "generated"
-    ctx = TargetContext(values, sources, configured, run_prefix=values["RUN_PREFIX"])
+    ctx = TargetContext(values, sources, configured, run_prefix=values["RUN_PREFIX"], profile=profile)
     ctx.capabilities = static_capabilities(values, reference=not configured)
-    if PROFILE_LOADER is not None:
-        ctx.profile = PROFILE_LOADER(ctx.get("PROFILE"))
     return ctx
+
+
+def profile_loader() -> Callable[[str], Any] | None:
+    """``PROFILE_LOADER`` if set, else ``crosstalk.profile.load`` when that module exists.
+
+    The profile module owns what the contract leaves open; the context only carries
+    the path (``PROFILE``, '' for the reference profile) and the loaded object.
+    """
+    if PROFILE_LOADER is not None:
+        return PROFILE_LOADER
+    try:
+        from crosstalk import profile  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return getattr(profile, "load", None)
 
 
 def reference_values(state: Mapping[str, Any], key_file: Path | None) -> dict[str, str]:

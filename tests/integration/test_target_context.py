@@ -428,3 +428,28 @@ def test_cleanup_command_removes_a_crashed_runs_leftovers(tmp_path, target, plat
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 threads deleted over the API" in done.stdout and "1 users" in done.stdout, done.stdout
     assert _rows_of_prefix(platform, prefix) == (0, 0)
+
+
+# ------------------------------------------------- issue 9.1: a configured target is the only thing tested
+
+def test_failure_injection_never_falls_back_to_a_local_platform(tmp_path, target, platform):
+    stores = {name: platform.state[key] for name, key in (
+        ("AUTH_DATABASE_URL", "auth_database_url"), ("BACKEND_DATABASE_URL", "backend_database_url"),
+        ("REDIS_URL", "redis_url"))}
+    before = set((ROOT / "results" / ".platform").glob("*"))
+    out = tmp_path / "out"
+    for fault_injection in ("", "on"):
+        variables = {**target, **stores, **({"FAULT_INJECTION": fault_injection} if fault_injection else {})}
+        command = [sys.executable, "-m", "robot", "--outputdir", str(out), "--log", "NONE", "--report",
+                   "NONE", "--console", "quiet", "--suite", "cross_service_transaction",
+                   "--include", "rollback"]
+        for name, value in variables.items():
+            command += ["--variable", f"{name}:{value}"]
+        subprocess.run([*command, str(ROOT / "suites")], cwd=ROOT, env=clean_env(), capture_output=True,
+                       timeout=300)
+        tests = list(ExecutionResult(str(out / "output.xml")).suite.all_tests)
+        assert len(tests) == 2
+        for test in tests:
+            assert test.status == "SKIP", (fault_injection, test.name, test.status, test.message)
+            assert "fault-injection" in test.message
+    assert set((ROOT / "results" / ".platform").glob("*")) == before, "a reference platform was started"

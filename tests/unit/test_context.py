@@ -80,18 +80,19 @@ def test_off_switches_a_capability_off_even_on_the_reference_platform():
     assert states[Capability.REDIS].reason.startswith("REDIS_URL is off")
 
 
-def test_db_needs_both_databases():
+def test_each_database_is_its_own_capability():
     states = static_capabilities({"BACKEND_DATABASE_URL": "postgresql://h/b"}, reference=False)
-    assert not states[Capability.DB].available
-    assert "AUTH_DATABASE_URL (CROSSTALK_AUTH_DATABASE_URL)" in states[Capability.DB].reason
-    assert "BACKEND_DATABASE_URL" not in states[Capability.DB].reason
+    assert states[Capability.DB].available
+    assert not states[Capability.AUTH_DB].available
+    assert states[Capability.AUTH_DB].reason == "set AUTH_DATABASE_URL (CROSSTALK_AUTH_DATABASE_URL)"
 
 
 def test_missing_for_names_the_first_absent_capability():
     ctx = build({**TARGET, "REDIS_URL": "redis://h"}, {})
     assert ctx.missing_for(["race", "needs:redis"]) is None
     capability, reason = ctx.missing_for(["needs:redis", "needs:db"])
-    assert capability is Capability.DB and "BACKEND_DATABASE_URL" in reason
+    assert capability is Capability.DB
+    assert reason == "needs db: set BACKEND_DATABASE_URL (CROSSTALK_BACKEND_DATABASE_URL)"
     capability, reason = ctx.missing_for(["needs:teleport"])
     assert capability is None and "unknown capability tag" in reason
 
@@ -120,6 +121,18 @@ def test_profile_loader_hook_receives_the_profile_path(monkeypatch):
     monkeypatch.setattr(context, "PROFILE_LOADER", lambda path: seen.append(path) or {"name": "mine"})
     ctx = build({**TARGET, "PROFILE": "p.yaml"}, {})
     assert seen == ["p.yaml"] and ctx.profile == {"name": "mine"}
+
+
+def test_profile_variables_fill_only_what_nobody_gave(monkeypatch):
+    from types import SimpleNamespace
+
+    profile = SimpleNamespace(variables={"FLOOD_SIZE": "40", "OVERSIZED_FRAME_BYTES": "9000",
+                                         "REDIS_URL": "redis://profile"})
+    monkeypatch.setattr(context, "PROFILE_LOADER", lambda path: profile)
+    ctx = build({**TARGET, "REDIS_URL": "redis://given"}, {})
+    assert ctx.get("FLOOD_SIZE") == "40" and ctx.sources["FLOOD_SIZE"] == "profile"
+    assert ctx.get("REDIS_URL") == "redis://given"
+    assert ctx.has(Capability.LIMITS)
 
 
 # ---------------------------------------------------------------- ledger, skip summary, death note
@@ -178,3 +191,31 @@ def test_readme_documents_every_variable_and_capability():
         assert f"| `{variable.name}` | `CROSSTALK_{variable.name}` |" in section, variable.name
     for capability in Capability:
         assert f"`{capability.tag}`" in section, capability.tag
+
+
+def test_incomplete_evidence_turns_pass_into_skip_and_annotates_fail(monkeypatch):
+    from types import SimpleNamespace as T
+
+    from CrosstalkPlatform import CrosstalkPlatform
+
+    ctx = build(TARGET, {})
+    monkeypatch.setattr(ctx, "death_note", lambda: "")
+    context.install(ctx)
+    try:
+        listener = CrosstalkPlatform()
+        ctx.incomplete(Capability.METRICS, "platform_cpu < 80%")
+        passed = T(status="PASS", message="p95 80 ms (threshold: p95 < 1s)")
+        listener.end_test(T(name="SLA"), passed)
+        assert passed.status == "SKIP"
+        assert passed.message == ("Passed on the evidence available, but platform_cpu < 80% not checked: "
+                                  "needs metrics: set METRICS_URL (CROSSTALK_METRICS_URL)")
+        ctx.incomplete(Capability.DB, "database rows")
+        failed = T(status="FAIL", message="Isolation violated")
+        listener.end_test(T(name="Leak"), failed)
+        assert failed.status == "FAIL"
+        assert failed.message.startswith("Isolation violated (also: database rows")
+        untouched = T(status="PASS", message="")
+        listener.end_test(T(name="Clean"), untouched)
+        assert untouched.status == "PASS"
+    finally:
+        context.install(None)
