@@ -82,6 +82,43 @@ def inline_refs(node: Any, document: dict, depth: int = 0) -> Any:
     return {k: inline_refs(v, document, depth + 1) for k, v in node.items()}
 
 
+_MERGEABLE_NOTES = ("description", "title", "$schema", "examples")
+
+
+def flatten_all_of(node: Any) -> Any:
+    """``node`` with every ``allOf`` of plain object schemas merged into one schema (same meaning:
+    properties conjoined per name, ``required`` united); left as it is when members conflict.
+    Fewer nested validators: jsonschema checks a flat schema markedly faster."""
+    if isinstance(node, list):
+        return [flatten_all_of(item) for item in node]
+    if not isinstance(node, Mapping):
+        return node
+    node = {k: flatten_all_of(v) for k, v in node.items()}
+    if "properties" in node and isinstance(node["properties"], Mapping):
+        node["properties"] = {k: flatten_all_of(v) for k, v in node["properties"].items()}
+    members = node.get("allOf")
+    if not isinstance(members, list) or not all(isinstance(m, Mapping) for m in members):
+        return node
+    merged: dict[str, Any] = {k: v for k, v in node.items() if k != "allOf"}
+    for member in members:
+        for key, value in member.items():
+            if key in _MERGEABLE_NOTES:
+                merged.setdefault(key, value)
+            elif key == "required":
+                merged["required"] = list(dict.fromkeys([*merged.get("required", []), *value]))
+            elif key == "properties" and isinstance(value, Mapping):
+                properties = dict(merged.get("properties", {}))
+                for name, schema in value.items():
+                    properties[name] = (flatten_all_of({"allOf": [properties[name], schema]})
+                                        if name in properties else schema)
+                merged["properties"] = properties
+            elif key not in merged or merged[key] == value:
+                merged[key] = value
+            else:
+                return node  # a real conflict (two different consts, types ...): keep allOf
+    return merged
+
+
 def _registry(document: dict, uri: str) -> Registry:
     resource = Resource.from_contents(document, default_specification=DRAFT202012)
     return Registry().with_resource(uri, resource)
@@ -118,7 +155,7 @@ class FrameContract:
         for key, message in ((inlined.get("components") or {}).get("messages") or {}).items():
             if not isinstance(message, Mapping) or "name" not in message or "payload" not in message:
                 raise ContractError(f"{source}: components.messages.{key} needs a name and a payload")
-            schema = {k: v for k, v in message["payload"].items() if k != "$schema"}
+            schema = flatten_all_of({k: v for k, v in message["payload"].items() if k != "$schema"})
             self.validators[str(message["name"])] = Draft202012Validator(schema)
         if not self.validators:
             raise ContractError(f"{source} declares no messages under components.messages")

@@ -111,3 +111,18 @@ def test_a_connection_fails_its_wait_on_a_violating_frame(contract):
     with pytest.raises(AssertionError, match=expected):
         asyncio.run(scenario())
     connection.raise_violations()  # reported once, not again
+
+
+def test_flattening_all_of_keeps_the_meaning():
+    from crosstalk.contract import flatten_all_of
+
+    schema = {"allOf": [
+        {"type": "object", "required": ["a"], "properties": {"a": {"type": "string"}, "p": {"type": "object"}}},
+        {"required": ["b"], "properties": {"a": {"minLength": 2}, "p": {"required": ["x"]}}},
+    ]}
+    flat = flatten_all_of(schema)
+    assert "allOf" not in flat and flat["required"] == ["a", "b"]
+    assert flat["properties"]["a"] == {"type": "string", "minLength": 2}
+    assert flat["properties"]["p"] == {"type": "object", "required": ["x"]}
+    conflict = {"allOf": [{"const": 1}, {"const": 2}]}
+    assert flatten_all_of(conflict) == conflict
