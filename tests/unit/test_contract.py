@@ -117,7 +117,8 @@ def test_flattening_all_of_keeps_the_meaning():
     from crosstalk.contract import flatten_all_of
 
     schema = {"allOf": [
-        {"type": "object", "required": ["a"], "properties": {"a": {"type": "string"}, "p": {"type": "object"}}},
+        {"type": "object", "required": ["a"],
+         "properties": {"a": {"type": "string"}, "p": {"type": "object"}}},
         {"required": ["b"], "properties": {"a": {"minLength": 2}, "p": {"required": ["x"]}}},
     ]}
     flat = flatten_all_of(schema)
