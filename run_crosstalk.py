@@ -76,7 +76,7 @@ def build_command(args: argparse.Namespace, outputdir: Path, summaries: Path) ->
                    "--pabotlibport", "0", "--command", sys.executable, "-m", "robot", "--end-command"]
     else:
         command = [sys.executable, "-m", "robot"]
-    command += ["--outputdir", str(outputdir), "--variable", f"USERS:{users}",
+    command += ["--outputdir", str(outputdir), "--variable", f"STARTUP_USERS:{users}",
                 "--variable", f"LOAD_RESULTS_DIR:{summaries}"]
     if args.performance_only:
         command += ["--include", "performance"]

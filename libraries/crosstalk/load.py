@@ -41,6 +41,7 @@ import psutil
 import requests
 
 from .connection import UserConnection
+from .httpretry import pooled_session
 from .metrics import LoadMetrics, UserStats
 from .model import TestUser, Tokens
 from .resources_sampler import BackgroundSampler, generator_source, psutil_source, record_series
@@ -251,7 +252,7 @@ _http = threading.local()
 def _session() -> requests.Session:
     session = getattr(_http, "session", None)
     if session is None:
-        session = _http.session = requests.Session()
+        session = _http.session = pooled_session()  # a stale keep-alive connection is retried once
     return session
 
 

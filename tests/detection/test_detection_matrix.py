@@ -74,6 +74,8 @@ MATRIX: tuple[Row, ...] = (
         "event order broken under load"),
     Row("logout_no_revoke", ("revocation",), "Access Token Is Dead After Logout",
         "with the access token after logout answered HTTP 200"),
+    Row("logout_keeps_refresh", ("revocation",), "Logout Ends The Whole Session",
+        "refresh token after logout ("),
     Row("refresh_reuse", ("revocation",), "Reused Refresh Token Revokes The Whole Family",
         "answered 200, expected 401"),
     Row("refresh_race", ("revocation",), "Concurrent Refreshes Of One Token Have One Winner",
