@@ -27,6 +27,7 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
 from .contract import FrameContract, describe_error, openapi_validator
+from .secrets import mask_body, mask_text
 
 TIMEOUT = 10.0
 PASSWORD = "Conformance-pw-1"
@@ -87,7 +88,7 @@ def _conform(reply: requests.Response, path: str, method: str, expected: int | t
     if reply.status_code not in statuses:
         raise RuleBroken(
             f"{what} answered HTTP {reply.status_code}, expected "
-            f"{' or '.join(map(str, statuses))}: {reply.text[:200]}"
+            f"{' or '.join(map(str, statuses))}: {mask_body(reply.text)[:200]}"
         )
     validator = openapi_validator(path, method, str(reply.status_code))
     if validator is None:
@@ -96,7 +97,8 @@ def _conform(reply: requests.Response, path: str, method: str, expected: int | t
         body = reply.json()
     except ValueError:
         raise RuleBroken(
-            f"{what} answered {reply.status_code} with a body that is not JSON: {reply.text[:120]!r}"
+            f"{what} answered {reply.status_code} with a body that is not JSON: "
+            f"{mask_text(reply.text)[:120]!r}"
         ) from None
     errors = sorted(validator.iter_errors(body), key=lambda e: str(list(e.absolute_path)))
     if errors:
@@ -720,5 +722,5 @@ def run_rules(target: Target, area: str) -> list[Result]:
             evidence, ok = str(exc), False
         except (requests.RequestException, WebSocketException, OSError, TimeoutError) as exc:
             evidence, ok = f"{type(exc).__name__}: {exc}"[:300], False
-        results.append(Result(rule, ok, evidence, time.monotonic() - started))
+        results.append(Result(rule, ok, mask_text(evidence), time.monotonic() - started))
     return results
