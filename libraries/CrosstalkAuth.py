@@ -17,11 +17,7 @@ from crosstalk.secrets import MaskedHeaders, mask, mask_password, protect_reques
 from crosstalk.tokens import CLAIM_FORGERIES, Forgery, forge, public_pem_from_jwk, split
 from robot.api import logger
 from robot.api.deco import keyword, library
-
-try:  # RF 7.4+
-    from robot.api.types import Secret
-except ImportError:  # pragma: no cover - older Robot: plain strings only
-    Secret = str  # type: ignore[misc,assignment]
+from robot.api.types import Secret  # RF >= 7.4 (requirements.txt)
 
 HTTP_TIMEOUT = 15.0
 # RequestsLibrary 0.9 logs the Authorization header and bodies in full; suites use it for REST

@@ -22,11 +22,7 @@ from crosstalk.sequence import check_run_events, matches_pattern, types_of
 from robot.api import logger
 from robot.api.deco import keyword, library
 from robot.api.exceptions import SkipExecution
-
-try:  # RF 7.4+
-    from robot.api.types import Secret
-except ImportError:  # pragma: no cover - older Robot: plain strings only
-    Secret = str  # type: ignore[misc,assignment]
+from robot.api.types import Secret  # RF >= 7.4 (requirements.txt)
 
 # the engine call gets a little longer than the wait itself so the wait's own,
 # better worded timeout message is the one the user sees

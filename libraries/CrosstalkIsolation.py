@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -336,23 +335,6 @@ class CrosstalkIsolation:
         | ${message} = | Message With Canary | ${alice} | What does my plan cost? |
         """
         return f"{text} (ref {user.canary})"
-
-    @keyword("Log Isolation Evidence")
-    def log_isolation_evidence(self, *users: TestUser | list) -> None:
-        """Logs, per user, what the oracle would read: thread ids, run ids and frame counts.
-
-        Example:
-        | Log Isolation Evidence | @{users} |
-        """
-        checked = self._users(users)
-        logger.info(htmllog.table(
-            ("user", "user id", "canary", "threads", "runs", "frames in", "frames out"),
-            ((u.label, u.user_id, u.canary, len(u.thread_ids), len(u.run_ids),
-              sum(f.direction == "in" for f in u.frames), sum(f.direction == "out" for f in u.frames))
-             for u in checked),
-            "Isolation evidence per user",
-        ), html=True)
-        logger.debug(json.dumps({u.label: sorted(u.thread_ids) for u in checked}))
 
     # ------------------------------------------------------------ round statistics
     @keyword("Measure Chat Round")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 import subprocess
 import sys
@@ -255,12 +256,14 @@ class CrosstalkPlatform:
     def _log_context(ctx: TargetContext) -> None:
         shown = ctx.masked()
         rows = "".join(
-            f"<tr><td>{name}</td><td>{value}</td><td>{ctx.sources.get(name, '')}</td></tr>"
+            f"<tr><td>{html.escape(name)}</td><td>{html.escape(str(value))}</td>"
+            f"<td>{html.escape(ctx.sources.get(name, ''))}</td></tr>"
             for name, value in shown.items())
         caps = "".join(
-            f"<tr><td>{c.value}</td><td>{'yes' if s.available else 'no'}</td>"
-            f"<td>{s.detail or s.reason}</td></tr>" for c, s in ctx.capabilities.items())
-        logger.info(f"Using the {ctx.describe()}:<table><tr><th>variable</th><th>value</th><th>from</th></tr>"
+            f"<tr><td>{html.escape(c.value)}</td><td>{'yes' if s.available else 'no'}</td>"
+            f"<td>{html.escape(s.detail or s.reason or '')}</td></tr>" for c, s in ctx.capabilities.items())
+        logger.info(f"Using the {html.escape(ctx.describe())}:"
+                    "<table><tr><th>variable</th><th>value</th><th>from</th></tr>"
                     f"{rows}</table><table><tr><th>capability</th><th>available</th><th>why</th></tr>{caps}"
                     "</table>", html=True)
         for capability, state in ctx.capabilities.items():

@@ -268,15 +268,6 @@ class CrosstalkStores:
         logger.info(f"SCAN MATCH {pattern} on '{alias}': {len(keys)} key(s): {shown}")
         return keys
 
-    @keyword("Redis Keys Of User")
-    def redis_keys_of_user(self, alias: str, user: TestUser | str) -> list[str]:
-        """Returns every key that contains the user's id (every user-scoped key carries it).
-
-        Example:
-        | ${keys} = | Redis Keys Of User | cache | ${alice} |
-        """
-        return self.list_keys(alias, f"*{_user_id(user)}*")
-
     @keyword("Get Redis Value")
     def get_redis_value(self, alias: str, key: str) -> Any:
         """Returns the value of ``key`` read by its type.

@@ -27,6 +27,7 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
 from .contract import FrameContract, describe_error, openapi_validator
+from .errors import CrosstalkError
 from .secrets import mask_body, mask_text
 
 TIMEOUT = 10.0
@@ -44,7 +45,7 @@ def _canonical(frame: dict) -> dict:
     return target_profile.current().canonical_event(frame)
 
 
-class RuleBroken(AssertionError):
+class RuleBroken(CrosstalkError):
     """The platform does not meet a rule; the message is the evidence."""
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from .errors import CrosstalkError
 from .model import Frame, TestUser
 from .sequence import TERMINAL_TYPES, summarize
 
@@ -34,10 +35,8 @@ DEFAULT_MAX_SIZE = 2**22
 RECENT_FRAMES = 5
 
 
-class ConnectionRefused(AssertionError):
+class ConnectionRefused(CrosstalkError):
     """The server refused the socket: ``status`` is the HTTP status, ``close_code`` the WebSocket code."""
-
-    ROBOT_SUPPRESS_NAME = True
 
     def __init__(self, message: str, status: int | None = None, close_code: int | None = None):
         super().__init__(message)

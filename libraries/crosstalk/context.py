@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from .errors import CrosstalkError
+
 ENV_PREFIX = "CROSSTALK_"
 DOWN_CACHE_S = 10.0
 OFF = frozenset({"off", "none", "skip"})
@@ -156,10 +158,8 @@ CAPABILITY_VARIABLES: dict[Capability, tuple[str, ...]] = {
 }
 
 
-class ConfigurationError(AssertionError):
+class ConfigurationError(CrosstalkError):
     """A one-line, actionable configuration error (fails the suite setup)."""
-
-    ROBOT_SUPPRESS_NAME = True
 
 
 def how_to_set(name: str) -> str:

@@ -31,6 +31,8 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from .errors import CrosstalkError
+
 CONTRACT_DIR = Path(__file__).resolve().parents[2] / "docs" / "contract"
 ASYNCAPI = CONTRACT_DIR / "asyncapi.yaml"
 OPENAPI = CONTRACT_DIR / "openapi.yaml"
@@ -38,7 +40,7 @@ OFF = ("off", "none", "false", "0")
 MAX_SHOWN = 160
 
 
-class ContractError(ValueError):
+class ContractError(CrosstalkError, ValueError):
     """A contract document is missing or malformed."""
 
 

@@ -30,6 +30,7 @@ import requests
 from websockets.sync.client import ClientConnection, connect
 
 from . import context
+from .errors import CrosstalkError
 from .model import TestUser, Tokens
 from .secrets import mask_url
 
@@ -40,7 +41,7 @@ SIGN_IN_PARALLELISM = 8
 PASSWORD = "race-condition-pw-1"
 
 
-class RaceError(AssertionError):
+class RaceError(CrosstalkError):
     """A race check failed; the message names the anomaly."""
 
 

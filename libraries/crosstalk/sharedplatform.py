@@ -29,6 +29,8 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from .errors import CrosstalkError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LIBRARIES = Path(__file__).resolve().parents[1]
 DEFAULT_LINGER = float(os.environ.get("CROSSTALK_PLATFORM_LINGER", "3"))
@@ -37,10 +39,8 @@ START_TIMEOUT = 120.0
 STOP_TIMEOUT = 20.0
 
 
-class PlatformError(AssertionError):
+class PlatformError(CrosstalkError):
     """A one-line, actionable reason why the platform is not usable."""
-
-    ROBOT_SUPPRESS_NAME = True
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -18,6 +18,7 @@ import psycopg2.extensions
 import psycopg2.extras
 import redis
 
+from .errors import CrosstalkError
 from .secrets import mask_url
 
 CONNECT_TIMEOUT_S = 10
@@ -31,8 +32,11 @@ class IsolationLevel(enum.Enum):
     REPEATABLE_READ = "REPEATABLE READ"
     SERIALIZABLE = "SERIALIZABLE"
 
+    def __str__(self) -> str:
+        return self.value
 
-class StoreError(AssertionError):
+
+class StoreError(CrosstalkError):
     """A one-line, actionable reason why a store cannot be used."""
 
 

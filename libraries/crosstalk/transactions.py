@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import psycopg2
@@ -35,25 +34,17 @@ import psycopg2.extensions
 import psycopg2.pool
 from psycopg2 import sql as pgsql
 
+from .errors import CrosstalkError
+from .stores import IsolationLevel
+
 MAX_ROWS = 50  # rows kept per step: enough for a log table, bounded for big SELECTs
 POLL_INTERVAL = 0.01
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 _STATUS = psycopg2.extensions
 
 
-class TransactionError(AssertionError):
+class TransactionError(CrosstalkError):
     """A race scenario did not behave as required; the message says what and who."""
-
-    ROBOT_SUPPRESS_NAME = True  # Robot shows the message alone, as for AssertionError
-
-
-class IsolationLevel(Enum):
-    READ_COMMITTED = "READ COMMITTED"
-    REPEATABLE_READ = "REPEATABLE READ"
-    SERIALIZABLE = "SERIALIZABLE"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 # ---------------------------------------------------------------- helpers
@@ -890,7 +881,6 @@ class PoolExhausted(TransactionError):
 @dataclass
 class PoolStats:
     requests: int = 0
-    served_immediately: int = 0
     waited: int = 0
     refused: int = 0
     max_waiting: int = 0
@@ -944,7 +934,6 @@ class QueuedPool:
             self.stats.requests += 1
             if self._in_use < self.size and not self._queue:
                 self._in_use += 1
-                self.stats.served_immediately += 1
                 asked()
                 return 0.0
             if not self.queueing or (self.max_queue is not None and len(self._queue) >= self.max_queue):
