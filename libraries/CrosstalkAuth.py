@@ -15,6 +15,7 @@ from crosstalk.httpretry import pooled_session
 from crosstalk.model import TestUser, Tokens
 from crosstalk.secrets import MaskedHeaders, mask, mask_password, protect_requests_library_log
 from crosstalk.tokens import CLAIM_FORGERIES, Forgery, forge, public_pem_from_jwk, split
+from crosstalk.version import VERSION
 from robot.api import logger
 from robot.api.deco import keyword, library
 from robot.api.types import Secret  # RF >= 7.4 (requirements.txt)
@@ -40,7 +41,7 @@ def _strong_password() -> str:
     return f"{core}-{secrets.choice(string.ascii_uppercase)}{secrets.randbelow(10)}!"
 
 
-@library(scope="GLOBAL", auto_keywords=False)
+@library(scope="GLOBAL", version=VERSION, auto_keywords=False)
 class CrosstalkAuth:
     """Users and tokens of the platform under test (auth service at ``${AUTH_URL}``).
 

@@ -17,8 +17,10 @@ from crosstalk.connection import (
 from crosstalk.contract import ContractError, FrameContract, frame_contract
 from crosstalk.engine import get_engine
 from crosstalk.model import TestUser
+from crosstalk.registry import Cleanup
 from crosstalk.secrets import mask
 from crosstalk.sequence import check_run_events, matches_pattern, types_of
+from crosstalk.version import VERSION
 from robot.api import logger
 from robot.api.deco import keyword, library
 from robot.api.exceptions import SkipExecution
@@ -37,7 +39,7 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.0f} ms"
 
 
-@library(scope="GLOBAL", auto_keywords=False)
+@library(scope="SUITE", version=VERSION, auto_keywords=False, listener=Cleanup())
 class CrosstalkChat:
     """WebSocket chat with the platform's agents, for many users and connections at once.
 

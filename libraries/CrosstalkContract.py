@@ -8,6 +8,7 @@ from crosstalk import context, testhooks
 from crosstalk.conformance import RULES, Target, run_rules
 from crosstalk.contract import ContractError, frame_contract
 from crosstalk.htmllog import table
+from crosstalk.version import VERSION
 from robot.api import logger
 from robot.api.deco import keyword, library
 from robot.libraries.BuiltIn import BuiltIn
@@ -21,7 +22,7 @@ class RuleArea(Enum):
     websocket = "websocket"
 
 
-@library(scope="SUITE", auto_keywords=False)
+@library(scope="SUITE", version=VERSION, auto_keywords=False)
 class CrosstalkContract:
     """Checks the platform under test against the normative contract.
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg2
 import requests
-from crosstalk import context, htmllog, oracle
+from crosstalk import context, htmllog, oracle, registry
 from crosstalk.context import Capability
 from crosstalk.httpretry import pooled_session
 from crosstalk.metrics import format_seconds
@@ -17,9 +17,9 @@ from crosstalk.model import Evidence, TestUser
 from crosstalk.oracle import Observations, RoundStats, RuleResult, SessionRecord
 from crosstalk.secrets import mask_url
 from crosstalk.stores import StoreError, connect_postgres, connect_redis, query, read_value, scan_keys
+from crosstalk.version import VERSION
 from robot.api import logger
 from robot.api.deco import keyword, library
-from robot.libraries.BuiltIn import BuiltIn, RobotNotRunningError
 
 HTTP_TIMEOUT = 15.0
 MAX_PARALLEL = 16
@@ -37,14 +37,7 @@ def _variable(name: str) -> Any:
     return context.current().get(name) or None
 
 
-def _library(name: str) -> Any:
-    try:
-        return BuiltIn().get_library_instance(name)
-    except (RuntimeError, RobotNotRunningError):
-        return None
-
-
-@library(scope="GLOBAL", auto_keywords=False)
+@library(scope="GLOBAL", version=VERSION, auto_keywords=False)
 class CrosstalkIsolation:
     """The isolation oracle: did any user see or store anything of another user?
 
@@ -173,12 +166,9 @@ class CrosstalkIsolation:
             obs.sessions = [r for r in obs.sessions if r.key not in gone]
 
     @staticmethod
-    def _connected_user_ids() -> set[str] | None:
-        chat = _library("CrosstalkChat")
-        connections = getattr(chat, "_connections", None)
-        if connections is None:
-            return None
-        return {c.user.user_id for c in connections.values() if not c.closed and c.user.user_id}
+    def _connected_user_ids() -> set[str]:
+        # every socket any library opened (Chat, Load, Races) is in the registry
+        return registry.open_user_ids()
 
     def _observe(
         self, users: list[TestUser], backend_url: str | None, database_url: str | None, redis_url: str | None,

@@ -18,6 +18,8 @@ from crosstalk.load import LoadConfig, LoadModel, LoadRun, foreign_canaries, loc
 from crosstalk.load import write_summary as _write_summary
 from crosstalk.metrics import LoadMetrics, format_seconds
 from crosstalk.model import TestUser
+from crosstalk.registry import Cleanup
+from crosstalk.version import VERSION
 from robot.api import logger
 from robot.api.deco import keyword, library
 from robot.libraries.BuiltIn import BuiltIn
@@ -29,7 +31,7 @@ def _seconds(value: timedelta) -> float:
     return value.total_seconds()
 
 
-@library(scope="GLOBAL", auto_keywords=False)
+@library(scope="GLOBAL", version=VERSION, auto_keywords=False, listener=Cleanup())
 class CrosstalkLoad:
     """Drives N concurrent chat users from this process and asserts SLA thresholds.
 

@@ -12,11 +12,13 @@ from typing import Any
 
 from crosstalk import (
     context,
+    registry,
     testhooks,  # noqa: F401 - registers the contract-hook probes in context.PROBES
 )
 from crosstalk.context import Capability, ConfigurationError, SkipRecord, TargetContext
 from crosstalk.secrets import mask_url
 from crosstalk.sharedplatform import PlatformError, SharedPlatform, check_health, wait_healthy
+from crosstalk.version import VERSION
 from robot.api import logger
 from robot.api.deco import keyword, library
 from robot.libraries.BuiltIn import BuiltIn
@@ -41,7 +43,7 @@ def crosstalk_version() -> str:
     return out.stdout.strip() or "unknown"
 
 
-@library(scope="GLOBAL", auto_keywords=False, listener="SELF")
+@library(scope="GLOBAL", version=VERSION, auto_keywords=False, listener="SELF")
 class CrosstalkPlatform:
     """Attaches the suites to the platform under test, or starts the reference platform.
 
@@ -425,7 +427,13 @@ class CrosstalkPlatform:
         elif result.status == "FAIL":
             result.message = f"{result.message} (also: {note})"
 
+    def start_suite(self, data: Any, result: Any) -> None:
+        registry.REGISTRY.start_suite(data.id)  # what opens from here on is this suite's to close
+
     def end_suite(self, data: Any, result: Any) -> None:
+        leaked = registry.REGISTRY.end_suite(data.id, data.name)
+        if leaked:
+            logger.warn(leaked)
         own = skip_lines(result.tests)
         if own:
             result.metadata["Skipped, and why"] = "; ".join(own)

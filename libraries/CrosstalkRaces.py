@@ -24,7 +24,9 @@ from crosstalk import context, races, testhooks
 from crosstalk.htmllog import table
 from crosstalk.model import TestUser
 from crosstalk.races import Outcome, RaceError, Target
+from crosstalk.registry import Cleanup
 from crosstalk.secrets import mask
+from crosstalk.version import VERSION
 from robot.api import logger
 from robot.api.deco import keyword, library
 
@@ -55,7 +57,7 @@ def _log_outcomes(caption: str, outcomes: list[Outcome]) -> None:
     logger.info(table(("actor", "result", "status / error", "ms"), rows, caption), html=True)
 
 
-@library(scope="SUITE", auto_keywords=False)
+@library(scope="SUITE", version=VERSION, auto_keywords=False, listener=Cleanup())
 class CrosstalkRaces:
     """Concurrency checks over the platform: counters, caches, sessions, tokens, sockets, 2PC.
 
@@ -330,7 +332,7 @@ class CrosstalkRaces:
         """
         seconds = _seconds(timeout)
         result: dict = {}
-        with races.open_socket(self.target, user.access_token, seconds) as ws:
+        with races.open_socket(self.target, user, seconds) as ws:
 
             def refresh_mid_run() -> None:
                 time.sleep(0.15)
@@ -352,7 +354,7 @@ class CrosstalkRaces:
         body = reply.json()
         user.tokens.access_token, user.tokens.refresh_token = body["access_token"], body["refresh_token"]
         user.issued_access_tokens.append(body["access_token"])
-        with races.open_socket(self.target, user.access_token, seconds) as ws:
+        with races.open_socket(self.target, user, seconds) as ws:
             again = races.run_to_end(ws, user, "still there?", frames[-1].get("thread_id"), seconds)
         if again[-1].get("type") != "agent_completed":
             raise RaceError(f"{user.label}'s new socket with the refreshed token ended with {again[-1]}")
@@ -373,7 +375,7 @@ class CrosstalkRaces:
         """
         outcomes = races.fire_at_once(
             [u.label for u in users],
-            lambda i, actor: races.open_socket(self.target, users[i].access_token, _seconds(timeout)),
+            lambda i, actor: races.open_socket(self.target, users[i], _seconds(timeout)),
             _seconds(timeout),
         )
         failed = [o for o in outcomes if not o.ok]

@@ -24,6 +24,7 @@ from crosstalk import context, hostile, testhooks
 from crosstalk.context import Capability
 from crosstalk.model import TestUser
 from crosstalk.secrets import mask
+from crosstalk.version import VERSION
 from robot.api import logger
 from robot.api.deco import keyword, library
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -94,7 +95,7 @@ class Probe:
         return got
 
 
-@library(scope="SUITE", version="1.0", doc_format="ROBOT")
+@library(scope="SUITE", version=VERSION, doc_format="ROBOT", auto_keywords=False)
 class CrosstalkSecurity:
     """Security checks the other Crosstalk libraries do not cover: a handshake without any
     credentials, session records in Redis, connection entries leaked by the backend.

@@ -21,6 +21,7 @@ from crosstalk.stores import (
     read_value,
     scan_keys,
 )
+from crosstalk.version import VERSION
 from psycopg2 import sql as pgsql
 from robot.api import logger
 from robot.api.deco import keyword, library
@@ -46,7 +47,7 @@ def _cell(value: Any) -> str:
     return text if len(text) <= 200 else text[:200] + "…"
 
 
-@library(scope="GLOBAL", auto_keywords=False)
+@library(scope="GLOBAL", version=VERSION, auto_keywords=False)
 class CrosstalkStores:
     """PostgreSQL (psycopg2) and Redis (redis-py) connections by alias.
 

@@ -12,7 +12,8 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg2
-from crosstalk import context
+from crosstalk import context, registry
+from crosstalk.registry import Cleanup
 from crosstalk.transactions import (
     InterleavingResult,
     IsolationLevel,
@@ -27,14 +28,14 @@ from crosstalk.transactions import (
     mask_dsn,
     run_concurrent_operations,
 )
+from crosstalk.version import VERSION
 from robot.api import logger
-from robot.api.deco import keyword
-
-__version__ = "0.1.0"
+from robot.api.deco import keyword, library
 
 PROBE_TABLE = "crosstalk_pool_probe"
 
 
+@library(scope="SUITE", version=VERSION, doc_format="ROBOT", auto_keywords=False, listener=Cleanup())
 class CrosstalkTransactions:
     """Two or more named PostgreSQL transactions interleaved in an exact order.
 
@@ -62,10 +63,6 @@ class CrosstalkTransactions:
     SQLSTATE, start and duration in ms, and which transaction held the awaited lock.
     """
 
-    ROBOT_LIBRARY_SCOPE = "SUITE"
-    ROBOT_LIBRARY_VERSION = __version__
-    ROBOT_LIBRARY_DOC_FORMAT = "ROBOT"
-
     def __init__(self) -> None:
         self._scratch: ScratchDatabase | None = None
         self._engine: TransactionEngine | None = None
@@ -74,6 +71,7 @@ class CrosstalkTransactions:
 
     # ------------------------------------------------------------ scratch database
 
+    @keyword
     def create_scratch_database(self, server_url: str | None = None, prefix: str = "crosstalk_scratch",
                                 connect_timeout: timedelta = timedelta(seconds=5)) -> str:
         """Creates a uniquely named database on the server of ``server_url`` and connects to it.
@@ -102,9 +100,13 @@ class CrosstalkTransactions:
         if self._scratch.schema_only:
             logger.warn(f"Not allowed to create databases on {mask_dsn(url)}: using scratch schema "
                         f"{self._scratch.name} in its database instead.")
+        registry.register(self._scratch, owner="CrosstalkTransactions", kind=registry.SCRATCH_DB,
+                          label=self._scratch.name, user_id=None, is_open=lambda: self._scratch is not None,
+                          close=self.drop_scratch_database)
         logger.info(f"Created scratch {self._scratch.kind} {self._scratch.name} on {mask_dsn(url)}.")
         return self._scratch.name
 
+    @keyword
     def drop_scratch_database(self) -> None:
         """Closes every transaction and pool of this suite and drops its scratch database.
 
@@ -124,6 +126,7 @@ class CrosstalkTransactions:
             logger.info(f"Dropped scratch {self._scratch.kind} {self._scratch.name}.")
             self._scratch = None
 
+    @keyword
     def drop_stale_scratch_databases(self, server_url: str | None = None, prefix: str = "crosstalk_scratch",
                                      older_than: timedelta = timedelta(hours=6)) -> list[str]:
         """Drops scratch databases that killed runs left behind (older than ``older_than``).
@@ -161,6 +164,7 @@ class CrosstalkTransactions:
 
     # ------------------------------------------------------------ named transactions
 
+    @keyword
     def open_transactions(self, *names: str, isolation: IsolationLevel = IsolationLevel.READ_COMMITTED,
                           lock_timeout: timedelta = timedelta(seconds=10),
                           deadlock_timeout: timedelta = timedelta(milliseconds=100)) -> None:
@@ -185,6 +189,7 @@ class CrosstalkTransactions:
                         else "server default deadlock_timeout (not a superuser)")
             logger.info(f"Opened {name} (backend pid {session.pid}) at {isolation.value}, {deadlock}.")
 
+    @keyword
     def close_all_transactions(self) -> None:
         """Rolls back and closes every named transaction (a test teardown).
 
@@ -194,6 +199,7 @@ class CrosstalkTransactions:
         if self._engine:
             self._engine.close_all()
 
+    @keyword
     def run_interleaving(self, *steps: str, isolation: IsolationLevel | None = None,
                          anomaly: str = "interleaving", invariant: str | None = None,
                          state: str | None = None,
@@ -234,6 +240,7 @@ class CrosstalkTransactions:
         self._log_result(result)
         return result
 
+    @keyword
     def execute_in_transaction(self, name: str, sql: str, expect_sqlstate: str | None = None,
                                timeout: timedelta = timedelta(seconds=10)) -> StepResult:
         """Runs one statement in transaction ``name`` now (after its background step, if any).
@@ -251,6 +258,7 @@ class CrosstalkTransactions:
         self._log_step(result)
         return self._check_step(result, expect_sqlstate)
 
+    @keyword
     def start_in_background(self, name: str, sql: str) -> StepResult:
         """Starts one statement of ``name`` in a background thread: a step expected to wait for a lock.
 
@@ -264,6 +272,7 @@ class CrosstalkTransactions:
         logger.info(f"{name} started in the background: <code>{_escape(result.sql)}</code>", html=True)
         return result
 
+    @keyword
     def transaction_should_be_waiting_for_lock(self, name: str, held_by: str | None = None,
                                                timeout: timedelta = timedelta(seconds=5)) -> StepResult:
         """Passes once ``pg_stat_activity`` shows ``name``'s backend waiting for a lock.
@@ -279,6 +288,7 @@ class CrosstalkTransactions:
         logger.info(f"{name} waits for a lock held by {', '.join(result.blocked_by) or 'unknown'}.")
         return result
 
+    @keyword
     def wait_for_background_step(self, name: str, expect_sqlstate: str | None = None,
                                  timeout: timedelta = timedelta(seconds=10)) -> StepResult:
         """Waits for ``name``'s background step to finish and returns its result.
@@ -293,6 +303,7 @@ class CrosstalkTransactions:
         self._log_step(result)
         return self._check_step(result, expect_sqlstate)
 
+    @keyword
     def commit_transaction(self, name: str, expect_sqlstate: str | None = None,
                            timeout: timedelta = timedelta(seconds=10)) -> StepResult:
         """Commits ``name``; fails if the commit fails, unless ``expect_sqlstate`` is that failure.
@@ -303,6 +314,7 @@ class CrosstalkTransactions:
         """
         return self.execute_in_transaction(name, "COMMIT", expect_sqlstate, timeout)
 
+    @keyword
     def rollback_transaction(self, name: str, timeout: timedelta = timedelta(seconds=10)) -> StepResult:
         """Rolls back ``name``.
 
@@ -311,6 +323,7 @@ class CrosstalkTransactions:
         """
         return self.execute_in_transaction(name, "ROLLBACK", None, timeout)
 
+    @keyword
     def get_interleaving(self, anomaly: str = "interleaving", invariant: str | None = None,
                          state: str | None = None) -> InterleavingResult:
         """Returns (and logs) the steps run by the per-transaction keywords since the last interleaving.
@@ -326,6 +339,7 @@ class CrosstalkTransactions:
 
     # ------------------------------------------------------------ assertions
 
+    @keyword
     def anomaly_should_have_occurred(self, result: InterleavingResult) -> None:
         """Passes when the anomaly happened: invariant false and no transaction refused.
 
@@ -340,6 +354,7 @@ class CrosstalkTransactions:
                 f"({result.summary()})")
         logger.info(f"{result.anomaly} happened as expected: {result.summary()}")
 
+    @keyword
     def anomaly_should_have_been_prevented(self, result: InterleavingResult, sqlstate: str | None = None,
                                            loser: str | None = None) -> None:
         """Passes when the anomaly did not happen.
@@ -366,6 +381,7 @@ class CrosstalkTransactions:
                 f"({result.summary()})")
         logger.info(f"{result.anomaly} prevented: {result.summary()}")
 
+    @keyword
     def transaction_should_have_lost(self, result: InterleavingResult, name: str,
                                      sqlstate: str | None = None) -> str:
         """Passes when PostgreSQL refused ``name`` (class 40 SQLSTATE); returns the SQLSTATE.
@@ -382,6 +398,7 @@ class CrosstalkTransactions:
                                    f"expected {describe_sqlstate(sqlstate)}.")
         return actual
 
+    @keyword
     def transaction_should_have_committed(self, result: InterleavingResult, name: str) -> None:
         """Passes when the last transaction of ``name`` ended with a successful COMMIT.
 
@@ -392,6 +409,7 @@ class CrosstalkTransactions:
             raise TransactionError(f"{result.anomaly}: expected {name} to commit {_levels(result)}, "
                                    f"but it did not. ({result.summary()})")
 
+    @keyword
     def invariant_should_hold(self, result: InterleavingResult) -> None:
         """Passes when the interleaving's invariant query returned true after all steps (and retries).
 
@@ -405,6 +423,7 @@ class CrosstalkTransactions:
             raise TransactionError(f"{result.anomaly}: invariant `{result.invariant}` is false "
                                    f"{_levels(result)}{state}. ({result.summary()})")
 
+    @keyword
     def losers_should_have_been_retried(self, result: InterleavingResult,
                                         sqlstate: str | None = None) -> None:
         """Passes when at least one transaction was refused and every refused one committed on retry.
@@ -426,6 +445,7 @@ class CrosstalkTransactions:
                 raise TransactionError(f"{result.anomaly}: {retry.transaction} still failed after "
                                        f"{retry.attempts} retries. ({result.summary()})")
 
+    @keyword
     def transaction_should_only_have_read(self, result: InterleavingResult, name: str, expected: Any) -> None:
         """Passes when every SELECT of ``name`` returned ``expected`` as its first value.
 
@@ -442,6 +462,7 @@ class CrosstalkTransactions:
 
     # ------------------------------------------------------------ connection pool
 
+    @keyword
     def open_connection_pool(self, size: int = 5, queueing: bool = True,
                              queue_timeout: timedelta = timedelta(seconds=10),
                              max_queue: int | None = None) -> None:
@@ -463,8 +484,12 @@ class CrosstalkTransactions:
         self._pool = QueuedPool(engine.dsn, size, queueing=queueing,
                                 queue_timeout=queue_timeout.total_seconds(), max_queue=max_queue,
                                 connect_timeout=engine.connect_timeout)
+        registry.register(self._pool, owner="CrosstalkTransactions", kind=registry.POOL,
+                          label=f"pool of {size}", user_id=None, is_open=lambda: self._pool is not None,
+                          close=self.close_connection_pool)
         logger.info(f"Opened a pool of {size} connections ({'queueing' if queueing else 'no queue'}).")
 
+    @keyword
     def run_concurrent_database_operations(self, operations: int = 20,
                                            hold: timedelta = timedelta(milliseconds=50),
                                            label: str = "batch", sql: str | None = None,
@@ -511,6 +536,7 @@ class CrosstalkTransactions:
         logger.info(report.summary())
         return report
 
+    @keyword
     def pool_success_rate_should_be_at_least(self, report: PoolReport, percent: float) -> None:
         """Passes when at least ``percent`` % of the batch's operations succeeded and wrote their row.
 
@@ -525,6 +551,7 @@ class CrosstalkTransactions:
             raise TransactionError(f"{report.succeeded} operations reported success but "
                                    f"{report.rows_written} rows were written: {report.summary()}")
 
+    @keyword
     def pool_exhaustion_should_have_been_detected(self, report: PoolReport, waited: int | None = None,
                                                   refused: int | None = None) -> None:
         """Passes when some callers had to wait or were refused; optionally exact counts.
@@ -541,6 +568,7 @@ class CrosstalkTransactions:
                 raise TransactionError(f"Expected {expected} callers to have {what}, got {actual}: "
                                        f"{report.summary()}")
 
+    @keyword
     def pool_should_have_recovered(self, report: PoolReport) -> None:
         """Passes when the batch fully succeeded, wrote every row and returned every connection.
 
@@ -560,6 +588,7 @@ class CrosstalkTransactions:
         if problems:
             raise TransactionError(f"The pool did not recover: {'; '.join(problems)}. {report.summary()}")
 
+    @keyword
     def concurrent_operations_should_have_been_retried(self, report: PoolReport,
                                                        sqlstate: str | None = None) -> None:
         """Passes when PostgreSQL refused some operations of the batch and they were retried.
@@ -574,6 +603,7 @@ class CrosstalkTransactions:
             raise TransactionError(f"No operation of {report.label} was retried{wanted} under "
                                    f"{report.isolation}: {report.summary()}")
 
+    @keyword
     def close_connection_pool(self) -> None:
         """Closes the pool's connections.
 

@@ -27,6 +27,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from . import registry
 from .errors import CrosstalkError
 from .model import Frame, TestUser
 from .sequence import TERMINAL_TYPES, summarize
@@ -225,7 +226,16 @@ class UserConnection:
             ) from None
         self.opened_at = time.time()
         self._reader = asyncio.get_running_loop().create_task(self._read(), name=f"read {self.label}")
+        registry.register(self, owner=type(self).__name__, kind=registry.WEBSOCKET, label=self.label,
+                          user_id=self.user.user_id, is_open=lambda: not self.closed,
+                          close=self._close_blocking)
         return self
+
+    def _close_blocking(self) -> None:
+        """Close from Robot's thread (the registry's end-of-suite cleanup)."""
+        from .engine import get_engine
+
+        get_engine().run(self.close(), 10.0)
 
     async def _read(self) -> None:
         assert self.ws is not None
@@ -312,6 +322,7 @@ class UserConnection:
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 self._reader.cancel()
         self.closed = True
+        registry.unregister(self)
 
     # ------------------------------------------------------------------ send
     async def send_raw(self, text: str) -> Frame:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import CrosstalkError
 from .model import Evidence, Frame, TestUser
 
 MAX_LISTED = 10
@@ -301,7 +302,12 @@ def sessions_belong_to_their_user(users: Sequence[TestUser], obs: Observations) 
             field_label = by_user_id.get(field_user, f"user id {short(field_user)}")
             violations.append(Violation("sessions belong to their user", (
                 f"Redis session {record.key} of {key_label} records user_id of {field_label}")))
-        elif obs.connected_user_ids is not None and key_user not in obs.connected_user_ids:
+        elif obs.connected_user_ids is None:
+            # never judge the rule on half the evidence: without the registry's answer it would pass vacuously
+            raise CrosstalkError(
+                f"Cannot judge Redis session {record.key} of {key_label}: nobody said which users hold an "
+                "open connection (connected_user_ids is None; ask crosstalk.registry.open_user_ids()).")
+        elif key_user not in obs.connected_user_ids:
             violations.append(Violation("sessions belong to their user", (
                 f"Redis session {record.key} of {key_label} exists but {key_label} has no open connection")))
     return RuleResult("sessions belong to their user", len(users), checked, violations)

@@ -27,9 +27,10 @@ from typing import Any
 import psycopg2
 import redis
 import requests
+from websockets.protocol import State
 from websockets.sync.client import ClientConnection, connect
 
-from . import context
+from . import context, registry
 from .errors import CrosstalkError
 from .model import TestUser, Tokens
 from .secrets import mask_url
@@ -248,14 +249,18 @@ def get_json(target: Target, user: TestUser, path: str) -> Any:
     return reply.json()
 
 
-def open_socket(target: Target, token: str, timeout: float = HTTP_TIMEOUT) -> ClientConnection:
-    return connect(
+def open_socket(target: Target, user: TestUser, timeout: float = HTTP_TIMEOUT) -> ClientConnection:
+    """The user's WebSocket (current access token), registered so the oracle and the cleanup see it."""
+    ws = connect(
         target.ws_url,
-        additional_headers=auth_header(token),
+        additional_headers=auth_header(user.access_token),
         open_timeout=timeout,
         compression=None,
         ping_interval=None,
     )
+    registry.register(ws, owner="CrosstalkRaces", kind=registry.WEBSOCKET, label=f"{user.label}#race",
+                      user_id=user.user_id, is_open=lambda: ws.state is State.OPEN, close=ws.close)
+    return ws
 
 
 def run_to_end(
@@ -294,7 +299,7 @@ def run_to_end(
 
 
 def start_thread(target: Target, user: TestUser, title: str, timeout: float) -> str:
-    with open_socket(target, user.access_token, timeout) as ws:
+    with open_socket(target, user, timeout) as ws:
         frames = run_to_end(ws, user, title, None, timeout)
     last = frames[-1]
     if last.get("type") != "agent_completed" or not last.get("thread_id"):

@@ -1,0 +1,3 @@
+"""The one version every Crosstalk library reports (``@library(version=VERSION)``)."""
+
+VERSION = "0.1.0"
