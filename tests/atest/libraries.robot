@@ -1,0 +1,105 @@
+*** Settings ***
+Documentation       Each library's main keywords, and the exact wording of their failures.
+
+Library             CrosstalkAuth
+Library             CrosstalkChat
+Library             CrosstalkIsolation
+Library             CrosstalkStores
+Library             CrosstalkRaces
+Library             CrosstalkSecurity
+Library             CrosstalkTransactions
+Library             CrosstalkLoad
+
+Suite Teardown      Disconnect All
+
+
+*** Test Cases ***
+Auth Logs In And Names A Wrong Refusal
+    [Documentation]    A wrong password is refused; a right one fails the check, naming user and status.
+    ${alice} =    Create Test User    alice
+    Log In    ${alice}
+    Login Should Be Refused    ${alice.email}    not-the-password
+    Run Keyword And Expect Error    Login of ${alice.email} with password * answered 200, expected 401.
+    ...    Login Should Be Refused    ${alice.email}    ${alice.password}
+
+Chat Completes A Run And Words A Timeout
+    [Documentation]    A run completes in order; a timed-out wait names user, connection, awaited type, timeout.
+    ${alice} =    Create Test User    alice
+    Log In    ${alice}
+    Connect    ${alice}
+    ${run} =    Send Message    ${alice}    hello
+    Wait For Run To Complete    ${run}
+    Run Events Should Be In Order    ${run}
+    Run Keyword And Expect Error
+    ...    User 'alice' (connection alice#1) did not receive agent_never_sent within 0.3 s. Last frames: *
+    ...    Wait For Event    ${alice}    agent_never_sent    timeout=0.3s
+    [Teardown]    Disconnect All
+
+Chat Words A Refused Connection
+    [Documentation]    A bad token is refused with HTTP 401, and Connect says so; a good one fails the refusal check.
+    ${alice} =    Create Test User    alice
+    Log In    ${alice}
+    Connection Should Be Refused    ${alice}    token=not-a-jwt
+    ${message} =    Run Keyword And Expect Error    *
+    ...    Connect    ${alice}    token=not-a-jwt
+    Should Match    ${message}    WebSocket handshake of user 'alice' to * was refused with HTTP 401*
+    Run Keyword And Expect Error    WebSocket of user 'alice' with token * was accepted: expected HTTP 401*
+    ...    Connection Should Be Refused    ${alice}    timeout=0.5s
+    [Teardown]    Disconnect All
+
+Isolation Passes For Two Users And Needs Users
+    [Documentation]    The oracle passes two isolated users (sessions rule asks the registry); no users is an error.
+    ${alice} =    Create Test User    alice
+    ${bob} =    Create Test User    bob
+    Log In Users    ${{[$alice, $bob]}}
+    Connect    ${alice}
+    Connect    ${bob}
+    ${run} =    Send Message    ${alice}    ${alice.canary}
+    Wait For Run To Complete    ${run}
+    Check Isolation    ${alice}    ${bob}
+    Run Keyword And Expect Error    *No users given*    Check Isolation
+    [Teardown]    Disconnect All
+
+Stores Read Redis And Name A Missing Key
+    [Documentation]    Redis reads work and a missing key is named in the failure.
+    Connect To Redis    cache    ${REDIS_URL}
+    Run Keyword And Expect Error    *crosstalk-atest-no-such-key*
+    ...    Get Redis Value    cache    crosstalk-atest-no-such-key
+    Redis Key Should Not Exist    cache    crosstalk-atest-no-such-key
+    [Teardown]    Disconnect From All Stores
+
+Stores Name A URL That Is Not Postgres
+    [Documentation]    A wrong store URL fails with one line saying what to pass.
+    Run Keyword And Expect Error    Postgres alias 'db': URL 'redis://*' is not a postgresql:// URL*
+    ...    Connect To Postgres    db    redis://localhost:1/0
+
+Security Words A Handshake That Was Accepted
+    [Documentation]    No token is refused; a valid token makes the refusal check fail with what was received.
+    ${alice} =    Create Test User    alice
+    Log In    ${alice}
+    Websocket Handshake Should Be Refused    ${WS_URL}    ${EMPTY}
+    Run Keyword And Expect Error    WebSocket handshake with * was accepted (HTTP 101): expected HTTP 401*
+    ...    Websocket Handshake Should Be Refused    ${WS_URL}    ${alice}
+
+Races Connect Users At Once And Register Their Sockets
+    [Documentation]    Simultaneous connects succeed and close at the same instant.
+    ${users} =    Create Test Users    2    prefix=racer
+    Log In Users    ${users}
+    ${sockets} =    Connect All Users At Once    ${users}
+    Length Should Be    ${sockets}    2
+    Disconnect All At Once    ${sockets}
+
+Transactions Need A Scratch Database First
+    [Documentation]    Transactions without a scratch database fail with what to call first; the pool opens.
+    Run Keyword And Expect Error    No scratch database in this suite: call Create Scratch Database first.
+    ...    Open Transactions    t1    t2
+    Create Scratch Database    prefix=crosstalk_atest
+    Execute Scratch SQL    CREATE TABLE t (id int)
+    Open Connection Pool    size=2
+    [Teardown]    Drop Scratch Database
+
+Load Runs A Small Closed Model
+    [Documentation]    A two-user closed-model load run holds its error threshold.
+    ${run} =    Run Chat Load    2    messages=1
+    Load Thresholds Should Hold    ${run}    errors == 0
+    [Teardown]    Close Load Users    ${run}
