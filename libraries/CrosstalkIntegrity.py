@@ -704,7 +704,7 @@ class CrosstalkIntegrity:
                 latencies.append(time.monotonic() - started)
         return latencies
 
-    @keyword
+    @keyword("Chat Latency Should Not Grow With Other Users' Data")
     def chat_latency_should_not_grow_with_other_users_data(
         self,
         user: TestUser,

@@ -49,7 +49,7 @@ Forged And Revoked Tokens Fail In Every Channel
 
 Expired Tokens Fail In Every Channel
     [Documentation]    API2: a token signed with the platform's own key but expired is refused everywhere.
-    [Tags]    credentials    websocket    needs:signing-key
+    [Tags]    credentials    websocket
     [Setup]    Platform Signing Key Should Be Known
     ${alice} =    A Logged-In User    alice
     ${expired} =    Forge Token    ${alice}    expired
