@@ -21,6 +21,7 @@ from typing import Any
 
 import requests
 from crosstalk import races
+from crosstalk.connection import RunHandle as RunHandleLike
 from crosstalk.integrity import (
     IDENTITY_FIELDS,
     TERMINAL,
@@ -32,6 +33,7 @@ from crosstalk.integrity import (
     reconcile_rest,
     reconcile_rows,
     reconcile_stream,
+    runs_from_frames,
     side_channels,
 )
 from crosstalk.model import TestUser
@@ -443,6 +445,32 @@ class CrosstalkIntegrity:
 
     # ------------------------------------------------------------------ persistence oracle (point 4)
     @staticmethod
+    def _collect(what: Any) -> tuple[list[StreamedRun], dict[str, TestUser]]:
+        """Runs and their users from run handles, users (their recorded frames) or a load run."""
+        if isinstance(what, (list, tuple)):
+            items = list(what)
+        elif isinstance(what, (TestUser, RunHandleLike)):
+            items = [what]
+        elif hasattr(what, "users"):  # a load run
+            items = list(what.users)
+        else:
+            raise ValueError(f"give run handles, users or a load run, not {type(what).__name__}")
+        runs: list[StreamedRun] = []
+        users: dict[str, TestUser] = {}
+        for item in items:
+            if isinstance(item, TestUser):
+                users[item.label] = item
+                found = runs_from_frames(item.label, str(item.user_id), item.frames)
+                if not found:
+                    raise IntegrityError(f"no ended run is recorded for {item.label} (frames not kept?): "
+                                         "the persistence oracle has nothing to reconcile; pass run handles")
+                runs += found
+            elif getattr(item, "rejection", None) is None:
+                users[item.user.label] = item.user
+                runs.append(CrosstalkIntegrity._streamed(item))
+        return runs, users
+
+    @staticmethod
     def _streamed(run: Any) -> StreamedRun:
         if isinstance(run, StreamedRun):
             return run
@@ -458,7 +486,7 @@ class CrosstalkIntegrity:
 
     @keyword
     def what_was_streamed_should_be_what_was_stored(
-        self, runs: list, settle: timedelta = timedelta(seconds=1)
+        self, runs: Any, settle: timedelta = timedelta(milliseconds=300)
     ) -> None:
         """The persistence oracle: for each ended run, what the user saw on the socket is what the platform
         stored.  Exactly one terminal event per run; over REST (always) the run's question and answer are
@@ -467,15 +495,17 @@ class CrosstalkIntegrity:
         ``runs.status`` equals the terminal event and the thread belongs to the user.  Rejected runs
         (an ``error`` frame) are skipped: nothing was stored for them.
 
+        ``runs`` is a list of run handles (CrosstalkChat), a user or a list of users (every run rebuilt
+        from the frames recorded on them) or a load run (its users).
+
         ``settle`` waits for late frames first, so a second terminal event is seen.
 
         Example:
         | What Was Streamed Should Be What Was Stored | ${runs} |
+        | What Was Streamed Should Be What Was Stored | ${users} |
         """
         time.sleep(_s(settle))
-        streamed = [self._streamed(run) for run in runs if getattr(run, "rejection", None) is None]
-        users = {id(run.user): run.user for run in runs if isinstance(getattr(run, "user", None), TestUser)}
-        by_label = {user.label: user for user in users.values()}
+        streamed, by_label = self._collect(runs)
         problems: list[str] = []
         threads: dict[tuple[str, str], tuple[list, int | None]] = {}
         for run in streamed:

@@ -373,3 +373,35 @@ def reconcile_rows(
                 f"thread {run.thread_id}: message_count {count} but {thread_message_rows} message rows"
             )
     return problems
+
+
+def runs_from_frames(label: str, user_id: str, frames: Sequence[Any]) -> list[StreamedRun]:
+    """Every run a user started, rebuilt from the frames recorded on the user (``TestUser.frames``).
+
+    A ``user_message`` sent (direction ``out``) gives the client_message_id and content; the events
+    that came back with that client_message_id give run, thread and the terminal event.  Messages
+    answered by an ``error`` frame (nothing was stored for them) and runs still in flight are left out.
+    """
+    sent: dict[str, str] = {}
+    events: dict[str, list[dict[str, Any]]] = {}
+    refused: set[str] = set()
+    for frame in frames:
+        data = getattr(frame, "data", None) or {}
+        cmid = data.get("client_message_id")
+        if not isinstance(cmid, str):
+            continue
+        if getattr(frame, "direction", "") == "out":
+            if data.get("type") == "user_message" and isinstance(data.get("content"), str):
+                sent[cmid] = data["content"]
+        elif data.get("type") == "error":
+            refused.add(cmid)
+        elif data.get("run_id"):
+            events.setdefault(cmid, []).append(data)
+    runs = []
+    for cmid, content in sent.items():
+        stream = events.get(cmid, [])
+        if cmid in refused or not any(e.get("type") in TERMINAL for e in stream):
+            continue
+        runs.append(StreamedRun(label, user_id, str(stream[0]["run_id"]), stream[0].get("thread_id"), cmid,
+                                content, stream))
+    return runs

@@ -98,3 +98,25 @@ def test_the_oracle_names_what_differs():
     assert "2 terminal events" in " ".join(reconcile_stream(twice))
     failed = _run(events=[{"type": "agent_error", "thread_id": "t1"}])
     assert reconcile_rest(failed, _stored()[:1], 1) == []
+
+
+def test_runs_are_rebuilt_from_recorded_frames():
+    from types import SimpleNamespace as Frame
+
+    from crosstalk.integrity import runs_from_frames
+
+    def frame(direction, **data):
+        return Frame(direction=direction, data=data)
+
+    frames = [
+        frame("out", type="user_message", client_message_id="c1", content="q1"),
+        frame("out", type="user_message", client_message_id="c2", content="q2"),
+        frame("out", type="user_message", client_message_id="c3", content="q3"),
+        frame("in", type="agent_started", client_message_id="c1", run_id="r1", thread_id="t1"),
+        frame("in", type="error", client_message_id="c2", code="thread_not_found"),
+        frame("in", type="agent_started", client_message_id="c3", run_id="r3", thread_id="t3"),
+        frame("in", type="agent_completed", client_message_id="c1", run_id="r1", thread_id="t1",
+              payload={"response": "a1"}),
+    ]
+    runs = runs_from_frames("alice", "u1", frames)
+    assert [(r.run_id, r.thread_id, r.content, r.answer) for r in runs] == [("r1", "t1", "q1", "a1")]
