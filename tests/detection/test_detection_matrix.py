@@ -255,13 +255,16 @@ class _Tests(ResultVisitor):
         self.tests.append(test)
 
 
-def run_robot(platform: Platform, tags: list[str], outdir: Path) -> list:
-    """Runs the suites selected by `tags` against `platform`; returns the result tests."""
+def run_robot(platform: Platform, tags: list[str], outdir: Path, exclude: list[str] = (),
+              exit_on_failure: bool = False) -> list:
+    """Runs the suites selected by `tags` (minus `exclude`) against `platform`; returns the result tests."""
     command = [sys.executable, "-m", "robot", "--outputdir", str(outdir), "--output", "output.xml",
                "--log", "log.html", "--report", "NONE", "--console", "quiet",
-               *platform.robot_variables()]
+               *platform.robot_variables(), *(["--exitonfailure"] if exit_on_failure else [])]
     for tag in tags:
         command += ["--include", tag]
+    for tag in exclude:
+        command += ["--exclude", tag]
     command.append(str(ROOT / "suites"))
     env = {k: v for k, v in os.environ.items() if k not in TARGET_VARIABLES and k != "REFPLAT_FAULTS"}
     with (outdir / "robot.log").open("wb") as log:
