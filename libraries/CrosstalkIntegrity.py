@@ -751,30 +751,46 @@ class CrosstalkIntegrity:
         users with ``threads_per_user`` threads of ``messages_per_thread`` messages (rows, through
         ``${BACKEND_DATABASE_URL}``) and ``keys_per_user`` Redis keys each (sessions, agent contexts, cached
         lists, rate limits, through ``${REDIS_URL}``).  Fails when the median grew by more than
-        ``max_ratio`` times *and* by more than ``min_growth``.  The background is removed afterwards.
+        ``max_ratio`` times *and* by more than ``min_growth``, twice: a first excess is confirmed by
+        a second loaded and (after removal) quiet round, so a burst of other work on a shared
+        machine does not fail it.  The background is removed afterwards.
 
         Example:
         | Chat Latency Should Not Grow With Other Users' Data | ${alice} | max_ratio=3.0 |
         """
         thread = races.start_thread(self.target, user, f"cost probe {user.canary}", 20.0)
         self._chat_latencies(user, thread, 2)  # warm-up
-        quiet = statistics.median(self._chat_latencies(user, thread, int(probes)))
+        count = int(probes)
+        quiet = statistics.median(self._chat_latencies(user, thread, count))
         seeded = self._seed_background(
             int(background_users), int(threads_per_user), int(messages_per_thread), int(keys_per_user)
         )
+        rounds = []
         try:
-            loaded = statistics.median(self._chat_latencies(user, thread, int(probes)))
+            loaded = statistics.median(self._chat_latencies(user, thread, count))
+            rounds.append((quiet, loaded))
+            if self._grew(quiet, loaded, max_ratio, min_growth):
+                # Confirm before failing: a burst of other work on a shared machine during the loaded
+                # probes alone must not fail the check, a cost that grows with the data shows again.
+                again = statistics.median(self._chat_latencies(user, thread, count))
+                rounds.append((None, again))
         finally:
             self._remove_background(seeded)
-        ratio = loaded / quiet if quiet else float("inf")
-        summary = (
-            f"median chat latency {quiet * 1000:.1f} ms on the platform as it was, {loaded * 1000:.1f} ms "
-            f"with {seeded['description']}: ratio {ratio:.2f} (bound {max_ratio:g}, "
-            f"minimum growth {_s(min_growth) * 1000:.0f} ms)"
+        if len(rounds) == 2:
+            rounds[1] = (statistics.median(self._chat_latencies(user, thread, count)), rounds[1][1])
+        summary = "; then ".join(
+            f"median chat latency {q * 1000:.1f} ms without and {v * 1000:.1f} ms with the background: "
+            f"ratio {v / q:.2f}" for q, v in rounds
         )
+        summary += (f" ({seeded['description']}; bound {max_ratio:g} and at least "
+                    f"{_s(min_growth) * 1000:.0f} ms growth, confirmed by a second round before failing)")
         logger.info(summary)
-        if ratio > max_ratio and loaded - quiet > _s(min_growth):
+        if all(self._grew(q, v, max_ratio, min_growth) for q, v in rounds) and len(rounds) == 2:
             raise IntegrityError(f"cost grows with other users' data: {summary}")
+
+    @staticmethod
+    def _grew(quiet: float, loaded: float, max_ratio: float, min_growth: timedelta) -> bool:
+        return loaded > quiet * max_ratio and loaded - quiet > _s(min_growth)
 
     def _seed_background(self, users: int, threads: int, messages: int, keys: int) -> dict:
         tag = uuid.uuid4().hex[:8]
