@@ -220,7 +220,8 @@ class CrosstalkIntegrity:
     def identity_fields_in_bodies_should_have_no_effect(self, user: TestUser, victim: TestUser) -> None:
         """Every write endpoint gets its contract fields plus every identity field set to ``victim``:
         a note (``POST /threads/{id}/messages``), a workspace (``POST /workspaces``), a refresh, a
-        login and a registration.  Each must act for the token's (or credentials') user only.
+        login, a registration and a logout (which must revoke the caller's token, not the victim's).
+        Each must act for the token's (or credentials') user only.
 
         Example:
         | Identity Fields In Bodies Should Have No Effect | ${alice} | ${bob} |
@@ -307,6 +308,16 @@ class CrosstalkIntegrity:
                 f"registering with {victim.label}'s user_id answered {registered.status_code}: "
                 f"{_json(registered)}"
             )
+        if refreshed.status_code == 200:  # log out the refreshed session, naming the victim in the body
+            spare = refreshed.json()["access_token"]
+            requests.post(f"{auth}/auth/logout", json=claims, headers=races.auth_header(spare),
+                          timeout=HTTP_TIMEOUT)
+            victim_me = requests.get(f"{auth}/auth/me", headers=races.auth_header(victim.access_token),
+                                     timeout=HTTP_TIMEOUT)
+            spare_me = requests.get(f"{auth}/auth/me", headers=races.auth_header(spare), timeout=HTTP_TIMEOUT)
+            if victim_me.status_code != 200 or spare_me.status_code != 401:
+                problems.append(f"a logout with {victim.label}'s identity fields left {user.label}'s token "
+                                f"answering {spare_me.status_code}, {victim.label}'s {victim_me.status_code}")
         return problems
 
     # ------------------------------------------------------------------ credential channels (point 2)
