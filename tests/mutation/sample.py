@@ -3,7 +3,9 @@
 Marks as SKIPPED every mutant that is (1) outside the handler functions listed in HANDLERS
 (start-up, shutdown, health and metrics code is not what the suites guard), (2) inside a
 branch that runs only with a fault switch on (dead code in a correct platform: every mutant
-there is equivalent by construction), or (3) not drawn in the seeded sample of ``--count``.
+there is equivalent by construction), (3) inside a type annotation (never evaluated under
+``from __future__ import annotations``: equivalent by construction too), or (4) not drawn in
+the seeded sample of ``--count``.
 
     python tests/mutation/sample.py results/mutation/session.sqlite --count 40 --seed 11
 """
@@ -47,6 +49,22 @@ def _negated(test: ast.AST) -> bool:
 
 
 @lru_cache
+def annotation_spans(path: Path) -> tuple[tuple[tuple[int, int], tuple[int, int]], ...]:
+    """(start, end) positions, as (line, column), of every annotation in the file."""
+    spans = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        # def f() -> X, an argument x: X, an assignment a: X = …
+        found = getattr(node, "returns", None) or getattr(node, "annotation", None)
+        if found is not None:
+            spans.append(((found.lineno, found.col_offset), (found.end_lineno, found.end_col_offset)))
+    return tuple(spans)
+
+
+def in_annotation(path: Path, position: tuple[int, int]) -> bool:
+    return any(start <= tuple(position) < end for start, end in annotation_spans(path))
+
+
+@lru_cache
 def line_map(path: Path) -> tuple[dict[int, str], frozenset[int]]:
     """Line -> qualified name of the innermost function; and the lines only a fault switch runs."""
     tree = ast.parse(path.read_text())
@@ -72,10 +90,11 @@ def line_map(path: Path) -> tuple[dict[int, str], frozenset[int]]:
     return owner, frozenset(fault_only)
 
 
-def eligible(module_path: Path, line: int) -> bool:
+def eligible(module_path: Path, position: tuple[int, int]) -> bool:
     handlers = HANDLERS.get(module_path.name, set())
     owner, fault_only = line_map(module_path)
-    return owner.get(line) in handlers and line not in fault_only
+    line = position[0]
+    return owner.get(line) in handlers and line not in fault_only and not in_annotation(module_path, position)
 
 
 def main() -> None:
@@ -88,12 +107,13 @@ def main() -> None:
     with use_db(args.session) as db:
         items = list(db.work_items)
         keep = [item.job_id for item in items
-                if all(eligible(Path(m.module_path), m.start_pos[0]) for m in item.mutations)]
+                if all(eligible(Path(m.module_path), tuple(m.start_pos)) for m in item.mutations)]
         sample = set(random.Random(args.seed).sample(keep, min(args.count, len(keep))))
         for item in items:
             if item.job_id not in sample:
                 db.set_result(item.job_id, skipped)
-    print(f"{len(items)} mutants in the session, {len(keep)} in handler code outside fault branches, "
+    print(f"{len(items)} mutants in the session, {len(keep)} in handler code outside fault branches and "
+          f"annotations, "
           f"{len(sample)} sampled (seed {args.seed}); the rest marked skipped")
 
 
