@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 # security, credentials, identity, enumeration, stored truth, golden path, workspaces; not the
 # slow ones (the cost-growth seeding, the flood and resource-limit checks, load)
-INCLUDE = ["security", "identity-and-credentials", "stored-truth", "golden-path", "transaction", "counter"]
+INCLUDE = ["security", "identity-and-credentials", "stored-truth", "golden-path", "workspace", "counter"]
 EXCLUDE = ["cost-growth", "resource-limits", "performance", "load", "soak", "concurrency"]
 
 
