@@ -61,6 +61,8 @@ def test_side_channels_leave_out_only_the_contract_header():
     assert not any(name.startswith("Authorization: Bearer") for name in names)
     assert any("?access_token=" in name for name in names) and any("cookie" in name for name in names)
     assert any("Sec-WebSocket-Protocol" in name for name in names)
+    for scheme in ("Basic", "Token", "JWT"):  # another scheme carrying a bearer token
+        assert any(name.startswith(f"Authorization: {scheme} ") for name in names)
     duplicated = [c for c in channels_for("bad", genuine="good") if c.name.startswith("duplicated")]
     assert len(duplicated) == 2 and all(len(c.headers) == 2 for c in duplicated)
 
