@@ -23,13 +23,20 @@ EXCLUDE = ["cost-growth", "resource-limits", "performance", "load", "soak", "con
 
 
 def main() -> int:
+    import argparse
+
     from tests.detection.test_detection_matrix import Platform, run_robot
 
+    parser = argparse.ArgumentParser(description="fresh platform from this tree + the suites; 0 = all passed")
+    parser.add_argument("--include", action="append", help=f"tags to run (default {INCLUDE})")
+    parser.add_argument("--exclude", action="append", help=f"tags to leave out (default {EXCLUDE})")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="crosstalk-mutant-") as work:
         outdir = Path(work)
         try:
             with Platform([], outdir) as platform:
-                tests = run_robot(platform, INCLUDE, outdir, exclude=EXCLUDE, exit_on_failure=True)
+                tests = run_robot(platform, args.include or INCLUDE, outdir, exclude=args.exclude or EXCLUDE,
+                                  exit_on_failure=True)
         except Exception as error:  # the mutant broke the platform's start: killed
             print(f"killed: {type(error).__name__}: {str(error)[:300]}")
             return 1
