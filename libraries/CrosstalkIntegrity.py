@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 import requests
-from crosstalk import races
+from crosstalk import context, races
 from crosstalk.connection import RunHandle as RunHandleLike
 from crosstalk.integrity import (
     IDENTITY_FIELDS,
@@ -40,7 +40,6 @@ from crosstalk.model import TestUser
 from crosstalk.secrets import mask, mask_url
 from robot.api import logger
 from robot.api.deco import keyword, library
-from robot.libraries.BuiltIn import BuiltIn
 
 HTTP_TIMEOUT = 10.0
 
@@ -77,19 +76,10 @@ class CrosstalkIntegrity:
     @property
     def target(self) -> races.Target:
         if self._target is None:
-            builtin = BuiltIn()
-
-            def var(name: str) -> str:
-                return str(builtin.get_variable_value(f"${{{name}}}", "") or "")
-
-            self._target = races.Target(
-                var("AUTH_URL"),
-                var("BACKEND_URL"),
-                var("WS_URL"),
-                var("REDIS_URL"),
-                var("AUTH_DATABASE_URL"),
-                var("BACKEND_DATABASE_URL"),
-            )
+            ctx = context.current()
+            names = ("AUTH_URL", "BACKEND_URL", "WS_URL", "REDIS_URL", "AUTH_DATABASE_URL",
+                     "BACKEND_DATABASE_URL")
+            self._target = races.Target(*(ctx.get(name) for name in names))
         return self._target
 
     def _rows_available(self) -> bool:
@@ -858,23 +848,3 @@ class CrosstalkIntegrity:
                 client.delete(*names[start : start + 5000])
         finally:
             client.close()
-
-    # ------------------------------------------------------------------ capabilities
-    @keyword
-    def stores_should_be_reachable(self, *stores: str) -> None:
-        """Skips the test with one line naming what is missing when a store URL it needs is not set:
-        ``db`` (``${BACKEND_DATABASE_URL}``) or ``redis`` (``${REDIS_URL}``).
-
-        Example:
-        | [Setup] | Stores Should Be Reachable | db | redis |
-        """
-        names = {
-            "db": ("BACKEND_DATABASE_URL", self.target.backend_database_url),
-            "redis": ("REDIS_URL", self.target.redis_url),
-        }
-        unknown = [s for s in stores if s not in names]
-        if unknown:
-            raise ValueError(f"unknown store(s) {unknown}: use db or redis")
-        missing = [names[s][0] for s in stores if not names[s][1]]
-        if missing:
-            BuiltIn().skip(f"needs {', '.join(missing)}: the platform's store is not reachable from this run")

@@ -49,8 +49,7 @@ Forged And Revoked Tokens Fail In Every Channel
 
 Expired Tokens Fail In Every Channel
     [Documentation]    API2: a token signed with the platform's own key but expired is refused everywhere.
-    [Tags]    credentials    websocket
-    [Setup]    Platform Signing Key Should Be Known
+    [Tags]    credentials    websocket    needs:signing-key
     ${alice} =    A Logged-In User    alice
     ${expired} =    Forge Token    ${alice}    expired
     Bad Tokens Should Fail In Every Channel    expired=${expired}
@@ -63,13 +62,3 @@ Login Does Not Tell Which Emails Exist
     ${alice} =    A Logged-In User    alice
     Login Should Not Reveal Which Emails Exist    ${alice}    tries=${LOGIN_TIMING_TRIES}
     ...    alpha=${LOGIN_TIMING_ALPHA}    min_difference=${LOGIN_TIMING_MIN_GAP}
-
-
-*** Keywords ***
-Platform Signing Key Should Be Known
-    [Documentation]    Skips when ``${JWT_PRIVATE_KEY}`` is unknown: an expired token cannot be signed.
-    ...
-    ...    Example:
-    ...    | [Setup] | Platform Signing Key Should Be Known |
-    ${key} =    Get Variable Value    ${JWT_PRIVATE_KEY}    ${EMPTY}
-    Skip If    not $key    needs JWT_PRIVATE_KEY: an expired token with a valid signature cannot be signed.

@@ -44,15 +44,13 @@ Counters Stay Exact Under Different Writers At Once
 A Failed Workspace Transaction Leaves No Debris
     [Documentation]    Seed 000: after the backend step failed and everything visible was rolled back, no
     ...    prepared transaction or lock remains and the user's next transaction is answered promptly.
-    [Tags]    debris    transaction
+    [Tags]    debris    transaction    needs:fault-injection
     A Failed Workspace Leaves Nothing Behind    backend
-    [Teardown]    Release Platform With Injected Failure
 
 Chat Cost Does Not Grow With Other Users' Data
     [Documentation]    One user's median chat latency, before and after ${BACKGROUND_USERS} other users' threads,
     ...    messages and Redis keys exist: the ratio stays under ${MAX_LATENCY_RATIO}.
     [Tags]    cost-growth    needs:db    needs:redis
-    [Setup]    Stores Should Be Reachable    db    redis
     ${alice} =    A Logged-In User    alice
     Chat Latency Should Not Grow With Other Users' Data    ${alice}    background_users=${BACKGROUND_USERS}
     ...    threads_per_user=${BACKGROUND_THREADS}    messages_per_thread=${BACKGROUND_MESSAGES}
