@@ -389,7 +389,7 @@ class CrosstalkIntegrity:
         user: TestUser,
         tries: int = 40,
         alpha: float = 0.001,
-        min_difference: timedelta = timedelta(milliseconds=10),
+        min_difference: timedelta = timedelta(milliseconds=5),
     ) -> None:
         """Login with an unknown email and with ``user``'s email but a wrong password must answer with the
         same status and byte-identical body, and their timings must not be usefully different.
