@@ -640,7 +640,7 @@ class CrosstalkChat:
         checked = sum(1 for c in connections for f in c.frames if f.direction == "in")
         problems = [f"{c.label}: {v}" for c in connections for v in c.violations]
         for connection in connections:
-            connection._violations_reported = len(connection.violations)
+            connection.mark_violations_reported()
         if problems:
             raise AssertionError(
                 f"{len(problems)} of {checked} received frame(s) break the platform contract: "

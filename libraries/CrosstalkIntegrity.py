@@ -22,6 +22,7 @@ from typing import Any
 import requests
 from crosstalk import context, races
 from crosstalk.connection import RunHandle as RunHandleLike
+from crosstalk.errors import CrosstalkError
 from crosstalk.integrity import (
     IDENTITY_FIELDS,
     TERMINAL,
@@ -37,14 +38,16 @@ from crosstalk.integrity import (
     side_channels,
 )
 from crosstalk.model import TestUser
+from crosstalk.registry import Cleanup
 from crosstalk.secrets import mask, mask_url
+from crosstalk.version import VERSION
 from robot.api import logger
 from robot.api.deco import keyword, library
 
 HTTP_TIMEOUT = 10.0
 
 
-class IntegrityError(AssertionError):
+class IntegrityError(CrosstalkError):
     """A check of this library failed; the message names who, what and where."""
 
 
@@ -59,7 +62,7 @@ def _json(reply: requests.Response) -> Any:
         return reply.text[:200]
 
 
-@library(scope="SUITE", auto_keywords=False, doc_format="ROBOT")
+@library(scope="SUITE", version=VERSION, auto_keywords=False, doc_format="ROBOT", listener=Cleanup())
 class CrosstalkIntegrity:
     """Identity, credential channels, account enumeration, the persistence oracle, multi-writer
     counters and cost growth.
@@ -97,7 +100,7 @@ class CrosstalkIntegrity:
 
     def _chat(self, user: TestUser, frame: dict[str, Any], timeout: float = 20.0) -> list[dict[str, Any]]:
         """Send one client frame on a fresh socket of ``user``; the frames of its run until it ends."""
-        with races.open_socket(self.target, user.access_token, HTTP_TIMEOUT) as ws:
+        with races.open_socket(self.target, user, HTTP_TIMEOUT) as ws:
             return self._send_and_follow(ws, user, frame, timeout)
 
     @staticmethod
@@ -651,7 +654,7 @@ class CrosstalkIntegrity:
         thread = races.start_thread(self.target, user, f"shared counter {user.canary}", 20.0)
         doomed = [races.start_thread(self.target, user, f"to delete {n}", 20.0) for n in range(int(deletes))]
         before = races.get_json(self.target, user, f"/threads/{thread}")["message_count"]
-        sockets = [races.open_socket(self.target, user.access_token) for _ in range(int(runs))]
+        sockets = [races.open_socket(self.target, user) for _ in range(int(runs))]
         sessions = races.warm_sessions(int(notes) + int(deletes), self.target.backend_url)
         slow = int(_s(slow_step) * 1000)
         ended: dict[int, list] = {}
@@ -720,7 +723,7 @@ class CrosstalkIntegrity:
     # ------------------------------------------------------------------ cost growth (point 6)
     def _chat_latencies(self, user: TestUser, thread: str, count: int) -> list[float]:
         latencies = []
-        with races.open_socket(self.target, user.access_token) as ws:
+        with races.open_socket(self.target, user) as ws:
             for n in range(count):
                 frame = {
                     "type": "user_message",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -15,6 +14,7 @@ from crosstalk.httpretry import pooled_session
 from crosstalk.metrics import format_seconds
 from crosstalk.model import Evidence, TestUser
 from crosstalk.oracle import Observations, RoundStats, RuleResult, SessionRecord
+from crosstalk.poll import poll_until
 from crosstalk.secrets import mask_url
 from crosstalk.stores import StoreError, connect_postgres, connect_redis, query, read_value, scan_keys
 from crosstalk.version import VERSION
@@ -156,14 +156,14 @@ class CrosstalkIsolation:
         connected = obs.connected_user_ids
         if connected is None:
             return
-        deadline = time.monotonic() + SESSION_GRACE_S
-        while True:
+
+        def observe() -> list:
             stale = [r for r in obs.sessions if r.fields.get("user_id") in ours - connected]
-            if not stale or time.monotonic() >= deadline:
-                return
-            time.sleep(0.1)
             gone = {r.key for r in stale if not client.exists(r.key)}
             obs.sessions = [r for r in obs.sessions if r.key not in gone]
+            return [r for r in stale if r.key not in gone]
+
+        poll_until(observe, lambda stale: not stale, SESSION_GRACE_S)
 
     @staticmethod
     def _connected_user_ids() -> set[str]:

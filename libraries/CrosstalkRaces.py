@@ -23,6 +23,7 @@ import requests
 from crosstalk import context, races, testhooks
 from crosstalk.htmllog import table
 from crosstalk.model import TestUser
+from crosstalk.poll import poll_until
 from crosstalk.races import Outcome, RaceError, Target
 from crosstalk.registry import Cleanup
 from crosstalk.secrets import mask
@@ -429,21 +430,21 @@ class CrosstalkRaces:
         | Each User Should Hold Exactly One Own Session | ${users} |
         """
         client = races.redis_client(self.target.redis_url)
-        deadline = time.monotonic() + _seconds(timeout)
+
+        def observe() -> list[str]:
+            problems = []
+            for user in users:
+                keys = list(client.scan_iter(f"session:{user.user_id}:*", count=1000))
+                owners = [(client.hget(k, "user_id") or b"").decode() for k in keys]
+                if len(keys) != 1:
+                    problems.append(f"{user.label} has {len(keys)} session records (lost or duplicated)")
+                foreign = [o for o in owners if o != user.user_id]
+                if foreign:
+                    problems.append(f"{user.label}'s session holds another user's id {foreign[0]}")
+            return problems
+
         try:
-            while True:
-                problems = []
-                for user in users:
-                    keys = list(client.scan_iter(f"session:{user.user_id}:*", count=1000))
-                    owners = [(client.hget(k, "user_id") or b"").decode() for k in keys]
-                    if len(keys) != 1:
-                        problems.append(f"{user.label} has {len(keys)} session records (lost or duplicated)")
-                    foreign = [o for o in owners if o != user.user_id]
-                    if foreign:
-                        problems.append(f"{user.label}'s session holds another user's id {foreign[0]}")
-                if not problems or time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
+            problems, _ = poll_until(observe, lambda found: not found, _seconds(timeout))
         finally:
             client.close()
         if problems:
@@ -462,14 +463,15 @@ class CrosstalkRaces:
         | No Session Should Remain | ${users} |
         """
         client = races.redis_client(self.target.redis_url)
-        deadline = time.monotonic() + _seconds(timeout)
-        while True:
+
+        def observe() -> dict[str, int]:
             left = {u.label: len(list(client.scan_iter(f"session:{u.user_id}:*", count=1000))) for u in users}
-            left = {label: n for label, n in left.items() if n}
-            if not left or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        client.close()
+            return {label: n for label, n in left.items() if n}
+
+        try:
+            left, _ = poll_until(observe, lambda found: not found, _seconds(timeout))
+        finally:
+            client.close()
         if left:
             raise RaceError(
                 f"session race: session records left behind {_seconds(timeout):g} s after the "
@@ -830,7 +832,7 @@ class CrosstalkRaces:
         """
         started = time.monotonic()
         reply = self._create_workspace(user, name, inject)
-        body = races._json_or_text(reply)
+        body = races.json_or_text(reply)
         injected = f" ({testhooks.INJECT_HEADER}: {inject.value})" if inject is not None else ""
         logger.info(
             f"POST /workspaces {name!r}{injected} as {user.label} to {self.target.backend_url}: "
@@ -908,7 +910,7 @@ class CrosstalkRaces:
         first = self._create_workspace(user, "doomed, first try", inject)
         if first.status_code != 503:
             raise RaceError(f"precondition: the failing workspace of {user.label} answered "
-                            f"{first.status_code}, expected 503: {races._json_or_text(first)}")
+                            f"{first.status_code}, expected 503: {races.json_or_text(first)}")
         debris: list[str] = []
         url = self.target.auth_database_url or self.target.backend_database_url
         if url:  # pg_prepared_xacts and pg_locks are server-wide

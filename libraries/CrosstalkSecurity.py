@@ -23,6 +23,7 @@ import requests
 from crosstalk import context, hostile, testhooks
 from crosstalk.context import Capability
 from crosstalk.model import TestUser
+from crosstalk.poll import wait_until
 from crosstalk.secrets import mask
 from crosstalk.version import VERSION
 from robot.api import logger
@@ -214,19 +215,16 @@ class CrosstalkSecurity:
         """
         client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
         pattern = f"session:{user_id}:*"
-        deadline = time.monotonic() + _s(timeout)
+        hint = " — sessions are not removed when their socket closes" if count == 0 else ""
+
+        def failure(found: list[str]) -> str:
+            return (f"Redis holds {len(found)} session record(s) for user {user_id} after {_s(timeout):g} s, "
+                    f"expected {count}: {', '.join(found[:5]) or 'none'}{hint}")
+
         try:
-            while True:
-                keys = sorted(k.decode() for k in client.scan_iter(match=pattern, count=1000))
-                if len(keys) == count:
-                    logger.info(f"{len(keys)} session record(s) match {pattern}, as expected.")
-                    return
-                if time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"Redis holds {len(keys)} session record(s) for user {user_id} after "
-                        f"{_s(timeout):g} s, expected {count}: {', '.join(keys[:5]) or 'none'}"
-                        + (" — sessions are not removed when their socket closes" if count == 0 else ""))
-                time.sleep(0.1)
+            keys = wait_until(lambda: sorted(k.decode() for k in client.scan_iter(match=pattern, count=1000)),
+                              lambda found: len(found) == count, _s(timeout), failure)
+            logger.info(f"{len(keys)} session record(s) match {pattern}, as expected.")
         finally:
             client.close()
 
@@ -267,17 +265,11 @@ class CrosstalkSecurity:
         Example:
         | Closed Connections Should Be Released | ${BACKEND_URL} | ${before} | closed=10 |
         """
-        deadline = time.monotonic() + _s(timeout)
-        while True:
-            leaked = self.get_leaked_connection_count(backend_url)
-            if leaked < before + closed:
-                logger.info(f"{leaked} entries for closed sockets on the server (was {before}): released.")
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{closed} closed sockets are still held by the server after {_s(timeout):g} s: "
-                    f"tracked_connections - active_websockets = {leaked} (was {before} before they opened)")
-            time.sleep(0.1)
+        leaked = wait_until(
+            lambda: self.get_leaked_connection_count(backend_url), lambda n: n < before + closed, _s(timeout),
+            lambda n: (f"{closed} closed sockets are still held by the server after {_s(timeout):g} s: "
+                       f"tracked_connections - active_websockets = {n} (was {before} before they opened)"))
+        logger.info(f"{leaked} entries for closed sockets on the server (was {before}): released.")
 
     # ------------------------------------------------------------ hostile input
     @keyword

@@ -423,6 +423,10 @@ class UserConnection:
         self.raise_violations()
         return run
 
+    def mark_violations_reported(self) -> None:
+        """Every violation so far was reported (e.g. by a contract keyword): waits raise only newer ones."""
+        self._violations_reported = len(self.violations)
+
     def raise_violations(self) -> None:
         """AssertionError naming the contract violations received since the last call (if any)."""
         new = self.violations[self._violations_reported:]

@@ -532,7 +532,8 @@ def robot_globals() -> dict[str, Any]:
         return {}
     if EXECUTION_CONTEXTS.current is None:
         return {}
-    scopes = BuiltIn()._variables
+    # Robot has no public API for the global scope's raw values (Get Variables resolves them)
+    scopes = BuiltIn()._variables  # noqa: SLF001
     store = getattr(scopes, "_global", None) or scopes.current
     values = {}
     for variable in VARIABLES:

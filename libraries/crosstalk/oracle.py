@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CrosstalkError
+from .metrics import jain_index
 from .model import Evidence, Frame, TestUser
+from .stats import percentile
 
 MAX_LISTED = 10
 MIN_CANARY_LENGTH = 8
@@ -403,20 +405,6 @@ class RoundStats:
     wall: float = 0.0  # seconds from the first send to the last completion
 
 
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile: the smallest value with at least ``pct`` % of values at or below it."""
-    ordered = sorted(values)
-    if not ordered:
-        raise ValueError("No values: no run completed, so there is no latency to measure.")
-    rank = max(1, -(-len(ordered) * pct // 100))
-    return ordered[int(rank) - 1]
-
-
-def jain(values: Sequence[float]) -> float:
-    total_sq = sum(x * x for x in values)
-    return 1.0 if not values or total_sq == 0 else sum(values) ** 2 / (len(values) * total_sq)
-
-
 def round_stats(latencies: Mapping[str, Sequence[float]], wall_seconds: float) -> RoundStats:
     """Statistics of runs grouped by user label, over ``wall_seconds`` from first send to last completion."""
     flat = [x for values in latencies.values() for x in values]
@@ -430,5 +418,5 @@ def round_stats(latencies: Mapping[str, Sequence[float]], wall_seconds: float) -
         runs=len(flat), users=len(per_user), mean=sum(flat) / len(flat), median=median,
         p95=percentile(flat, 95), max=ordered[-1],
         throughput=len(flat) / wall_seconds if wall_seconds > 0 else float("inf"),
-        fairness=jain(per_user), wall=wall_seconds,
+        fairness=jain_index(per_user), wall=wall_seconds,
     )

@@ -179,7 +179,7 @@ class Target:
         return f"auth {self.auth_url}, backend {self.backend_url}, redis {mask_url(self.redis_url)}"
 
 
-def _json_or_text(reply: requests.Response) -> Any:
+def json_or_text(reply: requests.Response) -> Any:
     try:
         return reply.json()
     except ValueError:
@@ -192,7 +192,7 @@ def new_user(target: Target, label: str) -> TestUser:
     user = TestUser(label, email, PASSWORD, canary=f"CANARY-{label}-{uuid.uuid4().hex[:8]}")
     reply = _post(target.auth_url, "/auth/register", {"email": email, "password": PASSWORD}, label)
     if reply.status_code != 201:
-        raise RaceError(f"registering {label} ({email}) answered {reply.status_code}: {_json_or_text(reply)}")
+        raise RaceError(f"registering {label} ({email}) answered {reply.status_code}: {json_or_text(reply)}")
     user.user_id = reply.json()["user_id"]
     if target.auth_url.rstrip("/") == ctx.get("AUTH_URL").rstrip("/"):
         ctx.record_user(user)  # not users of a platform started for one failure injection: it is gone
@@ -215,7 +215,7 @@ def login(target: Target, user: TestUser) -> Tokens:
         target.auth_url, "/auth/login", {"email": user.email, "password": user.password}, user.label
     )
     if reply.status_code != 200:
-        raise RaceError(f"login of {user.label} answered {reply.status_code}: {_json_or_text(reply)}")
+        raise RaceError(f"login of {user.label} answered {reply.status_code}: {json_or_text(reply)}")
     body = reply.json()
     user.tokens = Tokens(body["access_token"], body["refresh_token"], body.get("expires_in", 0))
     user.issued_access_tokens.append(body["access_token"])
@@ -245,21 +245,24 @@ def get_json(target: Target, user: TestUser, path: str) -> Any:
         f"{target.backend_url}{path}", headers=auth_header(user.access_token), timeout=HTTP_TIMEOUT
     )
     if reply.status_code != 200:
-        raise RaceError(f"GET {path} as {user.label} answered {reply.status_code}: {_json_or_text(reply)}")
+        raise RaceError(f"GET {path} as {user.label} answered {reply.status_code}: {json_or_text(reply)}")
     return reply.json()
 
 
-def open_socket(target: Target, user: TestUser, timeout: float = HTTP_TIMEOUT) -> ClientConnection:
-    """The user's WebSocket (current access token), registered so the oracle and the cleanup see it."""
+def open_socket(target: Target, user: TestUser | str, timeout: float = HTTP_TIMEOUT) -> ClientConnection:
+    """The user's WebSocket (their current access token, or a raw token), registered so the
+    isolation oracle and the end-of-suite cleanup see it."""
+    token = user if isinstance(user, str) else user.access_token
     ws = connect(
         target.ws_url,
-        additional_headers=auth_header(user.access_token),
+        additional_headers=auth_header(token),
         open_timeout=timeout,
         compression=None,
         ping_interval=None,
     )
-    registry.register(ws, owner="CrosstalkRaces", kind=registry.WEBSOCKET, label=f"{user.label}#race",
-                      user_id=user.user_id, is_open=lambda: ws.state is State.OPEN, close=ws.close)
+    label, user_id = ("token", None) if isinstance(user, str) else (f"{user.label}#race", user.user_id)
+    registry.register(ws, owner="CrosstalkRaces", kind=registry.WEBSOCKET, label=label,
+                      user_id=user_id, is_open=lambda: ws.state is State.OPEN, close=ws.close)
     return ws
 
 

@@ -37,6 +37,8 @@ from typing import Any
 
 import psutil
 
+from .stats import percentile
+
 Source = Callable[[], tuple[float, int]]
 """Returns ``(cpu_seconds, rss_bytes)`` of one set of processes; cumulative CPU, current RSS."""
 
@@ -147,13 +149,6 @@ class Series:
             cpu_peak_pct=max(pcts) if pcts else None,
             rss_peak=max(rss), rss_mean=sum(rss) / len(rss),
         )
-
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile (the value below which ``pct`` % of the samples lie)."""
-    ordered = sorted(values)
-    rank = max(math.ceil(pct / 100.0 * len(ordered)), 1)
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 class BackgroundSampler:

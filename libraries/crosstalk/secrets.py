@@ -42,6 +42,14 @@ def mask_url(url: str) -> str:
     return _URL_PASSWORD_RE.sub(r"\1***@", url or "")
 
 
+_DSN_PASSWORD_RE = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def mask_dsn(dsn: str) -> str:
+    """Hide the password in a URL or a key=value DSN (``password='s3 cret'``) before it reaches a log."""
+    return _DSN_PASSWORD_RE.sub(r"\1***", mask_url(dsn))
+
+
 def mask_text(text: str) -> str:
     """Mask every JWT, Bearer credential and URL password found in free text."""
     text = _URL_PASSWORD_RE.sub(r"\1***@", text or "")
@@ -118,7 +126,7 @@ def protect_requests_library_log() -> bool:
 
     rl_log.format_data_to_log_string = format_data_to_log_string
     rl_log.log_request = log_request
-    rl_log._crosstalk_masked = True
+    rl_log._crosstalk_masked = True  # noqa: SLF001 - our own marker on RequestsLibrary's module: patch once
     return True
 
 

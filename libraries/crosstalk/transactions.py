@@ -35,6 +35,8 @@ import psycopg2.pool
 from psycopg2 import sql as pgsql
 
 from .errors import CrosstalkError
+from .secrets import mask_dsn
+from .stats import percentile
 from .stores import IsolationLevel
 
 MAX_ROWS = 50  # rows kept per step: enough for a log table, bounded for big SELECTs
@@ -81,15 +83,6 @@ def classify_sqlstate(code: str | None) -> str:
 
 def describe_sqlstate(code: str | None) -> str:
     return f"{code} {sqlstate_name(code)}" if code else "no SQLSTATE"
-
-
-_URL_PASSWORD = re.compile(r"(://[^:/@]*:)([^@]*)(@)")
-_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-
-
-def mask_dsn(dsn: str) -> str:
-    """Hide the password in a URL or key=value DSN before it reaches a log."""
-    return _KV_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***\3", dsn))
 
 
 def with_database(dsn: str, dbname: str) -> str:
@@ -771,7 +764,9 @@ class TransactionEngine:
 
     # -- whole interleavings
 
-    def run(self, steps: Sequence[str | Step], *, isolation: IsolationLevel | None = None,
+    # complexity accepted: one ordered step loop (begin, step, wait, lock report, commit,
+    # invariant); splitting it scatters the timing that makes the interleaving exact
+    def run(self, steps: Sequence[str | Step], *, isolation: IsolationLevel | None = None,  # noqa: C901
             timeout: float = 10.0, lock_timeout: float | None = None, deadlock_timeout: float | None = 0.1,
             invariant: str | None = None, state: str | None = None, anomaly: str = "anomaly",
             retry_losers: bool = False, max_retries: int = 3) -> InterleavingResult:
@@ -1061,17 +1056,11 @@ class PoolReport:
                 + (f"<p>first errors:</p><ul>{errors}</ul>" if errors else ""))
 
 
-def _percentile(values: list[float], pct: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
-
-
-def run_concurrent_operations(pool: QueuedPool, operations: int, work: Callable[[Any, int], Any], *,
-                              label: str = "batch", hold: float = 0.05, arrival_timeout: float = 10.0,
-                              join_timeout: float = 60.0, isolation: IsolationLevel | None = None,
-                              max_retries: int = 0) -> PoolReport:
+# complexity accepted: arrival barrier, workers and the per-outcome tally share one lock-guarded state
+def run_concurrent_operations(  # noqa: C901
+        pool: QueuedPool, operations: int, work: Callable[[Any, int], Any], *, label: str = "batch",
+        hold: float = 0.05, arrival_timeout: float = 10.0, join_timeout: float = 60.0,
+        isolation: IsolationLevel | None = None, max_retries: int = 0) -> PoolReport:
     """Run `operations` threads that each borrow a connection and call `work(conn, index)`.
 
     All threads start together (barrier).  A caller that got a connection keeps it
@@ -1157,5 +1146,5 @@ def run_concurrent_operations(pool: QueuedPool, operations: int, work: Callable[
         succeeded=succeeded, failed=operations - succeeded,
         waited=pool.stats.waited - stats_before[0], refused=pool.stats.refused - stats_before[1],
         max_waiting=pool.stats.max_waiting, backends_used=len(backends), in_use_after=pool.in_use,
-        elapsed_ms=elapsed, wait_p50_ms=_percentile(waits, 50), wait_max_ms=max(waits, default=0.0),
+        elapsed_ms=elapsed, wait_p50_ms=percentile(waits, 50, empty=0.0), wait_max_ms=max(waits, default=0.0),
         errors=errors, isolation=isolation.value if isolation else "server default", retries=retries)
