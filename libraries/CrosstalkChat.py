@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -16,6 +17,7 @@ from crosstalk.connection import (
 )
 from crosstalk.contract import ContractError, FrameContract, frame_contract
 from crosstalk.engine import get_engine
+from crosstalk.errors import CrosstalkError
 from crosstalk.model import TestUser
 from crosstalk.registry import Cleanup
 from crosstalk.secrets import mask
@@ -388,6 +390,77 @@ class CrosstalkChat:
 
         elapsed = self._run(send_all(), 30.0)
         logger.info(f"{connection.label} sent {len(frames)} raw frames in {elapsed * 1000:.0f} ms")
+
+    @keyword("Send Message Flood")
+    def send_message_flood(self, target: UserConnection | TestUser | str, count: int) -> None:
+        """Send ``count`` ``user_message`` frames back to back in one engine call, without awaiting answers.
+
+        Example:
+        | Send Message Flood | ${mallory} | 120 |
+        """
+        self.send_raw_frames(target, [json.dumps({"type": "user_message", "client_message_id": f"flood-{n}",
+                                                  "content": f"flood {n}"}) for n in range(int(count))])
+
+    @keyword("Flood Should Have Been Rate Limited")
+    def flood_should_have_been_rate_limited(
+        self, target: UserConnection | TestUser | str, timeout: timedelta = timedelta(seconds=5),
+    ) -> None:
+        """Fail unless the flooding connection received an ``error`` frame with code ``rate_limited``.
+
+        Example:
+        | Send Message Flood | ${mallory} | 120 |
+        | Flood Should Have Been Rate Limited | ${mallory} |
+        """
+        connection = self._resolve(target)
+        try:
+            self.wait_for_event(connection, "error", timeout, code="rate_limited")
+        except AssertionError as error:
+            flood = sum(1 for f in connection.frames if f.direction == "out" and '"flood-' in f.raw)
+            raise CrosstalkError(
+                f"{connection.user.label} sent {flood} messages back to back and got no rate_limited error: "
+                f"not throttled ({error})") from None
+
+    @keyword("Oversized Frame Should Be Refused By The Server")
+    def oversized_frame_should_be_refused_by_the_server(
+        self, target: UserConnection | TestUser | str, size: int, timeout: timedelta = timedelta(seconds=10),
+    ) -> str:
+        """Send a ``user_message`` of ``size`` bytes; fail unless it gets a ``frame_too_large`` error or
+        the socket is closed with 1009 (message too big).  Returns how it was refused.
+
+        Example:
+        | Oversized Frame Should Be Refused By The Server | ${alice} | 100000 | timeout=10s |
+        """
+        connection = self._resolve(target)
+        self.send_raw_frame(connection, json.dumps(
+            {"type": "user_message", "client_message_id": "oversized-1", "content": "A" * int(size)}))
+        try:
+            self.wait_for_event(connection, "error", timeout, code="frame_too_large")
+            return "error frame_too_large"
+        except AssertionError as error:
+            refused_by_error = str(error)
+        try:
+            self.connection_should_be_closed_with_code(connection, 1009, timeout=timedelta(seconds=1))
+        except AssertionError:
+            raise CrosstalkError(
+                f"{connection.user.label}'s {int(size)}-byte frame was neither refused with frame_too_large "
+                f"nor closed with 1009: {refused_by_error}") from None
+        return "closed with 1009"
+
+    @keyword("Chat Should Still Work")
+    def chat_should_still_work(
+        self, target: UserConnection | TestUser | str, timeout: timedelta = timedelta(seconds=10),
+    ) -> str:
+        """The user can still chat: on the same socket, or on a new one when the server closed it
+        (after an oversized frame, 1009 is a legitimate answer).  Returns the answer.
+
+        Example:
+        | Chat Should Still Work | ${alice} | timeout=10s |
+        """
+        try:
+            run = self.send_message(target, "still there?")
+        except AssertionError:
+            run = self.send_message(self.reconnect(target), "still there?")
+        return self.wait_for_run_to_complete(run, timeout)
 
     # ------------------------------------------------------------------ wait
     def _connection_of(self, run: RunHandle) -> UserConnection:
