@@ -6,8 +6,9 @@ import html
 import re
 from typing import Any
 
-from crosstalk import htmllog
+from crosstalk import htmllog, registry
 from crosstalk.model import TestUser
+from crosstalk.registry import Cleanup
 from crosstalk.secrets import mask_url
 from crosstalk.stores import (
     IsolationLevel,
@@ -47,7 +48,7 @@ def _cell(value: Any) -> str:
     return text if len(text) <= 200 else text[:200] + "…"
 
 
-@library(scope="GLOBAL", version=VERSION, auto_keywords=False)
+@library(scope="GLOBAL", version=VERSION, auto_keywords=False, listener=Cleanup())
 class CrosstalkStores:
     """PostgreSQL (psycopg2) and Redis (redis-py) connections by alias.
 
@@ -79,8 +80,11 @@ class CrosstalkStores:
         """
         if alias in self.stores.postgres:
             self.stores.postgres.pop(alias).close()
-        self.stores.postgres[alias] = connect_postgres(alias, url)
+        conn = self.stores.postgres[alias] = connect_postgres(alias, url)
         self.stores.urls[alias] = url
+        registry.register(conn, owner="CrosstalkStores", kind=registry.STORE, label=f"Postgres '{alias}'",
+                          user_id=None, is_open=lambda: self.stores.postgres.get(alias) is conn,
+                          close=lambda: self.stores.postgres.pop(alias).close())
         logger.info(f"Connected Postgres alias '{alias}' to {mask_url(url)}")
 
     @keyword("Connect To Redis")
@@ -92,8 +96,11 @@ class CrosstalkStores:
         """
         if alias in self.stores.redis:
             self.stores.redis.pop(alias).close()
-        self.stores.redis[alias] = connect_redis(alias, url)
+        client = self.stores.redis[alias] = connect_redis(alias, url)
         self.stores.urls[alias] = url
+        registry.register(client, owner="CrosstalkStores", kind=registry.STORE, label=f"Redis '{alias}'",
+                          user_id=None, is_open=lambda: self.stores.redis.get(alias) is client,
+                          close=lambda: self.stores.redis.pop(alias).close())
         logger.info(f"Connected Redis alias '{alias}' to {mask_url(url)}")
 
     @keyword("Disconnect From All Stores")

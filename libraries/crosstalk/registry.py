@@ -24,7 +24,7 @@ from typing import Any
 
 from robot.api import logger
 
-WEBSOCKET, POOL, SCRATCH_DB = "websocket", "connection pool", "scratch database"
+WEBSOCKET, POOL, SCRATCH_DB, STORE = "websocket", "connection pool", "scratch database", "store connection"
 
 
 @dataclass

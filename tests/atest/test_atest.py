@@ -45,8 +45,9 @@ def test_listener_closes_and_reports_what_a_suite_left_open(atest):
     warnings = [m.message for m in atest.errors.messages if m.level == "WARN"]
     leaks = [w for w in warnings if w.startswith("Suite 'Leaky' left ")]
     assert len(leaks) == 1, warnings
-    assert leaks[0].startswith("Suite 'Leaky' left 2 resource(s) open after its teardown; Crosstalk closed "
+    assert leaks[0].startswith("Suite 'Leaky' left 3 resource(s) open after its teardown; Crosstalk closed "
                                "them: leaky#1 (UserConnection websocket), crosstalk_atest_leak_"), leaks[0]
-    assert leaks[0].endswith("(CrosstalkTransactions scratch database)"), leaks[0]
+    assert leaks[0].endswith("(CrosstalkTransactions scratch database), Redis 'leak' (CrosstalkStores store "
+                             "connection)"), leaks[0]
     others = [w for w in warnings if " left " in w and "open after its teardown" in w and w not in leaks]
     assert not others, f"suites that close their own resources were reported as leaking: {others}"
