@@ -335,13 +335,17 @@ class CrosstalkRaces:
         result: dict = {}
         with races.open_socket(self.target, user, seconds) as ws:
 
+            started = threading.Event()
+
             def refresh_mid_run() -> None:
-                time.sleep(0.15)
-                result["refresh"] = races.refresh(self.target, user.tokens.refresh_token)
+                # refresh once the run streams (its first frame arrived), not after a guessed delay
+                if started.wait(seconds):
+                    result["refresh"] = races.refresh(self.target, user.tokens.refresh_token)
 
             refresher = threading.Thread(target=refresh_mid_run, daemon=True)
             refresher.start()
-            frames = races.run_to_end(ws, user, f"[[slow:80]] long answer for {user.canary}", None, seconds)
+            frames = races.run_to_end(ws, user, f"[[slow:80]] long answer for {user.canary}", None, seconds,
+                                      started=started)
             refresher.join(seconds)
         reply = result.get("refresh")
         if reply is None or reply.status_code != 200:

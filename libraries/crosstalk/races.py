@@ -267,9 +267,12 @@ def open_socket(target: Target, user: TestUser | str, timeout: float = HTTP_TIME
 
 
 def run_to_end(
-    ws: ClientConnection, user: TestUser, content: str, thread_id: str | None, timeout: float
+    ws: ClientConnection, user: TestUser, content: str, thread_id: str | None, timeout: float,
+    started: threading.Event | None = None,
 ) -> list[dict]:
-    """Send one user_message and return the frames of its run until agent_completed/agent_error."""
+    """Send one user_message and return the frames of its run until agent_completed/agent_error.
+
+    ``started`` is set when the run's first frame arrives (for actions that must happen mid-run)."""
     cmid = uuid.uuid4().hex
     frame = {"type": "user_message", "content": content, "client_message_id": cmid}
     if thread_id:
@@ -286,6 +289,8 @@ def run_to_end(
         except TimeoutError:
             continue
         frames.append(data)
+        if started is not None and data.get("client_message_id") == cmid:
+            started.set()
         owner = data.get("user_id")
         if owner is not None and user.user_id and owner != user.user_id:
             # Definitive evidence; waiting for the own run's end would only turn it into a timeout.
