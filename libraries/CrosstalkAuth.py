@@ -11,7 +11,7 @@ import jwt
 import requests
 from crosstalk import context, htmllog
 from crosstalk.context import Capability
-from crosstalk.httpretry import pooled_session
+from crosstalk.httpretry import HTTP_TIMEOUT, pooled_session
 from crosstalk.model import TestUser, Tokens
 from crosstalk.secrets import MaskedHeaders, mask, mask_password, protect_requests_library_log
 from crosstalk.tokens import CLAIM_FORGERIES, Forgery, forge, public_pem_from_jwk, split
@@ -20,7 +20,6 @@ from robot.api import logger
 from robot.api.deco import keyword, library
 from robot.api.types import Secret  # RF >= 7.4 (requirements.txt)
 
-HTTP_TIMEOUT = 15.0
 # RequestsLibrary 0.9 logs the Authorization header and bodies in full; suites use it for REST
 protect_requests_library_log()
 MAX_PARALLEL = 32

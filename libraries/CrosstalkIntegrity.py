@@ -23,6 +23,7 @@ import requests
 from crosstalk import context, races
 from crosstalk.connection import RunHandle as RunHandleLike
 from crosstalk.errors import CrosstalkError
+from crosstalk.httpretry import HTTP_TIMEOUT
 from crosstalk.integrity import (
     IDENTITY_FIELDS,
     TERMINAL,
@@ -43,8 +44,6 @@ from crosstalk.secrets import mask, mask_url
 from crosstalk.version import VERSION
 from robot.api import logger
 from robot.api.deco import keyword, library
-
-HTTP_TIMEOUT = 10.0
 
 
 class IntegrityError(CrosstalkError):

@@ -10,7 +10,7 @@ import psycopg2
 import requests
 from crosstalk import context, htmllog, oracle, registry
 from crosstalk.context import Capability
-from crosstalk.httpretry import pooled_session
+from crosstalk.httpretry import HTTP_TIMEOUT, pooled_session
 from crosstalk.metrics import format_seconds
 from crosstalk.model import Evidence, TestUser
 from crosstalk.oracle import Observations, RoundStats, RuleResult, SessionRecord
@@ -21,7 +21,6 @@ from crosstalk.version import VERSION
 from robot.api import logger
 from robot.api.deco import keyword, library
 
-HTTP_TIMEOUT = 15.0
 MAX_PARALLEL = 16
 SESSION_GRACE_S = 2.0
 SKIP = {"", "none", "skip", "off"}

@@ -43,8 +43,9 @@ from typing import Any
 
 import requests
 
+from .httpretry import HTTP_TIMEOUT
+
 LEDGER_DIR = Path(__file__).resolve().parents[2] / "results" / ".crosstalk" / "ledger"
-HTTP_TIMEOUT = 10.0
 PARALLEL = 8
 _LOCK = threading.Lock()
 

@@ -45,6 +45,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ProtocolError
 from urllib3.util.retry import Retry
 
+# the one HTTP timeout (seconds) of every library's REST call: a busy CI machine answers well within it
+HTTP_TIMEOUT = 15.0
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # POSTs whose accidental repetition changes nothing a test relies on (see the module docstring).
 REPEATABLE_POSTS = frozenset({"/auth/login", "/auth/register"})

@@ -32,10 +32,10 @@ from websockets.sync.client import ClientConnection, connect
 
 from . import context, registry
 from .errors import CrosstalkError
+from .httpretry import HTTP_TIMEOUT
 from .model import TestUser, Tokens
 from .secrets import mask_url
 
-HTTP_TIMEOUT = 10.0
 # Password hashing (argon2id) makes sign-up and login the slow calls on a busy machine.
 SIGN_IN_TIMEOUT = 30.0
 SIGN_IN_PARALLELISM = 8
