@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import faults
+from . import faults, variant
 from .common import (
     AUTH_SCHEMA,
     authenticate,
@@ -64,7 +64,10 @@ class AuthService:
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
         faults.enable(self.settings.faults)
-        self.pool = await create_pool(self.settings.auth_database_url, self.settings.db_pool_size)
+        variant.enable(self.settings.variant, self.settings.variant_seed)
+        self.pool = variant.wrap_pool(
+            await create_pool(self.settings.auth_database_url, self.settings.db_pool_size), "auth"
+        )
         await ensure_schema(self.pool, AUTH_SCHEMA)
         # A blocking pool waits for a free connection under bursts instead of failing.
         self.redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
@@ -191,7 +194,7 @@ class AuthService:
         if not faults.on("logout_no_revoke"):
             ttl = max(1, int(claims.get("exp", time.time() + 1) - time.time()) + 1)
             jti = claims["jti"]
-            await self.redis.set(f"revoked:{jti}", claims["sub"], ex=ttl)
+            await self.redis.set(variant.key("revoked", jti), claims["sub"], ex=ttl)
             await self.redis.publish(REVOCATION_CHANNEL, jti)
         return Response(status_code=204)
 
