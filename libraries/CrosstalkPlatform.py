@@ -6,8 +6,15 @@ import os
 from datetime import timedelta
 from urllib.parse import urlsplit, urlunsplit
 
+from crosstalk import profile as target_profile
 from crosstalk.secrets import mask_url
-from crosstalk.sharedplatform import PlatformError, SharedPlatform, check_health, wait_healthy
+from crosstalk.sharedplatform import (
+    PlatformError,
+    SharedPlatform,
+    check_health,
+    variant_requested,
+    wait_healthy,
+)
 from robot.api import logger
 from robot.api.deco import keyword, library
 from robot.libraries.BuiltIn import BuiltIn
@@ -77,12 +84,16 @@ class CrosstalkPlatform:
                 self._acquired += 1
             return dict(self.target)
         if self._configured("AUTH_URL"):
+            # a configured target's profile comes only from PROFILE (default: the reference's)
+            profile = self._activate_profile(self._configured("PROFILE") or self._configured(target_profile.ENV_VAR))
             target = self._configured_target(seconds)
             extra = {name: self._configured(name) or "" for name in TOKEN_VARIABLES}
+            extra["JWT_ISSUER"] = extra["JWT_ISSUER"] or str(profile.limit("issuer", ""))
+            extra["JWT_AUDIENCE"] = extra["JWT_AUDIENCE"] or str(profile.limit("audience", ""))
             where = "configured target"
         else:
             if self._shared is None:
-                self._shared = SharedPlatform(os.environ.get("REFPLAT_FAULTS", ""))
+                self._shared = SharedPlatform(os.environ.get("REFPLAT_FAULTS", ""), variant=variant_requested())
             state = self._shared.acquire(seconds)
             self._acquired += 1
             target = {name: str(state.get(key) or "") for name, key in STATE_KEYS.items()}
@@ -93,15 +104,27 @@ class CrosstalkPlatform:
                 "JWT_PRIVATE_KEY": str(key_file) if key_file.is_file() else "",
             }
             faults = ", ".join(state.get("faults") or []) or "none"
+            # the started platform names its own profile (variant mode: resources/profiles/variant.yaml)
+            profile = self._activate_profile(self._configured("PROFILE") or state.get("profile"))
+            mode = "variant mode, " if state.get("variant") else ""
             where = (
-                f"reference platform (launcher pid {state.get('pids', {}).get('launcher')}, faults: {faults})"
+                f"reference platform ({mode}launcher pid {state.get('pids', {}).get('launcher')}, faults: {faults})"
             )
         for name, value in {**target, **extra}.items():
             BuiltIn().set_global_variable("${%s}" % name, value)  # noqa: UP031
         self.target = target
+        BuiltIn().set_global_variable("${PROFILE}", profile.source)
         rows = "".join(f"<tr><td>{n}</td><td>{mask_url(v)}</td></tr>" for n, v in target.items())
+        rows += f"<tr><td>PROFILE</td><td>{profile.describe()}</td></tr>"
         logger.info(f"Using the {where}:<table>{rows}</table>", html=True)
         return dict(target)
+
+    @staticmethod
+    def _activate_profile(name: str | None) -> target_profile.Profile:
+        try:
+            return target_profile.activate(name)
+        except target_profile.ProfileError as exc:
+            raise PlatformError(str(exc)) from None
 
     def _configured_target(self, seconds: float) -> dict[str, str]:
         target = {name: self._configured(name) or "" for name in TARGET_VARIABLES}

@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 import requests
+from crosstalk import profile as target_profile
 from crosstalk.model import TestUser
 from crosstalk.secrets import mask
 from robot.api import logger
@@ -72,6 +73,7 @@ class Probe:
             frame = {"type": "(not JSON)", "raw": _short(str(raw))}
         if not isinstance(frame, dict):
             frame = {"type": "(not an object)", "raw": _short(str(raw))}
+        frame = target_profile.current().canonical_event(frame)
         frame["_received_at"] = time.monotonic()
         self.received.append(frame)
         return frame
@@ -199,7 +201,10 @@ class CrosstalkSecurity:
     def session_records_should_number(
         self, redis_url: str, user_id: str, count: int, timeout: timedelta = timedelta(seconds=5),
     ) -> None:
-        """Waits until Redis holds exactly ``count`` session records (``session:<user_id>:*``) for the user.
+        """Waits until Redis holds exactly ``count`` session records for the user.
+
+        The key pattern comes from the target profile (``redis.session``; the
+        reference platform's is ``session:<user_id>:*``).
 
         ``count=0`` after the user's sockets closed proves sessions are removed on disconnect.
 
@@ -208,7 +213,7 @@ class CrosstalkSecurity:
         | Session Records Should Number | ${REDIS_URL} | ${user_id} | 0 | timeout=5s |
         """
         client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
-        pattern = f"session:{user_id}:*"
+        pattern = target_profile.current().session_pattern(user_id)
         deadline = time.monotonic() + _s(timeout)
         try:
             while True:

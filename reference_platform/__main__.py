@@ -251,7 +251,7 @@ class Platform:
                 raise StartupError(f"embedded Redis did not start: {exc}") from None
         auth_db, backend_db = self._create_databases()
         # a wildcard bind is reached through loopback: nothing here ever talks to another interface
-        advertised = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(args.host, args.host)  # noqa: S104
+        advertised = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(args.host, args.host)
         host = advertised if ":" not in advertised else f"[{advertised}]"
         self.settings = Settings(
             host=args.host,

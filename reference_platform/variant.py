@@ -36,7 +36,7 @@ ENV_VAR = "REFPLAT_VARIANT"
 PROFILE = "variant"
 # launcher defaults in variant mode (options given explicitly still win)
 DEFAULTS = {
-    "host": "0.0.0.0",  # noqa: S104 - a non-loopback bind on purpose; Crosstalk connects to 127.0.0.1
+    "host": "0.0.0.0",
     "auth_db": "identity",
     "backend_db": "chat",
     "analytics_db": "usage_analytics",
