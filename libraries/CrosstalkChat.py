@@ -632,12 +632,13 @@ class CrosstalkChat:
                                      f"recall the earlier message {text[:80]!r}: {run.answer!r}")
             return
         for event in run.events:
+            result = (event.get("payload") or {}).get("result")
             if event.get("type") == "tool_completed" and any(
-                text in value for value in target_profile.walk_values((event.get("payload") or {}).get("result"))
+                text in value for value in target_profile.walk_values(result)
             ):
                 return
-        raise AssertionError(message or f"No tool result of {run.user.label}'s run {run.name} holds the earlier "
-                             f"message {text[:80]!r}")
+        raise AssertionError(message or f"No tool result of {run.user.label}'s run {run.name} holds the "
+                             f"earlier message {text[:80]!r}")
 
     @keyword("Run Should Hand Off")
     def run_should_hand_off(self, run: RunHandle, to: str | None = None) -> str:

@@ -85,7 +85,9 @@ class CrosstalkPlatform:
             return dict(self.target)
         if self._configured("AUTH_URL"):
             # a configured target's profile comes only from PROFILE (default: the reference's)
-            profile = self._activate_profile(self._configured("PROFILE") or self._configured(target_profile.ENV_VAR))
+            profile = self._activate_profile(
+                self._configured("PROFILE") or self._configured(target_profile.ENV_VAR)
+            )
             target = self._configured_target(seconds)
             extra = {name: self._configured(name) or "" for name in TOKEN_VARIABLES}
             extra["JWT_ISSUER"] = extra["JWT_ISSUER"] or str(profile.limit("issuer", ""))
@@ -93,7 +95,9 @@ class CrosstalkPlatform:
             where = "configured target"
         else:
             if self._shared is None:
-                self._shared = SharedPlatform(os.environ.get("REFPLAT_FAULTS", ""), variant=variant_requested())
+                self._shared = SharedPlatform(
+                    os.environ.get("REFPLAT_FAULTS", ""), variant=variant_requested()
+                )
             state = self._shared.acquire(seconds)
             self._acquired += 1
             target = {name: str(state.get(key) or "") for name, key in STATE_KEYS.items()}
@@ -107,9 +111,8 @@ class CrosstalkPlatform:
             # the started platform names its own profile (variant mode: resources/profiles/variant.yaml)
             profile = self._activate_profile(self._configured("PROFILE") or state.get("profile"))
             mode = "variant mode, " if state.get("variant") else ""
-            where = (
-                f"reference platform ({mode}launcher pid {state.get('pids', {}).get('launcher')}, faults: {faults})"
-            )
+            launcher = state.get("pids", {}).get("launcher")
+            where = f"reference platform ({mode}launcher pid {launcher}, faults: {faults})"
         for name, value in {**target, **extra}.items():
             BuiltIn().set_global_variable("${%s}" % name, value)  # noqa: UP031
         self.target = target

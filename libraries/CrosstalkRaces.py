@@ -26,7 +26,7 @@ from crosstalk.htmllog import table
 from crosstalk.model import TestUser
 from crosstalk.races import Outcome, RaceError, Target
 from crosstalk.secrets import mask
-from crosstalk.sharedplatform import SharedPlatform
+from crosstalk.sharedplatform import SharedPlatform, variant_requested
 from robot.api import logger
 from robot.api.deco import keyword, library
 from robot.libraries.BuiltIn import BuiltIn
@@ -119,7 +119,7 @@ class CrosstalkRaces:
         | Start Platform With Injected Failure | backend |
         """
         faults = sorted({*self.target.faults, failure.value})
-        self._isolated = SharedPlatform(",".join(faults))
+        self._isolated = SharedPlatform(",".join(faults), variant=variant_requested())
         started = time.monotonic()
         state = self._isolated.acquire(_seconds(timeout))
         self._saved, self._target = self._target, Target.from_state(state)
@@ -464,7 +464,8 @@ class CrosstalkRaces:
             while True:
                 problems = []
                 for user in users:
-                    keys = list(client.scan_iter(target_profile.current().session_pattern(user.user_id), count=1000))
+                    pattern = target_profile.current().session_pattern(user.user_id)
+                    keys = list(client.scan_iter(pattern, count=1000))
                     owners = [(client.hget(k, "user_id") or b"").decode() for k in keys]
                     if len(keys) != 1:
                         problems.append(f"{user.label} has {len(keys)} session records (lost or duplicated)")

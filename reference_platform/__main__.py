@@ -406,7 +406,8 @@ class Platform:
             "access_token_ttl": s.access_token_ttl, "allowed_origins": s.allowed_origins,
             "max_frame_bytes": s.max_frame_bytes, "rate_limit_per_second": s.rate_limit_per_second,
             "rate_limit_burst": s.rate_limit_burst, "agent_step_ms": s.agent_step_ms,
-            "bind_host": s.host, "variant": s.variant, "profile": variant.PROFILE if s.variant else "reference",
+            "bind_host": s.host, "variant": s.variant,
+            "profile": variant.PROFILE if s.variant else "reference",
             "analytics_database": s.analytics_db,
             "data_dir": str(self.data_dir),
             "pids": {
@@ -492,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  postgres  {mask_url(state['auth_database_url'])}, {mask_url(state['backend_database_url'])}\n"
             f"  redis     {mask_url(state['redis_url'])}\n"
             f"  faults    {', '.join(fault_names) or 'none'}\n"
-            f"  mode      {'variant (profile resources/profiles/variant.yaml)' if args.variant else 'reference'}\n"
+            f"  mode      {'variant (resources/profiles/variant.yaml)' if args.variant else 'reference'}\n"
             "Press Ctrl-C to stop.",
             flush=True,
         )

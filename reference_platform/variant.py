@@ -141,7 +141,7 @@ class Row:
         self._record, self._words = record, words
 
     def __getitem__(self, name: Any) -> Any:
-        if isinstance(name, str) and name not in self._record.keys():
+        if isinstance(name, str) and name not in self._record:
             name = self._words.get(name, name)
         return self._record[name]
 
@@ -212,10 +212,10 @@ OPENERS = ("Sure.", "Happy to help.", "Good question.", "Let me look at that.", 
 BODIES = {
     "cost": ("Your plan's price depends on the seats you use.", "Billing is monthly and prorated.",
              "The budget view shows what you spend per project."),
-    "security": ("Tokens expire after a short while and can be revoked.", "Passwords are hashed with argon2id.",
-                 "Access is checked on every request."),
-    "performance": ("Latency mostly comes from the model, not the network.", "The platform scales out per user.",
-                    "Throughput grows with the number of workers."),
+    "security": ("Tokens expire after a short while and can be revoked.",
+                 "Passwords are hashed with argon2id.", "Access is checked on every request."),
+    "performance": ("Latency mostly comes from the model, not the network.",
+                    "The platform scales out per user.", "Throughput grows with the number of workers."),
     "general": ("I can help with plans, security and performance.", "Tell me more about what you need.",
                 "That depends on your setup."),
 }
@@ -236,8 +236,10 @@ def step_seconds(rng: random.Random, step_ms: int) -> float:
 def compose_answer(rng: random.Random, specialist: str, content: str, history: list[str]) -> str:
     opener, parts = rng.choice(OPENERS), [rng.choice(BODIES.get(specialist, BODIES["general"]))]
     if history:
-        parts.append(rng.choice(("I also looked at what you wrote earlier in this conversation.",
-                                 f"You have {len(history)} earlier message(s) here, which I took into account.")))
+        parts.append(rng.choice((
+            "I also looked at what you wrote earlier in this conversation.",
+            f"You have {len(history)} earlier message(s) here, which I took into account.",
+        )))
     tokens = REPEAT_RE.findall(content)
     if tokens:
         parts.append(rng.choice(("As requested: {}.", "Your reference code: {}.", "Repeating it back: {}."))
@@ -271,7 +273,7 @@ async def run_agent(service: Any, run: Any, agent: Any) -> None:
         await step()
         await service._emit(run, "agent_thinking", {"agent": specialist, "thought": rng.choice(THOUGHTS)})
     await step()
-    calls = [(f"call_{uuid.uuid4().hex[:12]}", agent.TOOL), (f"call_{uuid.uuid4().hex[:12]}", rng.choice(SIDE_TOOLS))]
+    calls = [(f"call_{uuid.uuid4().hex[:12]}", tool) for tool in (agent.TOOL, rng.choice(SIDE_TOOLS))]
     for call_id, tool in calls:  # both start before either completes
         arguments = {"thread_id": run.thread_id} if tool == agent.TOOL else {"query": run.content[:40]}
         await service._emit(run, "tool_executing", {

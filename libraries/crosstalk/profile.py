@@ -230,17 +230,24 @@ def _enum(enum_type: type[enum.Enum], value: Any, path: str, source: str) -> Any
 def from_dict(data: dict, source: str = "<dict>") -> Profile:
     """Build a profile from its parsed YAML; a missing or wrong entry is one clear error."""
     if not isinstance(data, dict):
-        raise ProfileError(f"Profile {source} is not a YAML mapping: start from resources/profiles/reference.yaml.")
+        raise ProfileError(
+            f"Profile {source} is not a YAML mapping: start from resources/profiles/reference.yaml."
+        )
     types = dict(_get(data, "events.types") or {})
     unknown = sorted(set(types) - set(CANONICAL_TYPES))
     if unknown:
-        raise ProfileError(f"Profile {source}: unknown event types {unknown}; known: {list(CANONICAL_TYPES)}.")
+        raise ProfileError(
+            f"Profile {source}: unknown event types {unknown}; known: {list(CANONICAL_TYPES)}."
+        )
     fields = dict(_get(data, "events.fields") or {})
     unknown = sorted(set(fields) - set(CANONICAL_FIELDS))
     if unknown:
-        raise ProfileError(f"Profile {source}: unknown event fields {unknown}; known: {list(CANONICAL_FIELDS)}.")
-    recognition = _enum(AnswerRecognition, _get(data, "answers.recognition") or "quote", "answers.recognition",
-                        source)
+        raise ProfileError(
+            f"Profile {source}: unknown event fields {unknown}; known: {list(CANONICAL_FIELDS)}."
+        )
+    recognition = _enum(
+        AnswerRecognition, _get(data, "answers.recognition") or "quote", "answers.recognition", source
+    )
     echo = str(_get(data, "answers.echo_request") or "")
     if recognition is AnswerRecognition.CANARY_ECHO and "{token}" not in echo:
         raise ProfileError(f"Profile {source}: answers.echo_request must contain {{token}} for canary_echo.")
@@ -298,7 +305,8 @@ def load(name_or_path: str = DEFAULT_PROFILE) -> Profile:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ProfileError(f"Profile {path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}.") from None
+        problem = getattr(exc, "problem", exc)
+        raise ProfileError(f"Profile {path}{where} is not valid YAML: {problem}.") from None
     return from_dict(data, str(path))
 
 

@@ -365,7 +365,9 @@ class WorkspaceState:
 WORKSPACE_QUERIES = {
     "auth_count": "SELECT workspace_count FROM user_workspace_counts WHERE user_id = %(user_id)s",
     "backend_ids": "SELECT workspace_id FROM workspaces WHERE user_id = %(user_id)s",
-    "analytics_ids": "SELECT workspace_id FROM events WHERE user_id = %(user_id)s AND kind = 'workspace_created'",
+    "analytics_ids": (
+        "SELECT workspace_id FROM events WHERE user_id = %(user_id)s AND kind = 'workspace_created'"
+    ),
 }
 
 
@@ -380,7 +382,8 @@ def workspace_state(target: Target, user: TestUser) -> WorkspaceState:
     if target.analytics_database_url.startswith(("clickhouse", "http")):
         analytics = clickhouse_workspace_events(target.analytics_database_url, user.user_id)
     else:
-        analytics = [str(r[0]) for r in pg_rows(target.analytics_database_url, queries["analytics_ids"], params)]
+        rows = pg_rows(target.analytics_database_url, queries["analytics_ids"], params)
+        analytics = [str(r[0]) for r in rows]
     return WorkspaceState(user.label, int(count or 0), backend, analytics)
 
 

@@ -26,7 +26,8 @@ EVENT_TYPES = (
 TERMINAL_TYPES = frozenset({"agent_completed", "agent_error"})
 SHORT_NAMES = {name.split("_", 1)[1] if name.startswith("agent_") else name: name for name in EVENT_TYPES}
 CONTRACT_PATTERN = (
-    "agent_started agent_thinking+ tool_executing (tool_executing | tool_completed)+ (agent_completed | agent_error)"
+    "agent_started agent_thinking+ tool_executing (tool_executing | tool_completed)+ "
+    "(agent_completed | agent_error)"
 )
 _TOKEN_RE = re.compile(r"\s*([A-Za-z_]+|[()|+*?])")
 
