@@ -23,6 +23,7 @@ from crosstalk.model import TestUser
 from crosstalk.secrets import mask
 from robot.api import logger
 from robot.api.deco import keyword, library
+from robot.libraries.BuiltIn import BuiltIn
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -195,6 +196,48 @@ class CrosstalkSecurity:
                                  f"{_s(timeout):g} s; errors: {'; '.join(errors[:3]) or 'none'}")
         logger.info(f"{count} concurrent POST {url}: statuses {statuses}")
         return statuses
+
+    # ------------------------------------------------------------ limits (target profile)
+    @staticmethod
+    def _limit(name: str, variable: str) -> int:
+        profile = target_profile.current()
+        value = profile.limit(name)
+        if not value:
+            BuiltIn().skip(f"No {variable} given and profile {profile.name} declares no limits.{name}: "
+                           f"set one of them to test this limit.")
+        return int(value)
+
+    @keyword("Oversized Frame Size")
+    def oversized_frame_size(self, configured: str | int | None = None) -> int:
+        """Bytes of a frame that must be refused: ``configured`` if given, else twice the profile's limit.
+
+        Skips the test when neither ``OVERSIZED_FRAME_BYTES`` nor the profile's
+        ``limits.max_frame_bytes`` is known.
+
+        Example:
+        | ${bytes} = | Oversized Frame Size | ${OVERSIZED_FRAME_BYTES} |
+        """
+        if configured not in (None, ""):
+            return int(configured)
+        size = 2 * self._limit("max_frame_bytes", "OVERSIZED_FRAME_BYTES")
+        logger.info(f"Oversized frame: {size} bytes (twice the profile's max_frame_bytes)")
+        return size
+
+    @keyword("Flood Size")
+    def flood_size(self, configured: str | int | None = None) -> int:
+        """Messages in a flood that must be throttled: ``configured``, else 3 x the profile's burst (min 60).
+
+        Skips the test when neither ``FLOOD_SIZE`` nor the profile's ``limits.rate_limit_burst``
+        is known.
+
+        Example:
+        | ${count} = | Flood Size | ${FLOOD_SIZE} |
+        """
+        if configured not in (None, ""):
+            return int(configured)
+        size = max(60, 3 * self._limit("rate_limit_burst", "FLOOD_SIZE"))
+        logger.info(f"Flood: {size} messages (three times the profile's rate_limit_burst)")
+        return size
 
     # ------------------------------------------------------------ sessions and server resources
     @keyword
