@@ -121,6 +121,7 @@ VARIANT_FAULTS = (
     "logout_no_revoke", "refresh_reuse", "refresh_race", "jwt_alg_none", "jwt_hs256_confusion",
     "jwt_accept_expired", "ws_origin_unchecked", "session_leak", "connection_leak", "no_rate_limit",
     "no_frame_limit", "sql_concat",
+    "lost_update",  # the counter: message_count counts only user messages in variant mode
 )
 VARIANT_PREFIX = "variant-"
 assert all(row.phrase for row in MATRIX), "every row needs a key phrase: failing is not enough"
