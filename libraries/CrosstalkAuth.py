@@ -6,18 +6,17 @@ import secrets
 import string
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import jwt
 import requests
-from crosstalk import htmllog
+from crosstalk import context, htmllog
+from crosstalk.context import Capability
 from crosstalk.model import TestUser, Tokens
 from crosstalk.secrets import MaskedHeaders, mask, mask_password, protect_requests_library_log
-from crosstalk.tokens import Forgery, forge, load_private_key, public_pem_from_jwk, split
+from crosstalk.tokens import CLAIM_FORGERIES, Forgery, forge, public_pem_from_jwk, split
 from robot.api import logger
 from robot.api.deco import keyword, library
-from robot.libraries.BuiltIn import BuiltIn
 
 try:  # RF 7.4+
     from robot.api.types import Secret
@@ -60,7 +59,7 @@ class CrosstalkAuth:
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _variable(name: str, default: Any = None) -> Any:
-        return BuiltIn().get_variable_value("${%s}" % name, default)  # noqa: UP031
+        return context.current().get(name) or default
 
     def _auth_url(self) -> str:
         url = self._variable("AUTH_URL")
@@ -383,8 +382,10 @@ class CrosstalkAuth:
         (alg "NONE"), ``signature_stripped``, ``payload_tampered``, ``expired``,
         ``missing_exp``, ``wrong_issuer``, ``wrong_audience``, ``unknown_kid``, ``wrong_signature``,
         ``hs256_confusion`` (HS256 with the public key PEM as HMAC secret).
-        For the reference platform its private key signs the claim-rule
-        forgeries so only the named rule is broken.
+        The claim-rule forgeries (``expired``, ``missing_exp``, ``wrong_issuer``,
+        ``wrong_audience``) are signed with ``JWT_PRIVATE_KEY`` only after it was
+        checked against the target's JWKS (same public key); without such a key
+        the test is skipped with the reason, never passed.
 
         Example:
         | ${forged} = | Forge Token | ${alice} | alg_none |
@@ -395,10 +396,13 @@ class CrosstalkAuth:
         public_pem = (
             public_pem_from_jwk(self._jwk_for(header.get("kid"))) if kind is Forgery.HS256_CONFUSION else None
         )
-        key_file = self._variable("JWT_PRIVATE_KEY")
-        platform_key = (
-            load_private_key(Path(key_file).read_bytes()) if key_file and Path(key_file).exists() else None
-        )
+        platform_key = None
+        if kind in CLAIM_FORGERIES:
+            # only a key proven to be the target's own (same public key as its JWKS) may sign these:
+            # with any other key the token is refused for its signature and the claim is never tested
+            ctx = context.current()
+            ctx.require(Capability.SIGNING_KEY)
+            platform_key = ctx.signing_key
         token = forge(kind, genuine, public_pem, platform_key)
         logger.info(f"Forged {kind.value} token from {user.label}'s token: {mask(token, 12)}")
         return token

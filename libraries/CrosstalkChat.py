@@ -6,7 +6,7 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
-from crosstalk import htmllog
+from crosstalk import context, htmllog
 from crosstalk import profile as target_profile
 from crosstalk.connection import (
     ConnectionRefused,
@@ -21,7 +21,7 @@ from crosstalk.secrets import mask
 from crosstalk.sequence import check_run_events, matches_pattern, types_of
 from robot.api import logger
 from robot.api.deco import keyword, library
-from robot.libraries.BuiltIn import BuiltIn
+from robot.api.exceptions import SkipExecution
 
 try:  # RF 7.4+
     from robot.api.types import Secret
@@ -66,7 +66,7 @@ class CrosstalkChat:
 
     # ------------------------------------------------------------------ helpers
     def _ws_url(self) -> str:
-        url = BuiltIn().get_variable_value("${WS_URL}")
+        url = context.current().get("WS_URL")
         if not url:
             raise AssertionError(
                 "WS_URL is not set: run 'Start Or Attach Platform' in the suite setup first."
@@ -599,7 +599,7 @@ class CrosstalkChat:
         profile = target_profile.current()
         evidence = profile.answer_evidence(run.content, run.echo_token)
         if evidence is None:
-            BuiltIn().skip(
+            raise SkipExecution(
                 f"Profile {profile.name} declares answers.recognition none: no evidence ties an answer to "
                 "its asker; set quote or canary_echo in the profile (PROFILE) to enable this check."
             )

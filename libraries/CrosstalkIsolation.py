@@ -10,8 +10,9 @@ from typing import Any
 
 import psycopg2
 import requests
-from crosstalk import htmllog, oracle
+from crosstalk import context, htmllog, oracle
 from crosstalk import profile as target_profile
+from crosstalk.context import Capability
 from crosstalk.metrics import format_seconds
 from crosstalk.model import Evidence, TestUser
 from crosstalk.oracle import Observations, RoundStats, RuleResult, SessionRecord
@@ -29,10 +30,7 @@ SKIP = {"", "none", "skip", "off"}
 
 
 def _variable(name: str) -> Any:
-    try:
-        return BuiltIn().get_variable_value("${%s}" % name)  # noqa: UP031
-    except RobotNotRunningError:
-        return None
+    return context.current().get(name) or None
 
 
 def _library(name: str) -> Any:
@@ -195,11 +193,18 @@ class CrosstalkIsolation:
         backend = backend_url if backend_url is not None else _variable("BACKEND_URL")
         if str(backend or "").lower() not in SKIP:
             self._gather_rest(users, str(backend).rstrip("/"), obs, sources)
+        ctx = context.current()
         database = database_url if database_url is not None else _variable("BACKEND_DATABASE_URL")
-        if str(database or "").lower() not in SKIP:
+        if database_url is None and not ctx.has(Capability.DB):
+            ctx.incomplete(Capability.DB, "database rows")
+            sources.append(("backend DB", f"not read: {ctx.reason(Capability.DB)}"))
+        elif str(database or "").lower() not in SKIP:
             self._gather_rows(users, str(database), obs, sources)
         redis_source = redis_url if redis_url is not None else _variable("REDIS_URL")
-        if str(redis_source or "").lower() not in SKIP:
+        if redis_url is None and not ctx.has(Capability.REDIS):
+            ctx.incomplete(Capability.REDIS, "Redis values and sessions")
+            sources.append(("Redis", f"not read: {ctx.reason(Capability.REDIS)}"))
+        elif str(redis_source or "").lower() not in SKIP:
             self._gather_redis(users, str(redis_source), obs, sources)
         return obs, sources
 

@@ -12,7 +12,7 @@ Resource            ../resources/races.resource
 Suite Setup         Start Or Attach Platform
 Suite Teardown      Release Platform
 
-Test Tags           transaction    workspace
+Test Tags           transaction    workspace    needs:db    needs:analytics-db
 
 
 *** Test Cases ***
@@ -24,7 +24,7 @@ A Workspace Is Recorded In All Three Stores
 
 A Backend Failure Rolls Everything Back
     [Documentation]    Step 2 fails: the auth count already prepared in step 1 is rolled back too.
-    [Tags]    rollback
+    [Tags]    rollback    needs:fault-injection
     Start Platform With Injected Failure    backend
     ${bob} =    A Racer    backendfail
     Workspace Creation Should Fail Cleanly    ${bob}    backend
@@ -32,7 +32,7 @@ A Backend Failure Rolls Everything Back
 
 An Analytics Failure Rolls Everything Back
     [Documentation]    Step 3 fails: the prepared auth and backend writes are rolled back.
-    [Tags]    rollback
+    [Tags]    rollback    needs:fault-injection
     Start Platform With Injected Failure    analytics
     ${carol} =    A Racer    analyticsfail
     Workspace Creation Should Fail Cleanly    ${carol}    analytics

@@ -59,8 +59,7 @@ Missing And Forged Tokens Are Refused
 Properly Signed Tokens With Bad Claims Are Refused
     [Documentation]    API2: a token signed with the platform's own key but expired, without exp, or for
     ...    another issuer or audience is refused with 401 on REST and on the WebSocket handshake.
-    [Tags]    authentication    rest    websocket
-    [Setup]    Platform Signing Key Should Be Known
+    [Tags]    authentication    rest    websocket    needs:signing-key
     [Template]    Forged Token Is Refused On REST And WebSocket
     expired
     missing exp
@@ -98,7 +97,7 @@ Cross-Site WebSocket Hijacking Is Refused
 An Oversized Frame Is Refused Without Harming Others
     [Documentation]    API4: a frame over the size limit is refused; bob's and carol's runs complete meanwhile
     ...    and alice's socket stays usable.
-    [Tags]    resource-limits    websocket
+    [Tags]    resource-limits    websocket    needs:limits
     ${others}=    Others Start Chatting    bob    carol
     Oversized Frame Should Be Refused    alice
     Their Runs Should Complete Within    ${others}    ${OTHER_USERS_LATENCY_LIMIT}
@@ -106,7 +105,7 @@ An Oversized Frame Is Refused Without Harming Others
 
 A Message Flood Is Throttled Without Slowing Others
     [Documentation]    API4: one user flooding the socket is rate limited; the others' runs stay fast.
-    [Tags]    resource-limits    websocket
+    [Tags]    resource-limits    websocket    needs:limits
     ${mallory}=    A Connected User    mallory
     ${others}=    Others Start Chatting    bob    carol
     User Floods The Socket    ${mallory}
@@ -124,14 +123,14 @@ Hostile Content Is Stored And Returned Verbatim
 
 Closed Connections Leave No Session Behind
     [Documentation]    Session records in Redis live exactly as long as their socket.
-    [Tags]    sessions    websocket
+    [Tags]    sessions    websocket    needs:redis
     ${frank}=    A Logged-In User    frank
     Sockets Opened And Closed    ${frank}    ${SOCKETS_PER_LEAK_CHECK}
     Session Records Should Number    ${REDIS_URL}    ${frank.user_id}    0    timeout=${CLEANUP_TIMEOUT}
 
 Closed Connections Free Their Server Resources
     [Documentation]    The server forgets a connection when its socket closes (/metrics tracked_connections).
-    [Tags]    sessions    websocket
+    [Tags]    sessions    websocket    needs:metrics
     ${grace}=    A Logged-In User    grace
     ${before}=    Get Leaked Connection Count    ${BACKEND_URL}
     Sockets Opened And Closed    ${grace}    ${SOCKETS_PER_LEAK_CHECK}

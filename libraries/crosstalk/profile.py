@@ -39,6 +39,8 @@ from typing import Any
 
 import yaml
 
+from . import context
+
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "resources" / "profiles"
 DEFAULT_PROFILE = "reference"
 ENV_VAR = "CROSSTALK_PROFILE"
@@ -324,8 +326,22 @@ def activate(name_or_path: str | Profile | None) -> Profile:
 
 
 def current() -> Profile:
-    """The active profile: the one activated at suite setup, else ``$CROSSTALK_PROFILE``, else reference."""
+    """The active profile: the target context's (``PROFILE``), else ``$CROSSTALK_PROFILE``, else reference."""
     global _current
+    ctx = context.peek()
+    if ctx is not None and isinstance(ctx.profile, Profile):
+        return ctx.profile
     if _current is None:
         _current = load(os.environ.get(ENV_VAR) or DEFAULT_PROFILE)
     return _current
+
+
+def _load_for_context(name_or_path: str) -> Profile:
+    """The target context's PROFILE loader: a bad profile is a one-line configuration error."""
+    try:
+        return activate(name_or_path or None)
+    except ProfileError as exc:
+        raise context.ConfigurationError(str(exc)) from None
+
+
+context.PROFILE_LOADER = _load_for_context

@@ -4,9 +4,10 @@ on, the same checks pass.
 
 For each registered fault the platform is started once with only that fault on
 (`python -m reference_platform --auth-port 0 --backend-port 0 --state-file …`),
-robot runs only the tags that should catch it against that platform (the target
-URLs are passed as variables, so `CrosstalkPlatform` attaches instead of starting
-another platform), and `output.xml` is read back with `robot.api.ExecutionResult`.
+robot runs only the tags that should catch it against that platform (its state
+file is passed as ``REFERENCE_STATE``, so `CrosstalkPlatform` attaches to it as the
+reference instead of starting another platform), and `output.xml` is read back
+with `robot.api.ExecutionResult`.
 A fault is *detected* when the expected test failed and its message contains the
 key phrase.  The table is printed at the end of the pytest run and written to
 `results/detection/matrix.md`; `docs/detection.md` explains how to read it.
@@ -224,10 +225,9 @@ class Platform:
             return "(no platform log)"
 
     def robot_variables(self) -> list[str]:
-        arguments = []
-        for variable, key in TARGET_VARIABLES.items():
-            if self.state.get(key):
-                arguments += ["--variable", f"{variable}:{self.state[key]}"]
+        # attach to this reference platform through its state file: the suites then know it is the
+        # reference (faults, limits, resource metrics, failure injection) and start nothing themselves
+        arguments = ["--variable", f"REFERENCE_STATE:{self.state_file}"]
         # Tokens with a valid signature but a bad claim (expired, wrong aud…) need the signing key.
         arguments += ["--variable", f"JWT_PRIVATE_KEY:{signing_key()}"]
         # a configured target's profile comes only from PROFILE

@@ -1,0 +1,120 @@
+"""The target context: one precedence rule for every variable, derived values, static capabilities."""
+
+from __future__ import annotations
+
+import pytest
+from crosstalk import context
+from crosstalk.context import VARIABLES, Capability, build, resolve, static_capabilities
+
+TARGET = {"AUTH_URL": "https://auth.example.test", "BACKEND_URL": "https://api.example.test"}
+
+
+@pytest.mark.parametrize("name", [v.name for v in VARIABLES])
+def test_variable_beats_crosstalk_env_beats_plain_env_for_every_variable(name):
+    env = {f"CROSSTALK_{name}": "from-crosstalk-env", name: "from-plain-env"}
+    assert resolve(name, {name: "from-variable"}, env).value == "from-variable"
+    assert resolve(name, {}, env) == context.Resolved("from-crosstalk-env", f"CROSSTALK_{name}")
+    plain = resolve(name, {}, {name: "from-plain-env"})
+    if name in context.LEGACY_ENVIRONMENT:
+        assert plain == context.Resolved("from-plain-env", name)
+    else:
+        assert plain.value == ""
+
+
+def test_empty_variable_falls_through_to_the_environment():
+    assert resolve("REDIS_URL", {"REDIS_URL": ""}, {"CROSSTALK_REDIS_URL": "redis://h"}).value == "redis://h"
+
+
+def test_reference_values_are_the_last_resort():
+    assert resolve("REDIS_URL", {}, {}, {"REDIS_URL": "redis://ref"}).source == "reference"
+    assert resolve("REDIS_URL", {"REDIS_URL": "off"}, {}, {"REDIS_URL": "redis://ref"}).value == "off"
+
+
+def test_a_target_is_configured_by_auth_or_backend_url():
+    assert build(TARGET, {}).configured
+    assert build({}, {"CROSSTALK_BACKEND_URL": "http://b"}).configured
+    assert build({}, {"AUTH_URL": "http://a"}).configured  # back-compat plain env
+    assert not build({}, {}).configured
+
+
+def test_configured_target_never_takes_reference_values():
+    ctx = build(TARGET, {}, reference={"REDIS_URL": "redis://ref", "JWT_PRIVATE_KEY": "/ref.pem"})
+    assert ctx.get("REDIS_URL") == "" and ctx.get("JWT_PRIVATE_KEY") == ""
+    assert not ctx.has(Capability.REDIS)
+
+
+def test_stray_plain_env_does_not_redirect_the_reference_platform():
+    ctx = build({}, {"REDIS_URL": "redis://stray"}, reference={"REDIS_URL": "redis://ref"})
+    assert ctx.get("REDIS_URL") == "redis://ref"
+
+
+def test_derived_values():
+    given = {"BACKEND_DATABASE_URL": "postgresql://u:p@h/backend", "MAX_FRAME_BYTES": "1000"}
+    ctx = build({**TARGET, **given}, {})
+    assert ctx.get("WS_URL") == "wss://api.example.test/ws"
+    assert ctx.get("ANALYTICS_DATABASE_URL") == "postgresql://u:p@h/analytics"
+    assert ctx.get("OVERSIZED_FRAME_BYTES") == "1500"
+    assert ctx.sources["WS_URL"] == "derived"
+
+
+def test_run_prefix_is_generated_or_given():
+    assert build(TARGET, {}).run_prefix.startswith("ct")
+    assert build({**TARGET, "RUN_PREFIX": "nightly-"}, {}).run_prefix == "nightly-"
+
+
+def test_only_urls_means_every_optional_capability_is_absent_with_the_variable_named():
+    ctx = build(TARGET, {})
+    for capability in Capability:
+        assert not ctx.has(capability)
+        for name in context.CAPABILITY_VARIABLES[capability]:
+            if capability is Capability.ANALYTICS_DB:
+                continue
+            assert f"CROSSTALK_{name}" in ctx.reason(capability) or name in ctx.reason(capability)
+
+
+def test_off_switches_a_capability_off_even_on_the_reference_platform():
+    states = static_capabilities({"REDIS_URL": "off"}, reference=True)
+    assert not states[Capability.REDIS].available
+    assert states[Capability.REDIS].reason.startswith("REDIS_URL is off")
+
+
+def test_db_needs_both_databases():
+    states = static_capabilities({"BACKEND_DATABASE_URL": "postgresql://h/b"}, reference=False)
+    assert not states[Capability.DB].available
+    assert "AUTH_DATABASE_URL (CROSSTALK_AUTH_DATABASE_URL)" in states[Capability.DB].reason
+    assert "BACKEND_DATABASE_URL" not in states[Capability.DB].reason
+
+
+def test_missing_for_names_the_first_absent_capability():
+    ctx = build({**TARGET, "REDIS_URL": "redis://h"}, {})
+    assert ctx.missing_for(["race", "needs:redis"]) is None
+    capability, reason = ctx.missing_for(["needs:redis", "needs:db"])
+    assert capability is Capability.DB and "BACKEND_DATABASE_URL" in reason
+    capability, reason = ctx.missing_for(["needs:teleport"])
+    assert capability is None and "unknown capability tag" in reason
+
+
+def test_skip_summary_groups_by_reason():
+    ctx = build(TARGET, {})
+    for test in ("a", "b"):
+        ctx.skipped.append(context.SkipRecord(test, "db", "needs db: set X"))
+    ctx.skipped.append(context.SkipRecord("c", "redis", "needs redis: set Y"))
+    assert ctx.skip_summary() == ["2 tests skipped: needs db: set X", "1 test skipped: needs redis: set Y"]
+
+
+def test_masked_hides_store_passwords():
+    ctx = build({**TARGET, "REDIS_URL": "redis://:hunter2@h:6379/0"}, {})
+    assert "hunter2" not in str(ctx.masked())
+
+
+def test_bad_number_is_one_line_naming_the_variable():
+    ctx = build({**TARGET, "FLOOD_SIZE": "lots"}, {})
+    with pytest.raises(context.ConfigurationError, match=r"FLOOD_SIZE 'lots'.*CROSSTALK_FLOOD_SIZE"):
+        ctx.int("FLOOD_SIZE", 120)
+
+
+def test_profile_loader_hook_receives_the_profile_path(monkeypatch):
+    seen = []
+    monkeypatch.setattr(context, "PROFILE_LOADER", lambda path: seen.append(path) or {"name": "mine"})
+    ctx = build({**TARGET, "PROFILE": "p.yaml"}, {})
+    assert seen == ["p.yaml"] and ctx.profile == {"name": "mine"}
