@@ -409,6 +409,8 @@ class Platform:
             "bind_host": s.host, "variant": s.variant,
             "profile": variant.PROFILE if s.variant else "reference",
             "analytics_database": s.analytics_db,
+            "analytics_database_url": os.environ.get("REFPLAT_ANALYTICS_DATABASE_URL")
+            or _replace_db(s.backend_database_url, s.analytics_db),
             "data_dir": str(self.data_dir),
             "pids": {
                 "launcher": os.getpid(),

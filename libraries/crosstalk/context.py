@@ -202,9 +202,9 @@ def ws_from_backend(backend_url: str) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/ws", "", ""))
 
 
-def analytics_from_backend(backend_database_url: str) -> str:
+def analytics_from_backend(backend_database_url: str, database: str = "analytics") -> str:
     parts = urlsplit(backend_database_url)
-    return urlunsplit(parts._replace(path="/analytics"))
+    return urlunsplit(parts._replace(path=f"/{database}"))
 
 
 @dataclass
@@ -525,9 +525,11 @@ def build(
         values[variable.name], sources[variable.name] = resolved.value, resolved.source
     if values["BACKEND_URL"] and not values["WS_URL"]:
         values["WS_URL"], sources["WS_URL"] = ws_from_backend(values["BACKEND_URL"]), "derived"
+    profile = PROFILE_LOADER(values["PROFILE"]) if PROFILE_LOADER is not None else None
     backend_db = values["BACKEND_DATABASE_URL"]
     if not values["ANALYTICS_DATABASE_URL"] and backend_db and not is_off(backend_db):
-        values["ANALYTICS_DATABASE_URL"] = analytics_from_backend(backend_db)
+        database = getattr(profile, "analytics_database", None) or "analytics"  # the profile names it
+        values["ANALYTICS_DATABASE_URL"] = analytics_from_backend(backend_db, database)
         sources["ANALYTICS_DATABASE_URL"] = "derived"
     frame = values["MAX_FRAME_BYTES"]
     if not values["OVERSIZED_FRAME_BYTES"] and frame and not is_off(frame):
@@ -539,7 +541,6 @@ def build(
     if not values["RUN_PREFIX"]:
         values["RUN_PREFIX"] = environ.get("CROSSTALK_RUN_ID", "") or new_run_prefix()
         sources["RUN_PREFIX"] = "generated"
-    profile = PROFILE_LOADER(values["PROFILE"]) if PROFILE_LOADER is not None else None
     # limits of a profile that was named (PROFILE, or the started platform's own) stand in for the
     # limit variables, still below any variable; the default profile's are the reference's, never assumed
     limits = (getattr(profile, "limits", None) or {}) if values["PROFILE"] else {}
