@@ -230,7 +230,7 @@ class Platform:
         arguments = ["--variable", f"REFERENCE_STATE:{self.state_file}"]
         # Tokens with a valid signature but a bad claim (expired, wrong aud…) need the signing key.
         arguments += ["--variable", f"JWT_PRIVATE_KEY:{signing_key()}"]
-        # a configured target's profile comes only from PROFILE
+        # the profile the platform names (its state file names it too): variant mode needs variant.yaml
         return [*arguments, "--variable", f"PROFILE:{self.state.get('profile') or 'reference'}"]
 
 
