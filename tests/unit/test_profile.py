@@ -76,3 +76,25 @@ def test_unknown_names_and_files_are_refused(tmp_path):
     broken.write_text("name: [unclosed\n")
     with pytest.raises(ProfileError, match="is not valid YAML"):
         profile.load(str(broken))
+
+
+def test_a_started_platform_names_its_profile_a_configured_target_only_through_profile():
+    from crosstalk import context
+    from crosstalk.context import Capability
+
+    started = context.build({}, {}, reference={"AUTH_URL": "http://127.0.0.1:1", "BACKEND_URL": "http://127.0.0.1:2",
+                                               "BACKEND_DATABASE_URL": "postgresql://p@127.0.0.1:3/chat",
+                                               "PROFILE": "variant"})
+    assert started.profile.name == "variant"
+    assert started.get("ANALYTICS_DATABASE_URL").endswith("/usage_analytics")
+    target = {"AUTH_URL": "https://auth.example.test", "BACKEND_URL": "https://api.example.test"}
+    plain = context.build(target, {})
+    assert plain.profile.name == "reference" and not plain.has(Capability.LIMITS)  # never assumed
+    named = context.build({**target, "PROFILE": "variant"}, {})
+    assert named.profile.name == "variant" and named.has(Capability.LIMITS)
+    assert (named.get("OVERSIZED_FRAME_BYTES"), named.get("FLOOD_SIZE")) == ("65536", "75")
+    assert named.sources["FLOOD_SIZE"] == "profile limits.rate_limit_burst"
+    with pytest.raises(context.ConfigurationError, match="unknown profile") as error:
+        context.build({**target, "PROFILE": "nosuch"}, {})
+    assert "\n" not in str(error.value)
+    profile.activate(None)
