@@ -72,7 +72,7 @@ def build_command(args: argparse.Namespace, outputdir: Path, summaries: Path) ->
         command = [pabot, "--processes", str(args.processes), "--pabotlibport", "0"]
     else:
         command = [sys.executable, "-m", "robot"]
-    command += ["--outputdir", str(outputdir), "--variable", f"USERS:{users}",
+    command += ["--outputdir", str(outputdir), "--variable", f"STARTUP_USERS:{users}",
                 "--variable", f"LOAD_RESULTS_DIR:{summaries}"]
     if args.performance_only:
         command += ["--include", "performance"]

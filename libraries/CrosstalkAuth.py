@@ -12,6 +12,7 @@ import jwt
 import requests
 from crosstalk import context, htmllog
 from crosstalk.context import Capability
+from crosstalk.httpretry import pooled_session
 from crosstalk.model import TestUser, Tokens
 from crosstalk.secrets import MaskedHeaders, mask, mask_password, protect_requests_library_log
 from crosstalk.tokens import CLAIM_FORGERIES, Forgery, forge, public_pem_from_jwk, split
@@ -33,6 +34,11 @@ def _plain(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
+def _was_retried(response: requests.Response) -> bool:
+    retries = getattr(response.raw, "retries", None)
+    return bool(retries and retries.history)
+
+
 def _strong_password() -> str:
     alphabet = string.ascii_letters + string.digits
     core = "".join(secrets.choice(alphabet) for _ in range(20))
@@ -50,10 +56,8 @@ class CrosstalkAuth:
     """
 
     def __init__(self) -> None:
-        self._http = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=MAX_PARALLEL)
-        self._http.mount("http://", adapter)
-        self._http.mount("https://", adapter)
+        # keep-alive pool; a request the server's idle close raced is retried once where safe
+        self._http = pooled_session(pool_connections=4, pool_maxsize=MAX_PARALLEL)
         self._jwks: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -95,9 +99,11 @@ class CrosstalkAuth:
     def _register(self, user: TestUser) -> TestUser:
         response = self._post("/auth/register", {"email": user.email, "password": user.password})
         if response.status_code != 201:
+            retried = " (after a retry on a dropped keep-alive connection: the first copy was applied)" \
+                if response.status_code == 409 and _was_retried(response) else ""
             raise AssertionError(
                 f"Registering user '{user.label}' ({user.email}) failed: HTTP {response.status_code} "
-                f"{response.text[:200]}"
+                f"{response.text[:200]}{retried}"
             )
         user.user_id = str(response.json().get("user_id"))
         return user
@@ -251,26 +257,32 @@ class CrosstalkAuth:
     def refresh_should_be_refused(
         self,
         refresh_token: Tokens | Secret | str,  # type: ignore[valid-type]
+        why: str = "",
     ) -> None:
         """Fail unless ``POST /auth/refresh`` with this refresh token (or the refresh token of a
-        `Tokens` pair) answers 401.
+        `Tokens` pair) answers 401.  ``why`` names the token in the failure message.
 
         Example:
         | ${before} = | Set Variable | ${alice.tokens} |
         | Refresh Tokens | ${alice} |
         | Refresh Should Be Refused | ${before} |
+        | Log Out | ${alice} |
+        | Refresh Should Be Refused | ${alice.tokens} | why=the session's refresh token after logout |
         """
         token = refresh_token.refresh_token if isinstance(refresh_token, Tokens) else _plain(refresh_token)
         response = self._post("/auth/refresh", {"refresh_token": token})
         if response.status_code != 401:
-            raise AssertionError(f"Refresh with {mask(token)} answered {response.status_code}, expected 401.")
+            what = f"{why} ({mask(token)})" if why else mask(token)
+            raise AssertionError(f"Refresh with {what} answered {response.status_code}, expected 401.")
 
     @keyword("Log Out")
     def log_out(self, user: TestUser) -> str:
         """Log ``user`` out (``POST /auth/logout``); returns the access token that was revoked.
 
-        The user keeps the revoked tokens, so keywords given the user now use the
-        revoked token (assigning the return value would log it: prefer the user).
+        Logout ends the session: the contract revokes the access token and the
+        refresh-token family of its login.  The user keeps the revoked tokens, so
+        keywords given the user now use them (assigning the return value would log
+        it: prefer the user).
 
         Example:
         | Log Out | ${alice} |

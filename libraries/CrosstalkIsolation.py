@@ -13,6 +13,7 @@ import requests
 from crosstalk import context, htmllog, oracle
 from crosstalk import profile as target_profile
 from crosstalk.context import Capability
+from crosstalk.httpretry import pooled_session
 from crosstalk.metrics import format_seconds
 from crosstalk.model import Evidence, TestUser
 from crosstalk.oracle import Observations, RoundStats, RuleResult, SessionRecord
@@ -58,10 +59,8 @@ class CrosstalkIsolation:
     """
 
     def __init__(self) -> None:
-        self._http = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_maxsize=MAX_PARALLEL)
-        self._http.mount("http://", adapter)
-        self._http.mount("https://", adapter)
+        # keep-alive pool; a GET the server's idle close raced is retried once on a fresh connection
+        self._http = pooled_session(pool_maxsize=MAX_PARALLEL)
 
     # ------------------------------------------------------------ evidence
     def _get(self, url: str, user: TestUser) -> requests.Response | None:

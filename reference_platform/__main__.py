@@ -297,11 +297,13 @@ class Platform:
         if external:
             self.server_url = external
             return
-        from .embedded import EmbeddedPostgres
+        from .embedded import EmbeddedPostgres, EmbeddedStartError
 
         self.postgres = EmbeddedPostgres(self.data_dir / "postgres")
         try:
             self.postgres.start(template_root=DEFAULT_DATA_ROOT)
+        except EmbeddedStartError as exc:
+            raise StartupError(f"embedded PostgreSQL did not start: {exc}") from None
         except (OSError, subprocess.SubprocessError) as exc:
             where = self.data_dir / "postgres"
             raise StartupError(f"embedded PostgreSQL did not start: {exc} (see {where})") from None

@@ -123,7 +123,7 @@ class AuthService:
         return JSONResponse(await self._token_pair(str(row["user_id"]), uuid.uuid4()))
 
     async def _token_pair(self, user_id: str, family_id: uuid.UUID) -> dict:
-        access_token, _ = self.signer.issue(user_id)
+        access_token, _ = self.signer.issue(user_id, str(family_id))
         refresh_token = secrets.token_urlsafe(32)
         expires_at = datetime.now(timezone.utc) + timedelta(seconds=self.settings.refresh_token_ttl)
         await self.pool.execute(
@@ -196,7 +196,22 @@ class AuthService:
             jti = claims["jti"]
             await self.redis.set(variant.key("revoked", jti), claims["sub"], ex=ttl)
             await self.redis.publish(REVOCATION_CHANNEL, jti)
+        if not faults.on("logout_keeps_refresh"):
+            await self._end_session(claims)
         return Response(status_code=204)
+
+    async def _end_session(self, claims: dict) -> None:
+        """Revoke the refresh-token family of the login this access token belongs to (its ``sid``):
+        after logout no refresh token of that session mints a new access token.  Other logins of
+        the same user (other devices) keep their sessions."""
+        try:
+            family_id, user_id = uuid.UUID(str(claims.get("sid"))), uuid.UUID(str(claims["sub"]))
+        except ValueError:
+            return  # a token without a session (not issued by login or refresh): nothing to end
+        await self.pool.execute(
+            "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND user_id = $2 "
+            "AND revoked_at IS NULL", family_id, user_id,
+        )
 
     async def me(self, request: Request) -> Response:
         claims = await authenticate(request, self.verifier, self.redis)

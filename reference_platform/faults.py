@@ -23,6 +23,8 @@ FAULTS: dict[str, str] = {
     "drop_event": "every 3rd run loses its tool_completed event (fire-and-forget send)",
     "reorder_events": "every 3rd run sends tool_completed before tool_executing",
     "logout_no_revoke": "logout answers 204 but does not put the access token on the denylist",
+    "logout_keeps_refresh": "logout revokes the access token but not its refresh-token family, so the "
+    "session's refresh token still mints new access tokens",
     "refresh_reuse": "a used refresh token is accepted again and the token family is not revoked",
     "jwt_alg_none": "access tokens with alg 'none' (any case) are accepted without a signature",
     "jwt_hs256_confusion": "HS256 tokens are verified with the RSA public key PEM as HMAC secret",

@@ -26,14 +26,16 @@ Refreshed Tokens Replace The Old Ones
     Token Should Identify User    ${gina}
     Refresh Should Be Refused    ${first_tokens}
 
-Logging Out Revokes The Token On REST And WebSocket
-    [Documentation]    Open sockets close with 4401; the old token is refused by REST and new handshakes.
+Logging Out Ends The Session On REST And WebSocket
+    [Documentation]    Open sockets close with 4401; the old token is refused by REST and new handshakes,
+    ...    and the session's refresh token can no longer mint a new one.
     ${gina} =    A Connected User    gina
     Log Out    ${gina}
     Connection Should Be Closed With Code    ${gina}    4401
     Me Should Be Refused    ${gina}
     Backend Should Refuse Token    ${gina}
     Connection Should Be Refused    ${gina}
+    Refresh Should Be Refused    ${gina.tokens}    why=the refresh token after logout
 
 One Chat Shows Every Event Kind With The Handoff
     [Documentation]    Triage hands off to the cost specialist, who calls a tool and answers quoting the question.

@@ -73,6 +73,13 @@ Access Token Is Dead After Logout
     ${dave}=    A Logged-In User    dave
     Access Token Should Be Dead After Logout    ${dave}
 
+Logout Ends The Whole Session
+    [Documentation]    API2 / OWASP session management: logout revokes the refresh-token family of the
+    ...    login too, so a refresh token of the ended session mints nothing (401).
+    [Tags]    revocation    rest
+    ${gail}=    A Logged-In User    gail
+    Logout Should End The Whole Session    ${gail}
+
 Reused Refresh Token Revokes The Whole Family
     [Documentation]    API2: a refresh token presented twice is refused and revokes every token of its family.
     [Tags]    revocation    rest

@@ -43,6 +43,7 @@ import requests
 
 from . import profile as target_profile
 from .connection import UserConnection
+from .httpretry import pooled_session
 from .metrics import LoadMetrics, UserStats
 from .model import TestUser, Tokens
 
@@ -253,7 +254,7 @@ _http = threading.local()
 def _session() -> requests.Session:
     session = getattr(_http, "session", None)
     if session is None:
-        session = _http.session = requests.Session()
+        session = _http.session = pooled_session()  # a stale keep-alive connection is retried once
     return session
 
 

@@ -80,6 +80,8 @@ MATRIX: tuple[Row, ...] = (
         "event order broken under load"),
     Row("logout_no_revoke", ("revocation",), "Access Token Is Dead After Logout",
         "with the access token after logout answered HTTP 200"),
+    Row("logout_keeps_refresh", ("revocation",), "Logout Ends The Whole Session",
+        "refresh token after logout ("),
     Row("refresh_reuse", ("revocation",), "Reused Refresh Token Revokes The Whole Family",
         "answered 200, expected 401"),
     Row("refresh_race", ("revocation",), "Concurrent Refreshes Of One Token Have One Winner",
@@ -119,7 +121,8 @@ ROWS = {row.fault: row for row in MATRIX}
 # The isolation and security rows, run again against the variant-mode platform with its profile.
 VARIANT_FAULTS = (
     "crosstalk", "shared_context", "bola_rest", "bola_ws", "cache_key_collision",
-    "logout_no_revoke", "refresh_reuse", "refresh_race", "jwt_alg_none", "jwt_hs256_confusion",
+    "logout_no_revoke", "logout_keeps_refresh", "refresh_reuse", "refresh_race", "jwt_alg_none",
+    "jwt_hs256_confusion",
     "jwt_accept_expired", "ws_origin_unchecked", "session_leak", "connection_leak", "no_rate_limit",
     "no_frame_limit", "sql_concat",
     "lost_update",  # the counter: message_count counts only user messages in variant mode

@@ -21,14 +21,14 @@ def _pairs(command: list[str], option: str) -> list[str]:
 def test_default_is_the_full_profile_with_plain_robot():
     command = _command()
     assert command[1:3] == ["-m", "robot"]
-    assert "USERS:100" in _pairs(command, "--variable")
+    assert "STARTUP_USERS:100" in _pairs(command, "--variable")
     assert _pairs(command, "--exclude") == ["soak"]
     assert _pairs(command, "--suite") == ["concurrent agent startup", "sustained performance"]
 
 
 def test_quick_users_and_tags():
-    assert "USERS:20" in _pairs(_command("--quick"), "--variable")
-    assert "USERS:200" in _pairs(_command("--quick", "--users", "200"), "--variable")
+    assert "STARTUP_USERS:20" in _pairs(_command("--quick"), "--variable")
+    assert "STARTUP_USERS:200" in _pairs(_command("--quick", "--users", "200"), "--variable")
     assert _pairs(_command("--performance-only"), "--include") == ["performance"]
     assert _pairs(_command("--isolation-only"), "--include") == ["isolation"]
 
