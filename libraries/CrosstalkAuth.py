@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import string
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -106,6 +105,7 @@ class CrosstalkAuth:
                 f"{response.text[:200]}{retried}"
             )
         user.user_id = str(response.json().get("user_id"))
+        context.current().record_user(user)
         return user
 
     def _login(self, user: TestUser) -> Tokens:
@@ -145,11 +145,11 @@ class CrosstalkAuth:
         """
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}.")
-        run = uuid.uuid4().hex[:8]
+        ctx = context.current()
         users = [
             TestUser(
                 label=f"{prefix}{index:02d}",
-                email=f"{prefix}{index:02d}-{run}@crosstalk.test",
+                email=ctx.email(f"{prefix}{index:02d}"),
                 password=_strong_password(),
                 canary=f"CANARY-{prefix}{index:02d}-{secrets.token_hex(6)}",
             )
@@ -173,10 +173,9 @@ class CrosstalkAuth:
         Example:
         | ${alice} = | Create Test User | alice |
         """
-        run = uuid.uuid4().hex[:8]
         user = TestUser(
             label,
-            f"{label}-{run}@crosstalk.test",
+            context.current().email(label),
             _strong_password(),
             f"CANARY-{label}-{secrets.token_hex(6)}",
         )

@@ -241,8 +241,8 @@ class CrosstalkLoad:
             results = [r for r in results if r not in unmeasured]
         failed = [r for r in results if not r.passed]
         if not failed:
-            BuiltIn().set_test_message(
-                "; ".join(f"{r.metric} {r.shown} (threshold: {r.expression})" for r in results), append=True)
+            context.test_message("; ".join(f"{r.metric} {r.shown} (threshold: {r.expression})"
+                                           for r in results))
         if failed:
             users = f"{len(run.load_users)} users"
             raise AssertionError(

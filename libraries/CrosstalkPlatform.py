@@ -71,6 +71,9 @@ class CrosstalkPlatform:
         self._acquired = 0
         self.target: dict[str, str] = {}
         self._summary_printed = False
+        self._depth = 0  # nested Start Or Attach Platform calls of this process
+        self._cleanup_line = ""
+        self._users_created = 0
 
     # ------------------------------------------------------------------ keywords
     @keyword("Start Or Attach Platform")
@@ -90,9 +93,11 @@ class CrosstalkPlatform:
         ctx = context.peek()
         if ctx is not None and self.target:
             # already attached by a parent suite: a child suite's own setup just joins
+            self._depth += 1
             if self._acquired:
                 self._acquired += 1
             self._metadata(ctx, top=False)
+            logger.info(f"Attached to the {ctx.describe()}; capabilities: {ctx.capability_summary()}")
             return dict(self.target)
         self._check_variable_files()
         robot, environ = context.robot_globals(), os.environ
@@ -110,6 +115,7 @@ class CrosstalkPlatform:
         if previous is not None:
             ctx.skipped = previous.skipped
         context.install(ctx)
+        self._depth = 1
         self._publish(ctx)
         self.target = {name: ctx.get(name) for name in
                        ("AUTH_URL", "BACKEND_URL", "WS_URL", "AUTH_DATABASE_URL", "BACKEND_DATABASE_URL",
@@ -233,7 +239,6 @@ class CrosstalkPlatform:
             "Faults planted": ", ".join(ctx.faults) or "none" if not ctx.configured
             else ", ".join(ctx.faults) or "none reported",
             "Capabilities": ctx.capability_summary(),
-            "Run prefix": ctx.run_prefix,
             "Versions": f"Crosstalk {ctx.versions['crosstalk']}, Robot Framework {ctx.versions['robot']}, "
                         f"Python {sys.version.split()[0]}, "
                         f"platform: {ctx.versions.get('platform', 'unknown')}",
@@ -271,6 +276,11 @@ class CrosstalkPlatform:
         Example:
         | Suite Teardown | Release Platform |
         """
+        if self._depth == 0:
+            return
+        self._depth -= 1
+        if self._depth == 0:
+            self._clean_up()
         if self._shared is None or self._acquired == 0:
             return
         self._acquired -= 1
@@ -284,6 +294,52 @@ class CrosstalkPlatform:
                     f"Last holder: the reference platform stops in {self._shared.linger:g} s unless "
                     "another process joins it (CROSSTALK_PLATFORM_LINGER=0 stops it at once)."
                 )
+
+    def _clean_up(self) -> None:
+        ctx = context.peek()
+        if ctx is None or not ctx.created_users:
+            return
+        if context.is_off(ctx.values.get("CLEANUP")):
+            self._cleanup_line = f"off (CLEANUP): run {ctx.run_prefix} left {len(ctx.created_users)} users"
+            logger.info(self._cleanup_line)
+            return
+        from crosstalk import cleanup
+
+        report = cleanup.clean(ctx)
+        self._cleanup_line = report.line()
+        (logger.warn if report.problems else logger.info)(self._cleanup_line)
+        self._users_created += len(ctx.created_users)
+        ctx.created_users.clear()
+
+    @keyword("Clean Up Run")
+    def clean_up_run(self, prefix: str = "") -> str:
+        """Remove what runs with ``prefix`` (default: this run's) left on the target; returns the report line.
+
+        Threads go through the API (``DELETE /threads/{id}``) for the users in the run's
+        ledger, rows and Redis keys through the stores the target gives.  The end of every
+        run does this by itself (unless ``CLEANUP`` is ``off``); use this keyword, or
+        ``python -m crosstalk.cleanup --prefix ...``, for the leftovers of a crashed run.
+
+        Example:
+        | Clean Up Run | ct2611301648 |
+        """
+        from crosstalk import cleanup
+
+        ctx = context.current()
+        if not prefix or prefix == ctx.run_prefix:
+            report = cleanup.clean(ctx)
+            ctx.created_users.clear()
+        else:
+            users, files = cleanup.read_ledgers(prefix)
+            report = cleanup.Report(prefix, users=len(users))
+            cleanup.delete_threads(ctx.get("AUTH_URL"), ctx.get("BACKEND_URL"), users, report)
+            stores = {name: ctx.get(name) for name in (*cleanup.STORE_CLEANUP_SQL, "REDIS_URL")}
+            cleanup.clean_stores(stores, prefix, (u.user_id for u in users), report)
+            if not report.problems:
+                for path in files:
+                    path.unlink(missing_ok=True)
+        logger.info(report.line())
+        return report.line()
 
     @keyword("Platform Should Be Healthy")
     def platform_should_be_healthy(self, timeout: timedelta = timedelta(seconds=10)) -> None:
@@ -365,22 +421,44 @@ class CrosstalkPlatform:
             result.message = f"{result.message} (also: {note})"
 
     def end_suite(self, data: Any, result: Any) -> None:
+        own = skip_lines(result.tests)
+        if own:
+            result.metadata["Skipped, and why"] = "; ".join(own)
         if result.parent is not None:
             return
+        # what this process did.  Under pabot every process runs one suite below a shared top suite
+        # whose metadata pabot merges key by key, so the facts go under a key naming that suite.
+        pabot = BuiltIn().get_variable_value("${PABOTQUEUEINDEX}") is not None
         ctx = context.peek()
-        lines = ctx.skip_summary() if ctx else []
-        if lines:
-            result.metadata["Skipped for missing capabilities"] = "; ".join(lines)
-        self._print_summary(lines)
-
-    def close(self) -> None:
-        ctx = context.peek()
-        self._print_summary(ctx.skip_summary() if ctx else [])
+        lines = skip_lines(result.all_tests)
+        facts = {}
+        if ctx is not None:
+            facts = {"Run prefix": ctx.run_prefix,
+                     "Users created": str(self._users_created + len(ctx.created_users))}
+            if self._cleanup_line:
+                facts["Cleanup"] = self._cleanup_line
+        if pabot:
+            names = ", ".join(child.name for child in result.suites) or result.name
+            if facts:
+                result.metadata[f"Run of {names}"] = "; ".join(f"{k.lower()}: {v}" for k, v in facts.items())
+        else:
+            for key, value in facts.items():
+                result.metadata[key] = value
+            if lines:
+                result.metadata["Skipped, and why"] = "; ".join(lines)
+        self._print_summary(skip_lines(result.all_tests))
 
     def _print_summary(self, lines: list[str]) -> None:
         if self._summary_printed or not lines:
             return
         self._summary_printed = True
-        text = "Crosstalk skipped (missing capabilities):\n" + "\n".join(f"  {line}" for line in lines)
+        text = "Crosstalk skipped, and why:\n" + "\n".join(f"  {line}" for line in lines)
         sys.__stdout__.write(text + "\n")
         sys.__stdout__.flush()
+
+
+def skip_lines(tests: Any) -> list[str]:
+    """'N tests skipped: reason' per distinct reason, most frequent first."""
+    from crosstalk.summary import group_skips
+
+    return group_skips(tests)

@@ -838,7 +838,7 @@ class CrosstalkRaces:
     def _create_workspace(self, user: TestUser, name: str) -> requests.Response:
         return requests.post(
             f"{self.target.backend_url}/workspaces",
-            json={"name": name},
+            json={"name": f"{context.current().run_prefix}{name}"},  # the run prefix marks it as ours
             headers=races.auth_header(user.access_token),
             timeout=races.HTTP_TIMEOUT,
         )
@@ -923,9 +923,9 @@ class CrosstalkRaces:
         workspace_id = str(uuid.uuid4())
         races.pg_value(
             self.target.backend_database_url,
-            "INSERT INTO workspaces (workspace_id, user_id, name) VALUES (%s, %s, 'half') "
+            "INSERT INTO workspaces (workspace_id, user_id, name) VALUES (%s, %s, %s) "
             "RETURNING workspace_id",
-            (workspace_id, user.user_id),
+            (workspace_id, user.user_id, f"{context.current().run_prefix}half"),
         )
         return workspace_id
 

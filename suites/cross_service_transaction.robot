@@ -12,7 +12,7 @@ Resource            ../resources/races.resource
 Suite Setup         Start Or Attach Platform
 Suite Teardown      Release Platform
 
-Test Tags           transaction    workspace    needs:db    needs:analytics-db
+Test Tags           transaction    workspace    needs:db    needs:auth-db    needs:analytics-db
 
 
 *** Test Cases ***

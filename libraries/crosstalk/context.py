@@ -27,6 +27,7 @@ Example (inside a library):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
@@ -38,6 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ENV_PREFIX = "CROSSTALK_"
+DOWN_CACHE_S = 10.0
 OFF = frozenset({"off", "none", "skip"})
 
 
@@ -45,6 +47,7 @@ class Capability(str, Enum):
     """Optional abilities of a target.  Tests declare them with ``needs:<value>`` tags."""
 
     DB = "db"
+    AUTH_DB = "auth-db"
     ANALYTICS_DB = "analytics-db"
     REDIS = "redis"
     SIGNING_KEY = "signing-key"
@@ -81,9 +84,9 @@ VARIABLES: tuple[Variable, ...] = (
              reference="started on a free port", example="https://api.example.test"),
     Variable("WS_URL", "agent WebSocket (default: `BACKEND_URL` with `ws(s)://` and `/ws`)",
              reference="derived", example="wss://api.example.test/ws"),
-    Variable("AUTH_DATABASE_URL", "auth PostgreSQL database (read-only checks; cleanup deletes)",
-             capability=Capability.DB, secret=True, reference="embedded PostgreSQL",
-             example="postgresql://tester:pw@db:5432/auth"),
+    Variable("AUTH_DATABASE_URL", "auth PostgreSQL database (workspace counts of the cross-service "
+             "transaction; cleanup deletes the run's users)", capability=Capability.AUTH_DB, secret=True,
+             reference="embedded PostgreSQL", example="postgresql://tester:pw@db:5432/auth"),
     Variable("BACKEND_DATABASE_URL", "backend PostgreSQL database (isolation oracle rows, scratch "
              "databases for the transaction suite)", capability=Capability.DB, secret=True,
              reference="embedded PostgreSQL", example="postgresql://tester:pw@db:5432/backend"),
@@ -97,9 +100,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("JWT_PRIVATE_KEY", "the platform's signing key (PEM file), checked against the JWKS; "
              "signs tokens whose only flaw is one bad claim", capability=Capability.SIGNING_KEY,
              reference="generated per start", example="/secrets/jwt-signing.pem"),
-    Variable("JWT_ISSUER", "expected `iss` of access tokens (default: read from a genuine token)",
+    Variable("JWT_ISSUER", "expected `iss` of access tokens (unset: `iss` is not checked)",
              reference="crosstalk-auth"),
-    Variable("JWT_AUDIENCE", "expected `aud` of access tokens (default: read from a genuine token)",
+    Variable("JWT_AUDIENCE", "expected `aud` of access tokens (unset: `aud` is not checked)",
              reference="crosstalk-backend"),
     Variable("FAULT_INJECTION", "`on` when the platform honours the failure-injection contract hook",
              capability=Capability.FAULT_INJECTION, reference="on (fault switches)", example="on"),
@@ -110,7 +113,7 @@ VARIABLES: tuple[Variable, ...] = (
              capability=Capability.LIMITS, reference="65536", example="65536"),
     Variable("OVERSIZED_FRAME_BYTES", "size of the frame the security suite expects refused "
              "(default: 1.5 x `MAX_FRAME_BYTES`)", capability=Capability.LIMITS, reference="100000"),
-    Variable("FLOOD_SIZE", "messages sent back to back to trip the rate limit (default: 6 x burst)",
+    Variable("FLOOD_SIZE", "messages sent back to back that must trip the rate limit",
              capability=Capability.LIMITS, reference="120", example="120"),
     Variable("REFERENCE_STATE", "state file of a reference platform started by hand (`python -m "
              "reference_platform --state-file F`): attach to it as the reference, faults and all",
@@ -130,7 +133,8 @@ LEGACY_ENVIRONMENT = frozenset(
 )
 
 CAPABILITY_VARIABLES: dict[Capability, tuple[str, ...]] = {
-    Capability.DB: ("BACKEND_DATABASE_URL", "AUTH_DATABASE_URL"),
+    Capability.DB: ("BACKEND_DATABASE_URL",),
+    Capability.AUTH_DB: ("AUTH_DATABASE_URL",),
     Capability.ANALYTICS_DB: ("ANALYTICS_DATABASE_URL",),
     Capability.REDIS: ("REDIS_URL",),
     Capability.SIGNING_KEY: ("JWT_PRIVATE_KEY",),
@@ -241,8 +245,7 @@ def static_capabilities(values: Mapping[str, str], reference: bool) -> dict[Capa
                 False, f"{' and '.join(off)} {'is' if len(off) == 1 else 'are'} off: give "
                 f"{_enable(names)} to run {capability.tag} tests")
         elif missing:
-            states[capability] = CapabilityState(
-                False, f"{capability.value} not configured: set {_enable(missing)}")
+            states[capability] = CapabilityState(False, f"set {_enable(missing)}")
         else:
             states[capability] = CapabilityState(True, detail=", ".join(names))
     return states
@@ -284,12 +287,25 @@ class TargetContext:
     pending: list[str] = field(default_factory=list)  # incomplete evidence of the running test
     signing_key: Any = None  # the RSA private key checked against the JWKS (signing-key capability)
     signing_kid: str | None = None
+    _down_cache: tuple[float, str] = (-1e9, "")
 
     # -------------------------------------------------------------- values
     def get(self, name: str, default: str = "") -> str:
         """The resolved value of ``name`` ('' for off)."""
         value = self.values.get(name, "")
         return default if not value or is_off(value) else value
+
+    def email(self, label: str) -> str:
+        """A fresh email carrying the run prefix: ``<prefix><label>-<hex>@crosstalk.test``."""
+        return f"{self.run_prefix}{label}-{secrets.token_hex(4)}@crosstalk.test".lower()
+
+    def record_user(self, user: Any) -> None:
+        """Remember a registered user for the end-of-run cleanup (and in the crash ledger)."""
+        self.created_users.append(user)
+        from crosstalk import cleanup
+
+        with contextlib.suppress(OSError):  # a read-only checkout: the in-process cleanup still works
+            cleanup.record(self.run_prefix, user)
 
     def int(self, name: str, default: int) -> int:
         value = self.get(name)
@@ -414,6 +430,14 @@ class TargetContext:
             return describe_death(self.reference_state, self.reference_log)
         if not self.configured:
             return ""
+        checked_at, note = self._down_cache
+        if time.monotonic() - checked_at < DOWN_CACHE_S:
+            return note  # a run of failures against a dead target asks once, not once per test
+        note = self._ask_target()
+        self._down_cache = (time.monotonic(), note)
+        return note
+
+    def _ask_target(self) -> str:
         import requests
 
         down = []
@@ -438,7 +462,7 @@ class TargetContext:
 
 # ---------------------------------------------------------------------- process-wide context
 _CURRENT: TargetContext | None = None
-# the variant helper's crosstalk.profile sets this: (path or '') -> profile object
+# (PROFILE path or '') -> profile object; default: crosstalk.profile.load when that module exists
 PROFILE_LOADER: Callable[[str], Any] | None = None
 # extra probes (e.g. the contract's failure-injection hook): capability -> fn(ctx) -> CapabilityState
 PROBES: dict[Capability, Callable[[TargetContext], CapabilityState]] = {}
@@ -458,6 +482,16 @@ def current() -> TargetContext:
     if _in_robot():
         _CURRENT = ctx  # outside Robot (pytest, scripts) the environment may change: resolve each time
     return ctx
+
+
+def test_message(text: str) -> None:
+    """Append ``text`` to the running test's message (report.html shows it); no-op outside a test."""
+    if not _in_robot():
+        return
+    from robot.libraries.BuiltIn import BuiltIn
+
+    with contextlib.suppress(RuntimeError):
+        BuiltIn().set_test_message(text, append=True)
 
 
 def _in_robot() -> bool:
@@ -525,7 +559,8 @@ def build(
         values[variable.name], sources[variable.name] = resolved.value, resolved.source
     if values["BACKEND_URL"] and not values["WS_URL"]:
         values["WS_URL"], sources["WS_URL"] = ws_from_backend(values["BACKEND_URL"]), "derived"
-    profile = PROFILE_LOADER(values["PROFILE"]) if PROFILE_LOADER is not None else None
+    loader = profile_loader()
+    profile = loader(values["PROFILE"]) if loader is not None else None
     backend_db = values["BACKEND_DATABASE_URL"]
     if not values["ANALYTICS_DATABASE_URL"] and backend_db and not is_off(backend_db):
         database = getattr(profile, "analytics_database", None) or "analytics"  # the profile names it
@@ -554,6 +589,21 @@ def build(
     ctx.capabilities = static_capabilities(values, reference=not configured)
     ctx.profile = profile
     return ctx
+
+
+def profile_loader() -> Callable[[str], Any] | None:
+    """``PROFILE_LOADER`` if set, else ``crosstalk.profile.load`` when that module exists.
+
+    The profile module owns what the contract leaves open; the context only carries
+    the path (``PROFILE``, '' for the reference profile) and the loaded object.
+    """
+    if PROFILE_LOADER is not None:
+        return PROFILE_LOADER
+    try:
+        from crosstalk import profile  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return PROFILE_LOADER or getattr(profile, "load", None)  # importing it registers its loader
 
 
 def reference_values(state: Mapping[str, Any], key_file: Path | None) -> dict[str, str]:

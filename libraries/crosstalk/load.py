@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 import psutil
 import requests
 
+from . import context
 from . import profile as target_profile
 from .connection import UserConnection
 from .httpretry import pooled_session
@@ -265,6 +266,7 @@ def register_and_login(auth_url: str, user: TestUser, timeout: float = 30.0) -> 
     response = session.post(f"{auth_url}/auth/register", json=body, timeout=timeout)
     if response.status_code == 201:
         user.user_id = response.json().get("user_id")
+        context.current().record_user(user)
     elif response.status_code != 409:
         raise AssertionError(
             f"Registering load user '{user.label}' at {auth_url} failed with HTTP {response.status_code}: "
@@ -294,12 +296,13 @@ def login_user(auth_url: str, user: TestUser, timeout: float = 30.0) -> None:
 
 def new_load_users(count: int, prefix: str = "load") -> list[TestUser]:
     tag = uuid.uuid4().hex[:8]
+    run_prefix = context.current().run_prefix
     width = max(2, len(str(count)))
     users = []
     for index in range(1, count + 1):
         label = f"{prefix}{index:0{width}d}"
         users.append(TestUser(
-            label=label, email=f"{prefix}-{tag}-{index}@crosstalk.test",
+            label=label, email=f"{run_prefix}{prefix}-{tag}-{index}@crosstalk.test",
             password=secrets.token_urlsafe(12), canary=f"CANARY-{label}-{uuid.uuid4().hex[:12]}",
         ))
     return users

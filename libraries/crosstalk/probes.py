@@ -195,8 +195,7 @@ def probe_signing_key(key_file: str, jwks: dict[str, Any]) -> tuple[CapabilitySt
 
     how = how_to_set("JWT_PRIVATE_KEY")
     if not key_file:
-        reason = ("signing-key not configured: set JWT_PRIVATE_KEY (CROSSTALK_JWT_PRIVATE_KEY) to the "
-                  "platform's PEM signing key")
+        reason = "set JWT_PRIVATE_KEY (CROSSTALK_JWT_PRIVATE_KEY) to the platform's PEM signing key"
         return CapabilityState(False, reason), None, None
     path = Path(key_file)
     try:

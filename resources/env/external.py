@@ -9,7 +9,8 @@ is committed (the README lists every variable).  ``AUTH_URL`` and ``BACKEND_URL`
 are required; each other variable enables a capability, and a test that needs a
 capability the target lacks is skipped with one line naming the variable:
 
-    CROSSTALK_AUTH_DATABASE_URL, CROSSTALK_BACKEND_DATABASE_URL   needs:db
+    CROSSTALK_BACKEND_DATABASE_URL                                needs:db
+    CROSSTALK_AUTH_DATABASE_URL                                   needs:auth-db
     CROSSTALK_ANALYTICS_DATABASE_URL                              needs:analytics-db
     CROSSTALK_REDIS_URL                                           needs:redis
     CROSSTALK_JWT_PRIVATE_KEY (PEM file, checked against the JWKS) needs:signing-key

@@ -376,3 +376,80 @@ def test_a_dead_reference_service_is_named_with_exit_code_and_log(tmp_path, plat
         assert status == "FAIL", (test, status, message)
         assert f"backend service (pid {backend}) died" in message, message
         assert "exited with code -9" in message and str(running.log_file) in message, message
+
+
+# ------------------------------------------------- issue 9.6: data hygiene
+
+HYGIENE_SUITE = f"""*** Settings ***
+Resource            {ROOT}/resources/chat.resource
+Suite Setup         Start Or Attach Platform
+Suite Teardown      Chat Suite Ends
+
+*** Test Cases ***
+A User Chats Once
+    ${{user}} =    A Connected User    tidy
+    ${{run}} =    User Asks    ${{user}}    Remember my plan ${{user.canary}}
+    Agent Should Answer The Question    ${{run}}
+"""
+
+
+def _rows_of_prefix(platform, prefix: str) -> tuple[int, int]:
+    import psycopg2
+
+    with psycopg2.connect(platform.state["auth_database_url"]) as conn, conn.cursor() as cur:
+        cur.execute("SELECT user_id::text FROM users WHERE email LIKE %s", (prefix + "%",))
+        ids = [row[0] for row in cur.fetchall()]
+    with psycopg2.connect(platform.state["backend_database_url"]) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM threads WHERE user_id::text = ANY(%s)", (ids,))
+        threads = cur.fetchone()[0]
+    return len(ids), threads
+
+
+def test_run_end_removes_what_the_run_created(tmp_path, target, platform):
+    prefix = f"cttest{os.getpid()}a-"
+    stores = {"AUTH_DATABASE_URL": platform.state["auth_database_url"],
+              "BACKEND_DATABASE_URL": platform.state["backend_database_url"]}
+    run = run_robot(tmp_path, {**target, **stores, "RUN_PREFIX": prefix}, suite=HYGIENE_SUITE)
+    assert run.tests["A User Chats Once"][0] == "PASS", run.tests
+    assert _rows_of_prefix(platform, prefix) == (0, 0)
+
+
+def test_cleanup_command_removes_a_crashed_runs_leftovers(tmp_path, target, platform):
+    prefix = f"cttest{os.getpid()}b-"
+    run = run_robot(tmp_path, {**target, "RUN_PREFIX": prefix, "CLEANUP": "off"}, suite=HYGIENE_SUITE)
+    assert run.tests["A User Chats Once"][0] == "PASS", run.tests
+    assert _rows_of_prefix(platform, prefix) == (1, 1), "the run should have left its user and thread"
+    env = clean_env({"CROSSTALK_AUTH_URL": target["AUTH_URL"], "CROSSTALK_BACKEND_URL": target["BACKEND_URL"],
+                     "CROSSTALK_AUTH_DATABASE_URL": platform.state["auth_database_url"],
+                     "CROSSTALK_BACKEND_DATABASE_URL": platform.state["backend_database_url"],
+                     "PYTHONPATH": str(ROOT / "libraries")})
+    done = subprocess.run([sys.executable, "-m", "crosstalk.cleanup", "--prefix", prefix], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 threads deleted over the API" in done.stdout and "1 users" in done.stdout, done.stdout
+    assert _rows_of_prefix(platform, prefix) == (0, 0)
+
+
+# ------------------------------------------------- issue 9.1: a configured target is the only thing tested
+
+def test_failure_injection_never_falls_back_to_a_local_platform(tmp_path, target, platform):
+    stores = {name: platform.state[key] for name, key in (
+        ("AUTH_DATABASE_URL", "auth_database_url"), ("BACKEND_DATABASE_URL", "backend_database_url"),
+        ("REDIS_URL", "redis_url"))}
+    before = set((ROOT / "results" / ".platform").glob("*"))
+    out = tmp_path / "out"
+    for fault_injection in ("", "on"):
+        variables = {**target, **stores, **({"FAULT_INJECTION": fault_injection} if fault_injection else {})}
+        command = [sys.executable, "-m", "robot", "--outputdir", str(out), "--log", "NONE", "--report",
+                   "NONE", "--console", "quiet", "--suite", "cross_service_transaction",
+                   "--include", "rollback"]
+        for name, value in variables.items():
+            command += ["--variable", f"{name}:{value}"]
+        subprocess.run([*command, str(ROOT / "suites")], cwd=ROOT, env=clean_env(), capture_output=True,
+                       timeout=300)
+        tests = list(ExecutionResult(str(out / "output.xml")).suite.all_tests)
+        assert len(tests) == 2
+        for test in tests:
+            assert test.status == "SKIP", (fault_injection, test.name, test.status, test.message)
+            assert "fault-injection" in test.message
+    assert set((ROOT / "results" / ".platform").glob("*")) == before, "a reference platform was started"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from crosstalk import context
 from crosstalk.context import VARIABLES, Capability, build, resolve, static_capabilities
@@ -78,18 +80,19 @@ def test_off_switches_a_capability_off_even_on_the_reference_platform():
     assert states[Capability.REDIS].reason.startswith("REDIS_URL is off")
 
 
-def test_db_needs_both_databases():
+def test_each_database_is_its_own_capability():
     states = static_capabilities({"BACKEND_DATABASE_URL": "postgresql://h/b"}, reference=False)
-    assert not states[Capability.DB].available
-    assert "AUTH_DATABASE_URL (CROSSTALK_AUTH_DATABASE_URL)" in states[Capability.DB].reason
-    assert "BACKEND_DATABASE_URL" not in states[Capability.DB].reason
+    assert states[Capability.DB].available
+    assert not states[Capability.AUTH_DB].available
+    assert states[Capability.AUTH_DB].reason == "set AUTH_DATABASE_URL (CROSSTALK_AUTH_DATABASE_URL)"
 
 
 def test_missing_for_names_the_first_absent_capability():
     ctx = build({**TARGET, "REDIS_URL": "redis://h"}, {})
     assert ctx.missing_for(["race", "needs:redis"]) is None
     capability, reason = ctx.missing_for(["needs:redis", "needs:db"])
-    assert capability is Capability.DB and "BACKEND_DATABASE_URL" in reason
+    assert capability is Capability.DB
+    assert reason == "needs db: set BACKEND_DATABASE_URL (CROSSTALK_BACKEND_DATABASE_URL)"
     capability, reason = ctx.missing_for(["needs:teleport"])
     assert capability is None and "unknown capability tag" in reason
 
@@ -118,3 +121,61 @@ def test_profile_loader_hook_receives_the_profile_path(monkeypatch):
     monkeypatch.setattr(context, "PROFILE_LOADER", lambda path: seen.append(path) or {"name": "mine"})
     ctx = build({**TARGET, "PROFILE": "p.yaml"}, {})
     assert seen == ["p.yaml"] and ctx.profile == {"name": "mine"}
+
+
+# ---------------------------------------------------------------- ledger, skip summary, death note
+
+def test_ledger_round_trip_is_private(tmp_path):
+    from crosstalk import cleanup
+    from crosstalk.model import TestUser
+
+    user = TestUser("alice", "ctx-alice-1@crosstalk.test", "pw-1", "C1")
+    user.user_id = "u1"
+    cleanup.record("ctx-", user, tmp_path)
+    cleanup.record("cty-", TestUser("bob", "cty-bob@crosstalk.test", "pw-2", "C2"), tmp_path)
+    users, files = cleanup.read_ledgers("ctx", tmp_path)
+    assert [(u.email, u.password, u.user_id) for u in users] == [("ctx-alice-1@crosstalk.test", "pw-1", "u1")]
+    assert oct(files[0].stat().st_mode & 0o777) == "0o600"
+
+
+def test_email_carries_the_run_prefix():
+    ctx = build({**TARGET, "RUN_PREFIX": "nightly-"}, {})
+    assert ctx.email("Alice").startswith("nightly-alice-") and ctx.email("a").endswith("@crosstalk.test")
+
+
+def test_skip_lines_group_reasons_and_strip_robots_parent_prefix():
+    from types import SimpleNamespace as T
+
+    from CrosstalkPlatform import skip_lines
+
+    tests = [T(status="SKIP", message="needs db: set X"), T(status="PASS", message=""),
+             T(status="SKIP", message="Skipped in parent suite setup: needs db: set X"),
+             T(status="SKIP", message="needs redis: set Y")]
+    assert skip_lines(tests) == ["2 tests skipped: needs db: set X", "1 test skipped: needs redis: set Y"]
+
+
+def test_death_note_names_service_exit_code_and_log(tmp_path):
+    import subprocess
+    import sys
+
+    from crosstalk.sharedplatform import describe_death
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    log = tmp_path / "platform.log"
+    log.write_text("started\nbackend service exited with code -9 (its output is above); stopping\n")
+    note = describe_death({"pids": {"backend": dead.pid, "launcher": os.getpid()}}, log)
+    assert note == (f"the reference platform's backend service (pid {dead.pid}) died: backend service exited "
+                    f"with code -9; log: {log}")
+    assert describe_death({"pids": {"backend": os.getpid()}}, log) == ""
+
+
+def test_readme_documents_every_variable_and_capability():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Running against your own platform", 1)[1].split("\n## ", 1)[0]
+    for variable in VARIABLES:
+        assert f"| `{variable.name}` | `CROSSTALK_{variable.name}` |" in section, variable.name
+    for capability in Capability:
+        assert f"`{capability.tag}`" in section, capability.tag
