@@ -118,7 +118,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("REFERENCE_STATE", "state file of a reference platform started by hand (`python -m "
              "reference_platform --state-file F`): attach to it as the reference, faults and all",
              example="results/platform.json"),
-    Variable("PROFILE", "target profile (what the contract leaves open), a file path",
+    Variable("PROFILE", "target profile (what the contract leaves open): a name in `resources/profiles/` "
+             "(`reference`, `variant`) or a YAML file; see Target profile below",
              reference="the reference profile", example="profiles/ourplatform.yaml"),
     Variable("RUN_PREFIX", "prefix of everything this run creates on the target (default: generated)",
              example="ct-nightly-"),
