@@ -102,6 +102,13 @@ class CrosstalkPlatform:
         self._check_variable_files()
         robot, environ = context.robot_globals(), os.environ
         state_file = context.resolve("REFERENCE_STATE", robot, environ).value
+        required = context.resolve("REQUIRE_TARGET", robot, environ).value
+        if required and not state_file and not context.is_configured(robot, environ):
+            if len(required) <= 3:  # REQUIRE_TARGET=1 / on / yes
+                required = (f"REQUIRE_TARGET is set but no target is configured: set "
+                            f"{context.how_to_set('AUTH_URL')} and {context.how_to_set('BACKEND_URL')}")
+            raise ConfigurationError(f"{required} (a required target never falls back to the reference "
+                                     "platform).")
         try:
             if state_file:
                 ctx = self._attach_reference(robot, state_file)

@@ -118,6 +118,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("REFERENCE_STATE", "state file of a reference platform started by hand (`python -m "
              "reference_platform --state-file F`): attach to it as the reference, faults and all",
              example="results/platform.json"),
+    Variable("REQUIRE_TARGET", "fail the suite setup with this text unless a target is configured "
+             "(`resources/env/external.py` sets it when its URLs are missing): never fall back to the "
+             "reference platform", example="1"),
     Variable("PROFILE", "target profile (what the contract leaves open): a name in `resources/profiles/` "
              "(`reference`, `variant`) or a YAML file; see Target profile below",
              reference="the reference profile", example="profiles/ourplatform.yaml"),
@@ -558,10 +561,18 @@ def build(
     for variable in VARIABLES:
         resolved = resolve(variable.name, robot, environ, fallback, legacy=configured or reference is None)
         values[variable.name], sources[variable.name] = resolved.value, resolved.source
+    profile = None
+    loader = profile_loader()
+    if loader is not None:
+        profile = loader(values["PROFILE"] if not is_off(values["PROFILE"]) else "")
+        # a profile may name values too (limits, issuer, audience ...): they fill what nobody gave
+        given = getattr(profile, "variables", None)
+        if isinstance(given, Mapping):
+            for name, value in given.items():
+                if name in BY_NAME and sources.get(name) == "default" and value not in (None, ""):
+                    values[name], sources[name] = str(value), "profile"
     if values["BACKEND_URL"] and not values["WS_URL"]:
         values["WS_URL"], sources["WS_URL"] = ws_from_backend(values["BACKEND_URL"]), "derived"
-    loader = profile_loader()
-    profile = loader(values["PROFILE"]) if loader is not None else None
     backend_db = values["BACKEND_DATABASE_URL"]
     if not values["ANALYTICS_DATABASE_URL"] and backend_db and not is_off(backend_db):
         database = getattr(profile, "analytics_database", None) or "analytics"  # the profile names it
@@ -577,18 +588,8 @@ def build(
     if not values["RUN_PREFIX"]:
         values["RUN_PREFIX"] = environ.get("CROSSTALK_RUN_ID", "") or new_run_prefix()
         sources["RUN_PREFIX"] = "generated"
-    # limits of a profile that was named (PROFILE, or the started platform's own) stand in for the
-    # limit variables, still below any variable; the default profile's are the reference's, never assumed
-    limits = (getattr(profile, "limits", None) or {}) if values["PROFILE"] else {}
-    derived = {"OVERSIZED_FRAME_BYTES": ("max_frame_bytes", 2), "FLOOD_SIZE": ("rate_limit_burst", 3)}
-    for name, (limit, factor) in derived.items():
-        if not values[name] and limits.get(limit):
-            value = int(limits[limit]) * factor
-            values[name] = str(max(value, 60) if name == "FLOOD_SIZE" else value)
-            sources[name] = f"profile limits.{limit}"
-    ctx = TargetContext(values, sources, configured, run_prefix=values["RUN_PREFIX"])
+    ctx = TargetContext(values, sources, configured, run_prefix=values["RUN_PREFIX"], profile=profile)
     ctx.capabilities = static_capabilities(values, reference=not configured)
-    ctx.profile = profile
     return ctx
 
 

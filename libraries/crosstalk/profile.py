@@ -131,6 +131,7 @@ class Profile:
     limits: dict[str, Any]
     analytics_database: str
     raw: dict = field(repr=False, default_factory=dict)
+    explicit: bool = False  # named by PROFILE (or by the started platform), not the implicit default
 
     def __post_init__(self) -> None:
         self._type_to_canonical = {v: k for k, v in self.event_types.items() if v != k}
@@ -200,6 +201,28 @@ class Profile:
     def is_session_key(self, key: str) -> bool:
         prefix = self.redis_session_pattern.split("{user_id}", 1)[0]
         return key.startswith(prefix)
+
+    @property
+    def variables(self) -> dict[str, str]:
+        """Target variables this profile declares, for the context to fill where no variable gave one.
+
+        Limits become ``MAX_FRAME_BYTES``, ``OVERSIZED_FRAME_BYTES`` (2 x the frame limit)
+        and ``FLOOD_SIZE`` (3 x the burst, at least 60); issuer and audience become
+        ``JWT_ISSUER`` and ``JWT_AUDIENCE``.  Empty for the implicit default profile: the
+        reference's limits are never assumed of another platform.
+        """
+        if not self.explicit:
+            return {}
+        out: dict[str, str] = {}
+        frame, burst = self.limits.get("max_frame_bytes"), self.limits.get("rate_limit_burst")
+        if frame:
+            out["MAX_FRAME_BYTES"], out["OVERSIZED_FRAME_BYTES"] = str(int(frame)), str(2 * int(frame))
+        if burst:
+            out["FLOOD_SIZE"] = str(max(60, 3 * int(burst)))
+        for name, variable in (("issuer", "JWT_ISSUER"), ("audience", "JWT_AUDIENCE")):
+            if self.limits.get(name):
+                out[variable] = str(self.limits[name])
+        return out
 
     def limit(self, name: str, default: Any = None) -> Any:
         value = self.limits.get(name)
@@ -339,9 +362,11 @@ def current() -> Profile:
 def _load_for_context(name_or_path: str) -> Profile:
     """The target context's PROFILE loader: a bad profile is a one-line configuration error."""
     try:
-        return activate(name_or_path or None)
+        loaded = activate(name_or_path or None)
     except ProfileError as exc:
         raise context.ConfigurationError(str(exc)) from None
+    loaded.explicit = bool(name_or_path)
+    return loaded
 
 
 context.PROFILE_LOADER = _load_for_context

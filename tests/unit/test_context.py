@@ -123,6 +123,18 @@ def test_profile_loader_hook_receives_the_profile_path(monkeypatch):
     assert seen == ["p.yaml"] and ctx.profile == {"name": "mine"}
 
 
+def test_profile_variables_fill_only_what_nobody_gave(monkeypatch):
+    from types import SimpleNamespace
+
+    profile = SimpleNamespace(variables={"FLOOD_SIZE": "40", "OVERSIZED_FRAME_BYTES": "9000",
+                                         "REDIS_URL": "redis://profile"})
+    monkeypatch.setattr(context, "PROFILE_LOADER", lambda path: profile)
+    ctx = build({**TARGET, "REDIS_URL": "redis://given"}, {})
+    assert ctx.get("FLOOD_SIZE") == "40" and ctx.sources["FLOOD_SIZE"] == "profile"
+    assert ctx.get("REDIS_URL") == "redis://given"
+    assert ctx.has(Capability.LIMITS)
+
+
 # ---------------------------------------------------------------- ledger, skip summary, death note
 
 def test_ledger_round_trip_is_private(tmp_path):
@@ -179,3 +191,31 @@ def test_readme_documents_every_variable_and_capability():
         assert f"| `{variable.name}` | `CROSSTALK_{variable.name}` |" in section, variable.name
     for capability in Capability:
         assert f"`{capability.tag}`" in section, capability.tag
+
+
+def test_incomplete_evidence_turns_pass_into_skip_and_annotates_fail(monkeypatch):
+    from types import SimpleNamespace as T
+
+    from CrosstalkPlatform import CrosstalkPlatform
+
+    ctx = build(TARGET, {})
+    monkeypatch.setattr(ctx, "death_note", lambda: "")
+    context.install(ctx)
+    try:
+        listener = CrosstalkPlatform()
+        ctx.incomplete(Capability.METRICS, "platform_cpu < 80%")
+        passed = T(status="PASS", message="p95 80 ms (threshold: p95 < 1s)")
+        listener.end_test(T(name="SLA"), passed)
+        assert passed.status == "SKIP"
+        assert passed.message == ("Passed on the evidence available, but platform_cpu < 80% not checked: "
+                                  "needs metrics: set METRICS_URL (CROSSTALK_METRICS_URL)")
+        ctx.incomplete(Capability.DB, "database rows")
+        failed = T(status="FAIL", message="Isolation violated")
+        listener.end_test(T(name="Leak"), failed)
+        assert failed.status == "FAIL"
+        assert failed.message.startswith("Isolation violated (also: database rows")
+        untouched = T(status="PASS", message="")
+        listener.end_test(T(name="Clean"), untouched)
+        assert untouched.status == "PASS"
+    finally:
+        context.install(None)

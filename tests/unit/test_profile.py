@@ -93,7 +93,7 @@ def test_a_started_platform_names_its_profile_a_configured_target_only_through_p
     named = context.build({**target, "PROFILE": "variant"}, {})
     assert named.profile.name == "variant" and named.has(Capability.LIMITS)
     assert (named.get("OVERSIZED_FRAME_BYTES"), named.get("FLOOD_SIZE")) == ("65536", "75")
-    assert named.sources["FLOOD_SIZE"] == "profile limits.rate_limit_burst"
+    assert named.sources["FLOOD_SIZE"] == "profile" and named.get("JWT_ISSUER") == "variant-identity"
     with pytest.raises(context.ConfigurationError, match="unknown profile") as error:
         context.build({**target, "PROFILE": "nosuch"}, {})
     assert "\n" not in str(error.value)
