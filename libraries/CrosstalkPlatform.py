@@ -9,7 +9,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from crosstalk import context
+from crosstalk import (
+    context,
+    testhooks,  # noqa: F401 - registers the contract-hook probes in context.PROBES
+)
 from crosstalk import profile as target_profile  # registers the PROFILE loader of the context
 from crosstalk.context import Capability, ConfigurationError, SkipRecord, TargetContext
 from crosstalk.secrets import mask_url

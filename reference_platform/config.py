@@ -32,6 +32,7 @@ class Settings:
     allowed_origins: list[str] = field(default_factory=lambda: ["http://localhost", "http://127.0.0.1"])
     agent_step_ms: int = 5
     max_frame_bytes: int = 65536
+    max_body_bytes: int = 1024 * 1024
     rate_limit_per_second: float = 20.0
     rate_limit_burst: int = 40
     issuer: str = ISSUER
@@ -41,6 +42,7 @@ class Settings:
     variant: bool = False
     variant_seed: int = 0
     analytics_db: str = "analytics"
+    test_hooks: bool = False  # honour X-Crosstalk-Inject (see hooks.py)
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

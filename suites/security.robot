@@ -128,6 +128,19 @@ Hostile Content Is Stored And Returned Verbatim
     <script>alert(1)</script><img src=x onerror=alert(2)>
     tab\there, bell\x07, escape\x1b[31m, line\nbreak, quote " and backslash \\
 
+Hostile Input Gets A Clear Refusal And Harms No One
+    [Documentation]    API4/API8: oversized, deeply nested, wrongly typed, invalid UTF-8, NUL and lone-surrogate
+    ...    input on every write endpoint and the socket gets a 4xx or an error frame, never a 5xx, with no
+    ...    internals in any body; the platform stays healthy and bob's chat is unaffected.
+    [Tags]    hostile-input    rest    websocket
+    ${others}=    Others Start Chatting    bob
+    Hostile Input Is Thrown At Every Write Endpoint And The Socket    alice
+    Both Services Should Stay Healthy
+    Their Runs Should Complete Within    ${others}    ${OTHER_USERS_LATENCY_LIMIT}
+    ${after}=    Others Start Chatting    bob
+    Their Runs Should Complete Within    ${after}    ${OTHER_USERS_LATENCY_LIMIT}
+    Thread Should Be Untouched By    bob    alice
+
 Closed Connections Leave No Session Behind
     [Documentation]    Session records in Redis live exactly as long as their socket.
     [Tags]    sessions    websocket    needs:redis

@@ -104,17 +104,26 @@ VARIABLES: tuple[Variable, ...] = (
              reference="crosstalk-auth"),
     Variable("JWT_AUDIENCE", "expected `aud` of access tokens (unset: `aud` is not checked)",
              reference="crosstalk-backend"),
-    Variable("FAULT_INJECTION", "`on` when the platform honours the failure-injection contract hook",
-             capability=Capability.FAULT_INJECTION, reference="on (fault switches)", example="on"),
-    Variable("METRICS_URL", "Prometheus text endpoint with `process_cpu_seconds_total` and "
-             "`process_resident_memory_bytes`", capability=Capability.METRICS,
-             reference="local process table", example="https://api.example.test/metrics"),
+    Variable("FAULT_INJECTION", "`off` never uses the failure-injection hook; otherwise probed: the target's "
+             "`/health` advertises `capabilities.fault_injection` and honours `X-Crosstalk-Inject`",
+             capability=Capability.FAULT_INJECTION, reference="on (started with --test-hooks)",
+             example="off"),
+    Variable("METRICS_URL", "Prometheus text endpoints (comma-separated, one per service) with "
+             "`process_cpu_seconds_total` and `process_resident_memory_bytes`; default: the paths the "
+             "target advertises in `/health` `capabilities.metrics`", capability=Capability.METRICS,
+             reference="local process table", example="https://api.example.test/metrics/prometheus"),
+    Variable("PLATFORM_CORES", "CPU cores of the platform's machine(s), for CPU percentages from "
+             "`METRICS_URL` (without it a remote platform's CPU % is not judged)",
+             capability=None, reference="this machine's", example="8"),
     Variable("MAX_FRAME_BYTES", "largest WebSocket frame the platform accepts",
              capability=Capability.LIMITS, reference="65536", example="65536"),
     Variable("OVERSIZED_FRAME_BYTES", "size of the frame the security suite expects refused "
              "(default: 1.5 x `MAX_FRAME_BYTES`)", capability=Capability.LIMITS, reference="100000"),
     Variable("FLOOD_SIZE", "messages sent back to back that must trip the rate limit",
              capability=Capability.LIMITS, reference="120", example="120"),
+    Variable("FRAME_SCHEMA", "AsyncAPI document every received WebSocket frame is validated against "
+             "(default: `docs/contract/asyncapi.yaml`; `off` disables validation)",
+             reference="docs/contract/asyncapi.yaml", example="contract/our-asyncapi.yaml"),
     Variable("REFERENCE_STATE", "state file of a reference platform started by hand (`python -m "
              "reference_platform --state-file F`): attach to it as the reference, faults and all",
              example="results/platform.json"),

@@ -288,6 +288,7 @@ class SharedPlatform:
             str(self.state_file),
             "--jwt-private-key",
             str(self._fresh_signing_key()),
+            "--test-hooks",  # started by Crosstalk itself: the failure-injection hook is on
         ]
         with open(self.log_file, "wb") as log:  # one start per log: the last line is the reason
             process = subprocess.Popen(

@@ -104,6 +104,8 @@ MATRIX: tuple[Row, ...] = (
         "was neither refused with frame_too_large nor closed with 1009"),
     Row("sql_concat", ("input",), "Hostile Content Is Stored And Returned Verbatim",
         "ended failed instead of completed"),
+    Row("hostile_input_500", ("hostile-input",), "Hostile Input Gets A Clear Refusal And Harms No One",
+        "answered HTTP 500 naming internals"),
     Row("lost_update", ("counter",), "Fifty Parallel Notes Are All Counted", "lost update"),
     Row("cache_key_collision", ("cacheANDisolation",), "Cached Thread Lists Never Cross Users",
         "thread lists crossed users"),
@@ -111,6 +113,8 @@ MATRIX: tuple[Row, ...] = (
         "Hanging Up Mid-Request Never Hands Titles To Another User", "Redis reply leak"),
     Row("no_rollback", ("rollback",), "A Backend Failure Rolls Everything Back",
         "partially applied cross-service transaction"),
+    Row("event_timestamp_drift", ("smoke",), "Two Users Each Get An Answer To Their Own Question",
+        "breaks the platform contract"),
     # failure injections, not bugs: the plain success scenario must notice the broken step
     Row("workspace_backend_fail", ("workspaceNOTrollbackNOTdetectionNOTconcurrency",),
         "A Workspace Is Recorded In All Three Stores", "'failed_step': 'backend'"),
@@ -181,7 +185,8 @@ class Platform:
         if self.variant:
             env["REFPLAT_VARIANT"] = "1"
         command = [sys.executable, "-m", "reference_platform", "--auth-port", "0", "--backend-port", "0",
-                   "--state-file", str(self.state_file), "--jwt-private-key", str(signing_key())]
+                   "--state-file", str(self.state_file), "--jwt-private-key", str(signing_key()),
+                   "--test-hooks"]
         with self.log_file.open("wb") as log:
             # own session: on a hung stop we can kill exactly what we started, as a group
             self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
