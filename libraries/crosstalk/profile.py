@@ -132,6 +132,8 @@ class Profile:
     analytics_database: str
     raw: dict = field(repr=False, default_factory=dict)
     explicit: bool = False  # named by PROFILE (or by the started platform), not the implicit default
+    cleanup_sql: dict[str, list[str]] | None = None  # store variable -> DELETE statements (crosstalk.cleanup)
+    user_ids_sql: str | None = None  # the run's user ids as text, by email prefix (crosstalk.cleanup)
 
     def __post_init__(self) -> None:
         self._type_to_canonical = {v: k for k, v in self.event_types.items() if v != k}
@@ -298,6 +300,9 @@ def from_dict(data: dict, source: str = "<dict>") -> Profile:
                             "counters.message_count", source),
         limits=dict(data.get("limits") or {}),
         analytics_database=str(_get(data, "analytics.database") or "analytics"),
+        cleanup_sql={str(k): [str(s) for s in v] for k, v in (_get(data, "stores.cleanup") or {}).items()}
+        or None,
+        user_ids_sql=_get(data, "stores.user_ids"),
         raw=copy.deepcopy(data),
     )
 
