@@ -77,10 +77,13 @@ class MessageCount(enum.Enum):
     USER = "user"
 
 
-def _get(data: Any, path: str) -> Any:
+_MISSING = object()
+
+
+def _get(data: Any, path: str, default: Any = None) -> Any:
     for part in path.split("."):
         if not isinstance(data, dict) or part not in data:
-            return None
+            return default
         data = data[part]
     return data
 
@@ -157,8 +160,8 @@ class Profile:
             out["type"] = self._type_to_canonical[kind]
             out.setdefault("platform_type", kind)
         for canonical, platform in self._moved:
-            value = _get(data, platform)
-            if value is not None:
+            value = _get(data, platform, _MISSING)
+            if value is not _MISSING:  # present, even as null (an agent_error before its thread existed)
                 _set(out, canonical, value)
         return out
 

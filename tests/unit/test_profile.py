@@ -98,3 +98,9 @@ def test_a_started_platform_names_its_profile_a_configured_target_only_through_p
         context.build({**target, "PROFILE": "nosuch"}, {})
     assert "\n" not in str(error.value)
     profile.activate(None)
+
+
+def test_a_null_field_stays_present_under_its_canonical_name():
+    frame = {"type": "agent_error", "run": "r", "conversation_id": None}
+    event = profile.load("variant").canonical_event(frame)
+    assert "thread_id" in event and event["thread_id"] is None
