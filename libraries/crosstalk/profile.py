@@ -137,8 +137,18 @@ class Profile:
     explicit: bool = False  # named by PROFILE (or by the started platform), not the implicit default
     cleanup_sql: dict[str, list[str]] | None = None  # store variable -> DELETE statements (crosstalk.cleanup)
     user_ids_sql: str | None = None  # the run's user ids as text, by email prefix (crosstalk.cleanup)
+    rewrite: list[tuple[str, str]] = field(default_factory=list)  # literal SQL rewrites, applied first
+    rename: dict[str, str] = field(default_factory=dict)  # reference table/column name -> the platform's
+    rename_skip: list[str] = field(default_factory=list)  # statements naming these tables are left alone
+    redis_context: str = "ctx:{user_id}:{thread_id}"
 
     def __post_init__(self) -> None:
+        import re
+
+        self._rename_re = re.compile(r"\b(" + "|".join(map(re.escape, self.rename)) + r")\b") if self.rename \
+            else None
+        self._skip_re = re.compile(r"\b(" + "|".join(map(re.escape, self.rename_skip)) + r")\b") \
+            if self.rename_skip else None
         self._type_to_canonical = {v: k for k, v in self.event_types.items() if v != k}
         self._moved = [(c, p) for c, p in self.event_fields.items() if c != p]
         self.identity = not self._type_to_canonical and not self._moved
@@ -198,6 +208,34 @@ class Profile:
         if self.message_count is MessageCount.USER:
             return user_messages
         return user_messages + agent_messages
+
+    def sql(self, statement: str) -> str:
+        """A statement in the reference's tables and columns, in the platform's own (``stores.rename``).
+
+        Literal rewrites (``stores.rewrite``) come first; statements naming a table of
+        ``stores.rename_skip`` (tables the platform keeps under the reference's names) are
+        left alone.  The reference profile changes nothing.
+
+        Example:
+        | ${sql} = | Evaluate | $profile.sql("SELECT 1 FROM threads WHERE user_id = %s") |
+        """
+        for old, new in self.rewrite:
+            statement = statement.replace(old, new)
+        if self._rename_re is None or (self._skip_re is not None and self._skip_re.search(statement)):
+            return statement
+        return self._rename_re.sub(lambda m: self.rename[m.group(1)], statement)
+
+    def context_key(self, user_id: str, thread_id: str) -> str:
+        """The Redis key of the agent context of one user's thread (``redis.context``)."""
+        return self.redis_context.format(user_id=user_id, thread_id=thread_id)
+
+    def background_key_kinds(self) -> list[str]:
+        """Key shapes of one user (``{u}`` user id, ``{n}`` a number) after ``redis.user_keys`` (seeding)."""
+        kinds = []
+        for pattern in self.redis_user_patterns:
+            shape = pattern.replace("{user_id}", "{u}")
+            kinds.append(shape.replace("*", "{n}") if "*" in shape else shape + "{n}")
+        return kinds
 
     def session_pattern(self, user_id: str) -> str:
         """The Redis SCAN pattern of one user's session records."""
@@ -306,6 +344,10 @@ def from_dict(data: dict, source: str = "<dict>") -> Profile:
         cleanup_sql={str(k): [str(s) for s in v] for k, v in (_get(data, "stores.cleanup") or {}).items()}
         or None,
         user_ids_sql=_get(data, "stores.user_ids"),
+        rewrite=[(str(a), str(b)) for a, b in (_get(data, "stores.rewrite") or [])],
+        rename={str(k): str(v) for k, v in (_get(data, "stores.rename") or {}).items()},
+        rename_skip=[str(t) for t in (_get(data, "stores.rename_skip") or [])],
+        redis_context=str(_get(data, "redis.context") or "ctx:{user_id}:{thread_id}"),
         raw=copy.deepcopy(data),
     )
 

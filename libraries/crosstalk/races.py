@@ -327,6 +327,7 @@ def pg_value(url: str, sql: str, params: tuple | dict = ()) -> Any:
 
 
 def pg_rows(url: str, sql: str, params: tuple | dict = ()) -> list[tuple]:
+    sql = target_profile.current().sql(sql)  # written in the reference's names: the target's own
     try:
         conn = psycopg2.connect(url, connect_timeout=5)
     except psycopg2.Error as exc:
