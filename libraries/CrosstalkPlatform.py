@@ -73,6 +73,9 @@ class CrosstalkPlatform:
         self._shared: SharedPlatform | None = None
         self._acquired = 0
         self.target: dict[str, str] = {}
+        # what the published names held before: a later top-level suite of the same robot run
+        # must resolve its own target, not mistake our published reference URLs for a configured one
+        self._unpublished: dict[str, object] = {}
         self._summary_printed = False
         self._depth = 0  # nested Start Or Attach Platform calls of this process
         self._cleanup_line = ""
@@ -231,11 +234,17 @@ class CrosstalkPlatform:
         ctx.versions["platform"] = f"reference platform (launcher pid {launcher})"
         return ctx
 
-    @staticmethod
-    def _publish(ctx: TargetContext) -> None:
+    def _publish(self, ctx: TargetContext) -> None:
         builtin = BuiltIn()
+        self._unpublished = {name: builtin.get_variable_value("${%s}" % name) for name in PUBLISHED}  # noqa: UP031
         for name in PUBLISHED:
             builtin.set_global_variable("${%s}" % name, ctx.get(name))  # noqa: UP031
+
+    def _unpublish(self) -> None:
+        builtin = BuiltIn()
+        for name, value in self._unpublished.items():
+            builtin.set_global_variable("${%s}" % name, "" if value is None else value)  # noqa: UP031
+        self._unpublished = {}
 
     @staticmethod
     def _metadata(ctx: TargetContext, top: bool) -> None:
@@ -291,6 +300,7 @@ class CrosstalkPlatform:
         self._depth -= 1
         if self._depth == 0:
             self._clean_up()
+            self._unpublish()
         if self._shared is None or self._acquired == 0:
             return
         self._acquired -= 1
