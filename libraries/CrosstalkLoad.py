@@ -17,11 +17,12 @@ from crosstalk.load import LoadConfig, LoadModel, LoadRun, foreign_canaries, loc
 from crosstalk.load import write_summary as _write_summary
 from crosstalk.metrics import LoadMetrics, format_seconds
 from crosstalk.model import TestUser
+from crosstalk.paths import results_root
 from robot.api import logger
 from robot.api.deco import keyword, library
 from robot.libraries.BuiltIn import BuiltIn
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "results" / "load"
+RESULTS_DIR = results_root() / "load"
 PROGRESS_EVERY = 5.0
 
 

@@ -34,7 +34,11 @@ from .config import AUDIENCE, ISSUER, Settings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
-DEFAULT_DATA_ROOT = REPO_ROOT / "results" / "platform-data"
+# a source checkout keeps its data under its own results/; an installed copy under ./results
+# (or $CROSSTALK_RESULTS), never inside site-packages
+_CHECKOUT = all((REPO_ROOT / marker).exists() for marker in ("pyproject.toml", "suites", "libraries"))
+DEFAULT_DATA_ROOT = (Path(os.environ["CROSSTALK_RESULTS"]).resolve() if os.environ.get("CROSSTALK_RESULTS")
+                     else (REPO_ROOT if _CHECKOUT else Path.cwd()) / "results") / "platform-data"
 STARTUP_TIMEOUT = 60.0
 
 

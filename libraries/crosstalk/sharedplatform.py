@@ -28,10 +28,11 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from .paths import results_root, source_checkout
+
 LIBRARIES = Path(__file__).resolve().parents[1]
 DEFAULT_LINGER = float(os.environ.get("CROSSTALK_PLATFORM_LINGER", "3"))
-PLATFORM_ROOT = REPO_ROOT / "results" / ".platform"
+PLATFORM_ROOT = results_root() / ".platform"
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 20.0
 
@@ -243,7 +244,7 @@ class SharedPlatform:
         with open(self.log_file, "wb") as log:  # one start per log: the last line is the reason
             process = subprocess.Popen(
                 command,
-                cwd=REPO_ROOT,
+                cwd=source_checkout() or self.directory,  # a checkout's own reference_platform first
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
