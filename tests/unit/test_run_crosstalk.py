@@ -35,7 +35,7 @@ def test_quick_users_and_tags():
 
 def test_timeout_verbose_soak_and_processes():
     command = _command("--timeout", "90", "--verbose", "--soak", "1000", "--processes", "2")
-    assert command[0].endswith("pabot") and "--pabotlibport" in command
+    assert command[1:3] == ["-m", "pabot.pabot"] and command[command.index("--pabotlibport") + 1] == "0"
     variables = _pairs(command, "--variable")
     assert "STARTUP_TIMEOUT:90s" in variables and "SOAK_USERS:1000" in variables
     assert _pairs(command, "--loglevel") == ["DEBUG"]
