@@ -224,6 +224,7 @@ class SharedPlatform:
         self.state_file.unlink(missing_ok=True)
         env = dict(os.environ)
         env.pop("AUTH_URL", None)
+        env.setdefault("CROSSTALK_RESULTS", str(results_root()))  # its data next to this state
         if self.faults:
             env["REFPLAT_FAULTS"] = self.faults
         else:

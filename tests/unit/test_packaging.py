@@ -17,6 +17,11 @@ import tomllib
 from crosstalk import __version__, cli, jobsummary, runner, starter
 from crosstalk.metrics import new_histogram, record_seconds
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
