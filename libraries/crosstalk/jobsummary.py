@@ -87,7 +87,7 @@ def isolation_verdicts(result: Any) -> list[IsolationVerdict]:
         test = ""
 
         def start_test(self, test: Any) -> None:
-            self.test = test.full_name
+            self.test = f"{test.parent.name} › {test.name}"
 
         def visit_message(self, message: Any) -> None:
             if message.html and ISOLATION_CAPTION in message.message:
@@ -143,6 +143,37 @@ def sla_lines(scenarios: dict) -> list[str]:
     return out
 
 
+def _int(text: str) -> int:
+    try:
+        return int(text.replace(",", ""))
+    except ValueError:
+        return 0
+
+
+def isolation_lines(verdicts: list[IsolationVerdict]) -> list[str]:
+    """One row per test: users, rules checked, items checked, violations (naming the broken rules)."""
+    per_test: dict[str, dict] = {}
+    for verdict in verdicts:
+        entry = per_test.setdefault(verdict.test, {"users": 0, "rules": set(), "items": 0, "broken": {}})
+        for rule, users, checked, violations in verdict.rows:
+            entry["users"] = max(entry["users"], _int(users))
+            entry["rules"].add(rule)
+            entry["items"] += _int(checked)
+            if _int(violations):
+                entry["broken"][rule] = entry["broken"].get(rule, 0) + _int(violations)
+    if not per_test:
+        return []
+    out = ["### Isolation", "", "| test | users | rules | items checked | violations |",
+           "|---|---:|---:|---:|---|"]
+    for test, entry in per_test.items():
+        broken = entry["broken"]
+        shown = ("❌ " + ", ".join(f"{rule}: {n}" for rule, n in broken.items())) if broken else "0"
+        out.append(f"| {_cell(test)} | {entry['users']} | {len(entry['rules'])} | {entry['items']:,} "
+                   f"| {_cell(shown)} |")
+    out.append("")
+    return out
+
+
 def render(output: Path, load_dirs: list[Path], log_url: str | None = None) -> str:
     from robot.api import ExecutionResult
 
@@ -165,16 +196,7 @@ def render(output: Path, load_dirs: list[Path], log_url: str | None = None) -> s
                      f"| {s.passed} | {s.failed} | {s.skipped} |")
     lines.append("")
 
-    verdicts = isolation_verdicts(result)
-    if verdicts:
-        lines += ["### Isolation", "", "| test | rule | users | items checked | violations |",
-                  "|---|---|---:|---:|---:|"]
-        for verdict in verdicts:
-            for rule, users, checked, violations in verdict.rows:
-                mark = "❌ " if violations not in ("0", "") else ""
-                lines.append(f"| {_cell(verdict.test)} | {_cell(rule)} | {users} | {checked} "
-                             f"| {mark}{violations} |")
-        lines.append("")
+    lines += isolation_lines(isolation_verdicts(result))
 
     dirs = [d for d in load_dirs if d.is_dir()]
     if dirs:

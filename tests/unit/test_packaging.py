@@ -224,8 +224,7 @@ def test_summary_of_a_run(tmp_path):
                              "https://ci.example.test/run/1/log.html")
     assert "## ❌ Crosstalk: 1 passed, 1 failed, 1 skipped" in text
     assert "| ❌ Demo | 1 | 1 | 1 |" in text
-    assert "| Demo.Isolated | canaries do not leak | 4 | 40 | 0 |" in text
-    assert "| Demo.Isolated | REST lists only own threads | 4 | 4 | ❌ 1 |" in text
+    assert "| Demo › Isolated | 4 | 2 | 44 | ❌ REST lists only own threads: 1 |" in text
     assert "[Demo.Broken](https://ci.example.test/run/1/log.html#s1-t2): Alice saw Bob's canary ct-42" in text
     assert "second line" not in text
     assert "1 × No BACKEND_DATABASE_URL: the row checks need the backend database" in text
