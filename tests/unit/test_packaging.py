@@ -74,6 +74,10 @@ def test_this_repositorys_workflows_validate_against_the_schema():
     for needed in ("bash .ci/run", "--shard ${{ matrix.shard }}/", "--pabotlibport 0", "rebot --merge",
                    "crosstalk merge", "crosstalk summary", "GITHUB_STEP_SUMMARY", "upload-artifact"):
         assert needed in text, needed
+    jenkins = (ROOT / "Jenkinsfile").read_text()
+    for needed in ("bash .ci/run", "parallel", "--shard 3/", "rebot --merge", "--xunit", "junit ",
+                   "robot outputPath", "crosstalk merge", "crosstalk summary"):
+        assert needed in jenkins, needed
 
 
 def test_init_writes_a_project_whose_workflow_validates(tmp_path):
