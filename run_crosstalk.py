@@ -11,9 +11,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "libraries"))
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "libraries"))
 
-from crosstalk.runner import build_command, build_parser, main
+from crosstalk.runner import build_command, build_parser, main  # noqa: E402
 
 __all__ = ["build_command", "build_parser", "main"]
 

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import secrets
 import string
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import jwt
 import requests
-from crosstalk import htmllog
+from crosstalk import context, htmllog
+from crosstalk.context import Capability
 from crosstalk.httpretry import pooled_session
 from crosstalk.model import TestUser, Tokens
 from crosstalk.secrets import MaskedHeaders, mask, mask_password, protect_requests_library_log
-from crosstalk.tokens import Forgery, forge, load_private_key, public_pem_from_jwk, split
+from crosstalk.tokens import CLAIM_FORGERIES, Forgery, forge, public_pem_from_jwk, split
 from robot.api import logger
 from robot.api.deco import keyword, library
-from robot.libraries.BuiltIn import BuiltIn
 
 try:  # RF 7.4+
     from robot.api.types import Secret
@@ -64,7 +62,7 @@ class CrosstalkAuth:
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _variable(name: str, default: Any = None) -> Any:
-        return BuiltIn().get_variable_value("${%s}" % name, default)  # noqa: UP031
+        return context.current().get(name) or default
 
     def _auth_url(self) -> str:
         url = self._variable("AUTH_URL")
@@ -107,6 +105,7 @@ class CrosstalkAuth:
                 f"{response.text[:200]}{retried}"
             )
         user.user_id = str(response.json().get("user_id"))
+        context.current().record_user(user)
         return user
 
     def _login(self, user: TestUser) -> Tokens:
@@ -146,11 +145,11 @@ class CrosstalkAuth:
         """
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}.")
-        run = uuid.uuid4().hex[:8]
+        ctx = context.current()
         users = [
             TestUser(
                 label=f"{prefix}{index:02d}",
-                email=f"{prefix}{index:02d}-{run}@crosstalk.test",
+                email=ctx.email(f"{prefix}{index:02d}"),
                 password=_strong_password(),
                 canary=f"CANARY-{prefix}{index:02d}-{secrets.token_hex(6)}",
             )
@@ -174,10 +173,9 @@ class CrosstalkAuth:
         Example:
         | ${alice} = | Create Test User | alice |
         """
-        run = uuid.uuid4().hex[:8]
         user = TestUser(
             label,
-            f"{label}-{run}@crosstalk.test",
+            context.current().email(label),
             _strong_password(),
             f"CANARY-{label}-{secrets.token_hex(6)}",
         )
@@ -395,8 +393,10 @@ class CrosstalkAuth:
         (alg "NONE"), ``signature_stripped``, ``payload_tampered``, ``expired``,
         ``missing_exp``, ``wrong_issuer``, ``wrong_audience``, ``unknown_kid``, ``wrong_signature``,
         ``hs256_confusion`` (HS256 with the public key PEM as HMAC secret).
-        For the reference platform its private key signs the claim-rule
-        forgeries so only the named rule is broken.
+        The claim-rule forgeries (``expired``, ``missing_exp``, ``wrong_issuer``,
+        ``wrong_audience``) are signed with ``JWT_PRIVATE_KEY`` only after it was
+        checked against the target's JWKS (same public key); without such a key
+        the test is skipped with the reason, never passed.
 
         Example:
         | ${forged} = | Forge Token | ${alice} | alg_none |
@@ -407,10 +407,13 @@ class CrosstalkAuth:
         public_pem = (
             public_pem_from_jwk(self._jwk_for(header.get("kid"))) if kind is Forgery.HS256_CONFUSION else None
         )
-        key_file = self._variable("JWT_PRIVATE_KEY")
-        platform_key = (
-            load_private_key(Path(key_file).read_bytes()) if key_file and Path(key_file).exists() else None
-        )
+        platform_key = None
+        if kind in CLAIM_FORGERIES:
+            # only a key proven to be the target's own (same public key as its JWKS) may sign these:
+            # with any other key the token is refused for its signature and the claim is never tested
+            ctx = context.current()
+            ctx.require(Capability.SIGNING_KEY)
+            platform_key = ctx.signing_key
         token = forge(kind, genuine, public_pem, platform_key)
         logger.info(f"Forged {kind.value} token from {user.label}'s token: {mask(token, 12)}")
         return token

@@ -17,13 +17,16 @@ import redis.asyncio as aioredis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerifyMismatchError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import faults
+from . import faults, hooks
 from .common import (
     AUTH_SCHEMA,
+    EXCEPTION_HANDLERS,
+    BodyLimit,
     authenticate,
     create_pool,
     ensure_schema,
@@ -79,7 +82,10 @@ class AuthService:
             await self.pool.close()
 
     async def health(self, request: Request) -> Response:
-        return await health(self.pool, self.redis, {"service": "auth", "faults": faults.enabled()})
+        return await health(self.pool, self.redis, {
+            "service": "auth", "faults": faults.enabled(),
+            "capabilities": {"fault_injection": [], "metrics": hooks.METRICS_PATH},
+        })
 
     async def jwks(self, request: Request) -> Response:
         return JSONResponse(self.signer.jwks(), headers={"Cache-Control": "public, max-age=300"})
@@ -236,6 +242,7 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=[
             Route("/health", service.health),
+            Route(hooks.METRICS_PATH, hooks.prometheus_metrics),
             Route("/.well-known/jwks.json", service.jwks),
             Route("/auth/register", service.register, methods=["POST"]),
             Route("/auth/login", service.login, methods=["POST"]),
@@ -244,4 +251,6 @@ def create_app(settings: Settings) -> Starlette:
             Route("/auth/me", service.me),
         ],
         lifespan=service.lifespan,
+        middleware=[Middleware(BodyLimit, limit=settings.max_body_bytes)],
+        exception_handlers=EXCEPTION_HANDLERS,
     )

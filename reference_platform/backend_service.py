@@ -17,20 +17,26 @@ from datetime import datetime, timezone
 import asyncpg
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from . import agent, faults
+from . import agent, faults, hooks
 from .cache import ClientGone, ThreadListCache, unless_client_leaves
 from .common import (
     BACKEND_SCHEMA,
+    EXCEPTION_HANDLERS,
+    BadInput,
+    BodyLimit,
     authenticate,
+    check_json_value,
     create_pool,
     ensure_schema,
     health,
     json_object,
+    storable,
     unauthorized,
 )
 from .config import REVOCATION_CHANNEL, Settings
@@ -101,13 +107,8 @@ def _uuid_or_none(value: object) -> uuid.UUID | None:
 
 
 def _storable(text: str) -> bool:
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")  # lone surrogates from JSON "\ud800" escapes cannot be stored
-    except UnicodeEncodeError:
-        return False
-    return True
+    # NUL characters and lone surrogates (JSON "\ud800" escapes) cannot be stored
+    return storable(text) or faults.on("hostile_input_500")
 
 
 @dataclass(eq=False)
@@ -163,8 +164,9 @@ class BackendService:
         self._tasks: set[asyncio.Task] = set()
         self._rate_script = None
         self.thread_cache = ThreadListCache(settings.redis_url)
+        hooks.expose_connection_gauges(lambda: self.active_websockets, lambda: len(self.registry))
         self.workspaces = WorkspaceService(
-            settings.auth_database_url, settings.backend_database_url, self._user
+            settings.auth_database_url, settings.backend_database_url, self._user, settings.test_hooks
         )
 
     # ---------------------------------------------------------------- lifecycle
@@ -243,7 +245,10 @@ class BackendService:
 
     # ---------------------------------------------------------------- REST
     async def health(self, request: Request) -> Response:
-        return await health(self.pool, self.redis, {"service": "backend", "faults": faults.enabled()})
+        return await health(self.pool, self.redis, {
+            "service": "backend", "faults": faults.enabled(),
+            "capabilities": hooks.capabilities(self.settings.test_hooks),
+        })
 
     async def metrics(self, request: Request) -> Response:
         try:
@@ -435,8 +440,19 @@ class BackendService:
                     break
                 text = message.get("text")
                 if text is None:
-                    text = (message.get("bytes") or b"").decode("utf-8", "replace")
-                await self._handle_frame(conn, text)
+                    try:
+                        text = (message.get("bytes") or b"").decode("utf-8")
+                    except UnicodeDecodeError:
+                        await self._send_error(conn, "invalid_json", "the frame is not valid UTF-8", None)
+                        continue
+                try:
+                    await self._handle_frame(conn, text)
+                except Exception as exc:
+                    if faults.on("hostile_input_500"):
+                        raise
+                    # one bad frame never costs the socket; the cause goes to the log, not the client
+                    log.error("frame on %s failed", conn.connection_id, exc_info=exc)
+                    await self._send_error(conn, "internal_error", "the frame could not be handled", None)
         except Exception as exc:
             log.debug("websocket %s ended: %s", conn.connection_id, exc)
         finally:
@@ -477,8 +493,15 @@ class BackendService:
             return
         try:
             frame = json.loads(text)
+            if not faults.on("hostile_input_500"):
+                check_json_value(frame, text=False)
         except ValueError:
             await self._send_error(conn, "invalid_json", "the frame is not valid JSON", None)
+            return
+        except (RecursionError, BadInput):
+            if faults.on("hostile_input_500"):
+                raise
+            await self._send_error(conn, "invalid_json", "the frame's JSON nests too deeply", None)
             return
         if not isinstance(frame, dict):
             await self._send_error(conn, "invalid_frame", "the frame must be a JSON object", None)
@@ -493,13 +516,15 @@ class BackendService:
                     conn, "missing_field", f"field '{name}' must be a non-empty string", cmid
                 )
                 return
-        if not _storable(frame["content"]):
-            await self._send_error(
-                conn, "invalid_content",
-                "content must be valid Unicode without NUL characters (PostgreSQL text cannot hold them)",
-                cmid,
-            )
-            return
+        for name in ("content", "client_message_id"):
+            if not _storable(frame[name]):
+                await self._send_error(
+                    conn, "invalid_content",
+                    f"{name} must be valid Unicode without NUL characters or lone surrogates "
+                    "(PostgreSQL text cannot hold them)",
+                    cmid if name == "content" else None,
+                )
+                return
         thread_id = frame.get("thread_id")
         if thread_id is not None and _uuid_or_none(thread_id) is None:
             await self._send_error(conn, "thread_not_found", "thread not found", cmid)
@@ -519,7 +544,8 @@ class BackendService:
         text = json.dumps({
             "type": event_type, "run_id": run.run_id, "thread_id": run.thread_id,
             "client_message_id": run.client_message_id, "user_id": run.conn.user_id, "seq": run.seq,
-            "timestamp": _now_iso(), "payload": payload,
+            "timestamp": time.time() if faults.on("event_timestamp_drift") else _now_iso(),
+            "payload": payload,
         })
         every_third = run.number % 3 == 0
         if event_type == "tool_completed" and every_third and faults.on("drop_event"):
@@ -640,7 +666,8 @@ class BackendService:
             raise
         except Exception as exc:
             log.warning("run %s failed: %s", run.run_id, exc)
-            await self._fail(run, specialist, f"internal error: {type(exc).__name__}")
+            detail = f": {type(exc).__name__}" if faults.on("hostile_input_500") else ""
+            await self._fail(run, specialist, f"internal error{detail}")
         finally:
             self.runs_in_flight -= 1
 
@@ -659,6 +686,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             Route("/health", service.health),
             Route("/metrics", service.metrics),
+            Route(hooks.METRICS_PATH, hooks.prometheus_metrics),
             Route("/threads", service.list_threads),
             Route("/threads/{thread_id}", service.get_thread),
             Route("/threads/{thread_id}", service.delete_thread, methods=["DELETE"]),
@@ -669,4 +697,6 @@ def create_app(settings: Settings) -> Starlette:
             WebSocketRoute("/ws", service.websocket),
         ],
         lifespan=service.lifespan,
+        middleware=[Middleware(BodyLimit, limit=settings.max_body_bytes)],
+        exception_handlers=EXCEPTION_HANDLERS,
     )

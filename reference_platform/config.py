@@ -32,12 +32,14 @@ class Settings:
     allowed_origins: list[str] = field(default_factory=lambda: ["http://localhost", "http://127.0.0.1"])
     agent_step_ms: int = 5
     max_frame_bytes: int = 65536
+    max_body_bytes: int = 1024 * 1024
     rate_limit_per_second: float = 20.0
     rate_limit_burst: int = 40
     issuer: str = ISSUER
     audience: str = AUDIENCE
     faults: list[str] = field(default_factory=list)
     db_pool_size: int = 20
+    test_hooks: bool = False  # honour X-Crosstalk-Inject (see hooks.py)
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

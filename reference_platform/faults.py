@@ -40,8 +40,13 @@ FAULTS: dict[str, str] = {
     "refresh_race": "refresh checks the token is unused, then marks it used in a second statement",
     "redis_cancel_leak": "a cache read cancelled by a client disconnect returns its Redis connection to "
     "the pool with the reply unread (redis-py 2624, the ChatGPT incident of March 2023)",
+    "hostile_input_500": "request bodies and frames are parsed without the nesting-depth and text checks, "
+    "and unexpected errors are answered with their exception name: deep JSON gives a 500 naming "
+    "RecursionError, NUL text a database error, a deep frame drops the socket",
     "no_rollback": "POST /workspaces commits each store on its own, so a failing step leaves the "
     "earlier ones applied",
+    "event_timestamp_drift": "event frames carry timestamp as epoch seconds (a number) instead of ISO 8601 "
+    "text: a contract break only the frame schema sees",
     "workspace_backend_fail": "failure injection, not a bug: step 2 of POST /workspaces (backend) fails",
     "workspace_analytics_fail": "failure injection, not a bug: step 3 of POST /workspaces (analytics) fails",
 }

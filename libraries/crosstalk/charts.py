@@ -118,9 +118,14 @@ def metrics_table(metrics: LoadMetrics) -> str:
         ["unique run ids / collisions", f"{len(metrics.run_ids)} / {metrics.run_id_collisions}"],
         ["routing accuracy", f"{metrics.routing_accuracy:.2f}% ({metrics.misrouted} misrouted)"],
         ["fairness (Jain, latency / messages)", f"{metrics.fairness:.3f} / {metrics.fairness_messages:.3f}"],
-        ["platform CPU mean / peak (% of machine)",
-         "not measured" if cpu is None else f"{cpu:.1f}% / {res.platform_cpu_peak_pct or 0:.1f}%"],
+        ["platform CPU mean / p90 / peak (% of machine)",
+         "not measured" if cpu is None else
+         f"{cpu:.1f}% / {res.platform_cpu_p90_pct or 0:.1f}% / {res.platform_cpu_peak_pct or 0:.1f}%"],
         ["platform peak memory", format_bytes(res.platform_memory_peak)],
+        ["resource sampling", (
+            f"{res.samples} samples over {res.window_s or 0:.2f} s; judged: {res.statistic}"
+            + (f"; {res.sample_failures} failed samples" if res.sample_failures else "")
+        ) if res.statistic else "not measured"],
         ["generator CPU", f"{res.generator_cpu_seconds:.2f} s "
          f"({metrics.info.get('generator_cpu_ms_per_message', 'n/a')} ms/message; engine thread "
          f"{res.generator_core_pct or 0:.0f}% of a core)"],

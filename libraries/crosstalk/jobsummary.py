@@ -227,9 +227,11 @@ def render(output: Path, load_dirs: list[Path], log_url: str | None = None) -> s
 
 
 def default_load_dirs(output: Path) -> list[Path]:
-    """``load/`` next to output.xml, and every ``*/load`` one level down (downloaded shards)."""
+    """``load/`` next to output.xml, ``*/load`` (downloaded shards) and ``pabot_results/*/load``."""
     base = output.resolve().parent
-    return [base / "load", *sorted(p for p in base.glob("*/load") if p.is_dir())]
+    found = [p for pattern in ("*/load", "pabot_results/*/load", "*/pabot_results/*/load")
+             for p in base.glob(pattern) if p.is_dir()]
+    return [base / "load", *sorted(set(found))]
 
 
 def build_parser(prog: str = "crosstalk summary") -> argparse.ArgumentParser:

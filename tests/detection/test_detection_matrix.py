@@ -4,9 +4,10 @@ on, the same checks pass.
 
 For each registered fault the platform is started once with only that fault on
 (`python -m reference_platform --auth-port 0 --backend-port 0 --state-file …`),
-robot runs only the tags that should catch it against that platform (the target
-URLs are passed as variables, so `CrosstalkPlatform` attaches instead of starting
-another platform), and `output.xml` is read back with `robot.api.ExecutionResult`.
+robot runs only the tags that should catch it against that platform (its state
+file is passed as ``REFERENCE_STATE``, so `CrosstalkPlatform` attaches to it as the
+reference instead of starting another platform), and `output.xml` is read back
+with `robot.api.ExecutionResult`.
 A fault is *detected* when the expected test failed and its message contains the
 key phrase.  The table is printed at the end of the pytest run and written to
 `results/detection/matrix.md`; `docs/detection.md` explains how to read it.
@@ -98,6 +99,8 @@ MATRIX: tuple[Row, ...] = (
         "was neither refused with frame_too_large nor closed with 1009"),
     Row("sql_concat", ("input",), "Hostile Content Is Stored And Returned Verbatim",
         "ended failed instead of completed"),
+    Row("hostile_input_500", ("hostile-input",), "Hostile Input Gets A Clear Refusal And Harms No One",
+        "answered HTTP 500 naming internals"),
     Row("lost_update", ("counter",), "Fifty Parallel Notes Are All Counted", "lost update"),
     Row("cache_key_collision", ("cacheANDisolation",), "Cached Thread Lists Never Cross Users",
         "thread lists crossed users"),
@@ -105,6 +108,8 @@ MATRIX: tuple[Row, ...] = (
         "Hanging Up Mid-Request Never Hands Titles To Another User", "Redis reply leak"),
     Row("no_rollback", ("rollback",), "A Backend Failure Rolls Everything Back",
         "partially applied cross-service transaction"),
+    Row("event_timestamp_drift", ("smoke",), "Two Users Each Get An Answer To Their Own Question",
+        "breaks the platform contract"),
     # failure injections, not bugs: the plain success scenario must notice the broken step
     Row("workspace_backend_fail", ("workspaceNOTrollbackNOTdetectionNOTconcurrency",),
         "A Workspace Is Recorded In All Three Stores", "'failed_step': 'backend'"),
@@ -161,7 +166,8 @@ class Platform:
                if k not in TARGET_VARIABLES and k not in ("REFPLAT_FAULTS", "DATABASE_URL")}
         env["REFPLAT_FAULTS"] = ",".join(self.faults)
         command = [sys.executable, "-m", "reference_platform", "--auth-port", "0", "--backend-port", "0",
-                   "--state-file", str(self.state_file), "--jwt-private-key", str(signing_key())]
+                   "--state-file", str(self.state_file), "--jwt-private-key", str(signing_key()),
+                   "--test-hooks"]
         with self.log_file.open("wb") as log:
             # own session: on a hung stop we can kill exactly what we started, as a group
             self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
@@ -208,10 +214,9 @@ class Platform:
             return "(no platform log)"
 
     def robot_variables(self) -> list[str]:
-        arguments = []
-        for variable, key in TARGET_VARIABLES.items():
-            if self.state.get(key):
-                arguments += ["--variable", f"{variable}:{self.state[key]}"]
+        # attach to this reference platform through its state file: the suites then know it is the
+        # reference (faults, limits, resource metrics, failure injection) and start nothing themselves
+        arguments = ["--variable", f"REFERENCE_STATE:{self.state_file}"]
         # Tokens with a valid signature but a bad claim (expired, wrong aud…) need the signing key.
         return [*arguments, "--variable", f"JWT_PRIVATE_KEY:{signing_key()}"]
 
