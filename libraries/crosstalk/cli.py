@@ -49,10 +49,17 @@ def _cleanup(rest: list[str]) -> int:
         print("crosstalk cleanup: not available in this version of robotframework-crosstalk "
               "(it needs the crosstalk.cleanup module).", file=sys.stderr)
         return 2
-    from . import cleanup  # type: ignore[attr-defined]
+    from . import cleanup
 
-    sys.argv[0] = "crosstalk cleanup"
-    return cleanup.main(rest)
+    def one_line(self: argparse.ArgumentParser, message: str) -> NoReturn:
+        self.exit(2, f"crosstalk cleanup: error: {message} (see crosstalk cleanup --help)\n")
+
+    original = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = one_line  # its own parser, our one-line errors
+    try:
+        return cleanup.main(rest)
+    finally:
+        argparse.ArgumentParser.error = original
 
 
 def build_parser() -> OneLineParser:

@@ -129,7 +129,7 @@ def test_every_subcommand_has_help(command):
 
 
 def test_usage_errors_are_one_line():
-    for argv in (["merge"], ["bogus"], ["summary"], ["run", "--users", "x"], ["init"]):
+    for argv in (["merge"], ["bogus"], ["summary"], ["run", "--users", "x"], ["init"], ["cleanup"]):
         result = subprocess.run([sys.executable, "-m", "crosstalk.cli", *argv], capture_output=True,
                                 text=True, timeout=60, cwd=ROOT, env=_env())
         assert result.returncode == 2, argv
