@@ -890,6 +890,51 @@ class CrosstalkRaces:
             raise RaceError(f"{state}: consistent, but {expected} workspaces were expected")
 
     @keyword
+    def failed_workspace_should_leave_nothing_behind(
+        self, user: TestUser, inject: InjectedFailure, prompt: timedelta = timedelta(seconds=3),
+        settle: timedelta = timedelta(seconds=2),
+    ) -> None:
+        """After a ``POST /workspaces`` whose step ``inject`` failed (``X-Crosstalk-Inject``), no
+        transaction debris remains: no prepared transaction (``pg_prepared_xacts``) and no lock held
+        by one (``pg_locks``) outlives ``settle``, where the databases are reachable; and ``user``'s
+        next workspace request is answered within ``prompt`` (a leaked prepared transaction holds
+        the user's row lock, so the next one stalls).
+
+        Example:
+        | Failed Workspace Should Leave Nothing Behind | ${bob} | backend | prompt=3s |
+        """
+        first = self._create_workspace(user, "doomed, first try", inject)
+        if first.status_code != 503:
+            raise RaceError(f"precondition: the failing workspace of {user.label} answered "
+                            f"{first.status_code}, expected 503: {races._json_or_text(first)}")
+        debris: list[str] = []
+        url = self.target.auth_database_url or self.target.backend_database_url
+        if url:  # pg_prepared_xacts and pg_locks are server-wide
+            time.sleep(_seconds(settle))
+            prepared = races.pg_rows(
+                url, "SELECT gid, database, extract(epoch FROM now() - prepared)::float "
+                "FROM pg_prepared_xacts WHERE prepared < now() - %s * interval '1 second'",
+                (_seconds(settle),))
+            debris += [f"prepared transaction {gid} in {db}, {age:.1f} s old" for gid, db, age in prepared]
+            locks = races.pg_value(url, "SELECT count(*) FROM pg_locks WHERE virtualtransaction LIKE '-1/%%'")
+            if locks:
+                debris.append(f"{locks} lock(s) held by prepared transactions")
+        else:
+            logger.info("No database URL: only the prompt answer to the next request is checked.")
+        started = time.monotonic()
+        try:
+            answer = self._create_workspace(user, "doomed, second try", inject).status_code
+        except requests.RequestException as exc:
+            answer = f"no answer ({type(exc).__name__})"
+        took = time.monotonic() - started
+        logger.info(f"next workspace of {user.label}: {answer} in {took * 1000:.0f} ms")
+        if took > _seconds(prompt):
+            debris.append(f"{user.label}'s next workspace request took {took:.1f} s "
+                          f"(limit {_seconds(prompt):g} s)")
+        if debris:
+            raise RaceError(f"transaction debris after a failed workspace: {'; '.join(debris[:5])}")
+
+    @keyword
     def leave_a_half_applied_workspace(self, user: TestUser) -> str:
         """Write a workspace row for ``user`` in the backend database only, as a coordinator that crashed
         without two-phase commit would; returns its id.  For proving the consistency check can fail.

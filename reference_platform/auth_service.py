@@ -118,6 +118,8 @@ class AuthService:
         row = await self.pool.fetchrow(
             "SELECT user_id, password_hash FROM users WHERE email = $1", email.strip().lower()
         )
+        if row is None and faults.on("login_enumeration"):
+            return JSONResponse(LOGIN_FAILED, status_code=401)  # the bug: no dummy verification, so fast
         ok = await asyncio.get_running_loop().run_in_executor(
             None, _password_matches, row["password_hash"] if row else DUMMY_HASH, password
         )

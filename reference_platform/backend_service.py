@@ -40,7 +40,7 @@ from .common import (
     unauthorized,
 )
 from .config import REVOCATION_CHANNEL, Settings
-from .tokens import Verifier, keys_from_jwks
+from .tokens import TokenError, Verifier, keys_from_jwks
 from .workspaces import WorkspaceService
 
 log = logging.getLogger("reference_platform.backend")
@@ -147,6 +147,8 @@ class Run:
     seq: int = 0
     held: str | None = None
     new_thread: bool = False
+    owner: str | None = None  # who the stored rows belong to: the socket's user (identity_from_frame aside)
+    count_seen: int | None = None  # only kept by the counter_two_writers fault
 
 
 class BackendService:
@@ -406,7 +408,8 @@ class BackendService:
         if owner is None:
             return JSONResponse(NOT_FOUND, status_code=404)
         await self.redis.delete(f"ctx:{owner}:{tid}")
-        await self.thread_cache.invalidate(str(owner))
+        if not faults.on("stale_list_after_delete"):  # the bug: the cached list keeps the thread
+            await self.thread_cache.invalidate(str(owner))
         return Response(status_code=204)
 
     # ---------------------------------------------------------------- WebSocket
@@ -420,6 +423,12 @@ class BackendService:
             ))
             return
         claims = await authenticate(websocket, self.verifier, self.redis)
+        if claims is None and faults.on("token_in_query"):
+            # The bug: browsers cannot set headers on a WebSocket, so a token in the URL is taken too;
+            # its signature is verified, but the revocation denylist is never asked.
+            query_token = websocket.query_params.get("access_token") or websocket.query_params.get("token")
+            with contextlib.suppress(TokenError):
+                claims = self.verifier.verify(query_token) if query_token else None
         user_id = _uuid_or_none(claims.get("sub")) if claims else None
         if user_id is None:
             await websocket.send_denial_response(unauthorized())
@@ -534,6 +543,8 @@ class BackendService:
             conn, str(uuid.uuid4()), str(thread_id) if thread_id else None, cmid, frame["content"],
             self.runs_started, agent.step_delay_ms(frame["content"], self.settings.agent_step_ms),
         )
+        if faults.on("identity_from_frame") and frame.get("user_id"):
+            run.owner = str(frame["user_id"])  # the bug (mass assignment): the frame names the owner
         task = asyncio.create_task(self._run_agent(run))
         conn.runs.add(task)
         task.add_done_callback(conn.runs.discard)
@@ -569,7 +580,7 @@ class BackendService:
         return f"ctx:{run.conn.user_id}:{run.thread_id}"
 
     async def _begin(self, run: Run) -> bool:
-        user_id = uuid.UUID(run.conn.user_id)
+        user_id = uuid.UUID(run.owner or run.conn.user_id)
         message_id, run_id = uuid.uuid4(), uuid.UUID(run.run_id)
         new_thread = run.thread_id is None
         thread_id = uuid.uuid4() if new_thread else uuid.UUID(run.thread_id)
@@ -593,7 +604,11 @@ class BackendService:
             return False
         run.thread_id, run.new_thread = str(thread_id), new_thread
         if new_thread:
-            await self._invalidate_thread_list(run.conn.user_id)
+            await self._invalidate_thread_list(str(user_id))
+        if faults.on("counter_two_writers"):
+            run.count_seen = await self.pool.fetchval(
+                "SELECT message_count FROM threads WHERE thread_id = $1", thread_id
+            )
         return True
 
     async def _invalidate_thread_list(self, user_id: str) -> None:
@@ -623,6 +638,11 @@ class BackendService:
         self.current_connection = run.conn
         specialist = "triage"
         try:
+            if faults.on("scan_all_keys"):
+                # The bug: SCAN MATCH walks every key of every user (10 per round trip by default).
+                pattern = f"session:{run.conn.user_id}:*"
+                open_sessions = [key async for key in self.redis.scan_iter(match=pattern)]
+                log.debug("run %s: %d open session(s)", run.run_id, len(open_sessions))
             if not await self._begin(run):
                 await self._send_error(
                     run.conn, "thread_not_found", "thread not found", run.client_message_id
@@ -656,10 +676,23 @@ class BackendService:
                 await self._fail(run, specialist, "the agent failed on purpose ([[fail]] directive)")
                 return
             answer = agent.compose_answer(specialist, run.content, history)
+            answer_thread = uuid.UUID(run.thread_id)
+            if faults.on("message_wrong_thread"):
+                # The bug: the answer is filed under the user's newest thread, not the run's own.
+                answer_thread = await self.pool.fetchval(
+                    "SELECT thread_id FROM threads WHERE user_id = $1 ORDER BY created_at DESC LIMIT 1",
+                    uuid.UUID(run.conn.user_id),
+                ) or answer_thread
             await self.pool.execute(
-                FINISH_RUN, uuid.uuid4(), uuid.UUID(run.thread_id), uuid.UUID(run.conn.user_id), answer,
+                FINISH_RUN, uuid.uuid4(), answer_thread, uuid.UUID(run.conn.user_id), answer,
                 uuid.UUID(run.run_id), run.client_message_id, specialist,
             )
+            if run.count_seen is not None:
+                # counter_two_writers: the count read after the question was stored, + 1, written back
+                await self.pool.execute(
+                    "UPDATE threads SET message_count = $2 WHERE thread_id = $1",
+                    answer_thread, run.count_seen + 1,
+                )
             await self.redis.set(self._ctx_key(run), json.dumps([*history, run.content]), ex=CTX_TTL_SECONDS)
             await self._emit(run, "agent_completed", {"agent": specialist, "response": answer})
         except asyncio.CancelledError:

@@ -239,7 +239,10 @@ def unauthorized() -> JSONResponse:
 
 
 def bearer_token(conn: HTTPConnection) -> str | None:
-    header = conn.headers.get("authorization", "")
+    headers = conn.headers.getlist("authorization")
+    if len(headers) != 1:  # none, or duplicated: a proxy and this service might each read another one
+        return None
+    header = headers[0]
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None

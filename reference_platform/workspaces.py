@@ -157,7 +157,13 @@ class WorkspaceService:
         user_id = await self.authenticate(request)
         if user_id is None:
             return unauthorized()
-        name = (await json_object(request) or {}).get("name")
+        body = await json_object(request) or {}
+        name = body.get("name")
+        if faults.on("identity_from_body"):
+            # The bug (mass assignment): an owner named in the body wins over the token's subject.
+            claimed = body.get("owner_id") or body.get("user_id")
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                user_id = uuid.UUID(str(claimed)) if claimed else user_id
         if not isinstance(name, str) or not name.strip() or len(name) > NAME_MAX:
             return JSONResponse(
                 {"error": "invalid_name", "message": f'send {{"name": ...}} with 1 to {NAME_MAX} characters'},
@@ -267,6 +273,8 @@ class WorkspaceService:
             if self.clickhouse:
                 await self._clickhouse_step(user_id, workspace_id, name, inject)
         except BaseException:
+            if faults.on("prepared_xact_leak"):
+                prepared = []  # the bug: only the open step is rolled back; the prepared ones are forgotten
             for step, gid in prepared:
                 try:
                     await self.decisions[step].execute(f"ROLLBACK PREPARED '{gid}'")

@@ -43,6 +43,12 @@ No Data Crosses Between Concurrent Users
     [Tags]    isolation
     No User Saw Another User's Data    ${LOAD}[startup]
 
+What Every User Saw Streamed Is What Was Stored
+    [Documentation]    The persistence oracle over the load round: each run's question and answer are stored in
+    ...    its own thread with its ids, counters equal rows, one terminal event per run.
+    [Tags]    isolation    persistence
+    What Was Streamed Should Be What Was Stored    ${LOAD}[startup]
+
 Agents Start Fast Under Concurrent Load
     [Documentation]    Seed 002 test 3: agent startup percentiles, the platform's memory and CPU, the
     ...    fairness between users and the success rate stay within the service levels.

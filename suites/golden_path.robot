@@ -54,6 +54,7 @@ A Thread Persists And Is Readable After Reconnecting
     Thread Should Hold Message    ${gina}    ${run}
     ${again} =    User Asks    ${gina}    What was my order number?    thread=${run}
     Answer Should Recall    ${again}    ${run.content}
+    What Was Streamed Should Be What Was Stored    ${gina}
 
 A Second Message In A Thread Sees The First
     [Documentation]    The agent's tool reads the user's own earlier message in the thread.
@@ -62,3 +63,4 @@ A Second Message In A Thread Sees The First
     Agent Should Answer The Question    ${first}
     ${second} =    User Asks    ${gina}    Can I afford the upgrade?    thread=${first}
     Answer Should Recall    ${second}    ${first.content}
+    What Was Streamed Should Be What Was Stored    ${gina}
