@@ -6,7 +6,7 @@ Documentation       Concurrent agent startup: many customers start their agents 
 ...                 ``--variable STARTUP_USERS:100`` or ``--variablefile resources/env/load_full.py``.
 ...                 Every threshold below is a variable, e.g. ``--variable STARTUP_P95:5s``.
 
-Resource            ../resources/load.resource
+Resource            crosstalk/resources/load.resource
 
 Suite Setup         Start Agents For Every User
 Suite Teardown      Load Suite Ends

@@ -3,7 +3,7 @@ Documentation       Sustained performance: the same users chat for several round
 ...                 is as fast and as fair as the first (seed 001, test 2), then messages arrive at a
 ...                 fixed rate whatever the platform does (open model, no coordinated omission).
 
-Resource            ../resources/load.resource
+Resource            crosstalk/resources/load.resource
 
 Suite Setup         Start Or Attach Platform
 Suite Teardown      Load Suite Ends
