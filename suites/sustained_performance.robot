@@ -24,7 +24,7 @@ ${OPEN_RATE}            40
 ${OPEN_SECONDS}         3
 ${OPEN_P99}             3s
 ${MESSAGE_TIMEOUT}      30s
-# 0 skips the soak test; run_crosstalk.py --soak 1000 sets it
+# 0 skips the soak test; crosstalk run --soak 1000 sets it
 ${SOAK_USERS}           0
 ${SOAK_P99}             60s
 ${SOAK_TIMEOUT}         120s
@@ -54,7 +54,7 @@ A Thousand Users Are Held From One Process
     [Documentation]    Soak: ${SOAK_USERS} users join over ${SOAK_RAMP_UP}, one WebSocket each, all held
     ...    open at once from this one process; every run completes correctly and no data crosses.
     [Tags]    soak
-    Skip If    ${SOAK_USERS} == 0    Soak test off: pass --variable SOAK_USERS:1000 (run_crosstalk.py --soak)
+    Skip If    ${SOAK_USERS} == 0    Soak test off: pass --variable SOAK_USERS:1000 (crosstalk run --soak 1000)
     ${run} =    Users Join Over A Ramp And Chat    ${SOAK_USERS}    ${SOAK_RAMP_UP}    timeout=${SOAK_TIMEOUT}
     Every Agent Started Once For Its Own User    ${run}
     No Load User Should See Another User's Canary    ${run}
