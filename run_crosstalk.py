@@ -14,9 +14,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "libraries"))
 
-from crosstalk.runner import build_command, build_parser, main  # noqa: E402
+from crosstalk.runner import (  # noqa: E402
+    build_command,
+    build_parser,
+    by_scenario,
+    environment_problem,
+    main,
+    merge_summaries,
+)
 
-__all__ = ["build_command", "build_parser", "main"]
+__all__ = ["build_command", "build_parser", "by_scenario", "environment_problem", "main", "merge_summaries"]
 
 if __name__ == "__main__":
     sys.exit(main())

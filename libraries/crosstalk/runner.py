@@ -145,8 +145,8 @@ def read_summaries(directories: list[Path]) -> tuple[list[dict], list[dict]]:
                 summary = json.loads(file.read_text())
             except (OSError, ValueError) as error:
                 raise SystemExit(f"{file} is not a load summary: {error}") from None
-            if not isinstance(summary, dict) or "latency" not in summary:
-                continue  # a merged report or another tool's JSON
+            if not isinstance(summary, dict) or "load_runs" in summary:
+                continue  # a merged report (crosstalk merge, --report-file) or another tool's JSON
             encoded.append(summary.pop("histograms_encoded", None) or {})
             summary.pop("per_user", None)
             summary["file"] = str(file)
