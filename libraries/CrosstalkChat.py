@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from crosstalk import context, htmllog
+from crosstalk import profile as target_profile
 from crosstalk.connection import (
     ConnectionRefused,
     RunHandle,
@@ -598,6 +599,62 @@ class CrosstalkChat:
         | ${thinking} = | Get Run Events | ${run} | agent_thinking |
         """
         return [dict(e) for e in run.events if event_type is None or e.get("type") == event_type]
+
+    @keyword("Answer Should Be The Asker's Own")
+    def answer_should_be_the_askers_own(self, run: RunHandle, message: str | None = None) -> None:
+        """Fail unless the run's answer is recognisably the answer to this run's own message.
+
+        How is declared by the target profile (``answers.recognition``): ``quote``
+        (the answer quotes the message), ``canary_echo`` (the message asked for a
+        token with the user's canary to be repeated; the answer must carry it). With
+        ``none`` the test is skipped: the answer cannot be attributed.
+
+        Example:
+        | Answer Should Be The Asker's Own | ${run} |
+        """
+        profile = target_profile.current()
+        evidence = profile.answer_evidence(run.content, run.echo_token)
+        if evidence is None:
+            raise SkipExecution(
+                f"Profile {profile.name} declares answers.recognition none: no evidence ties an answer to "
+                "its asker; set quote or canary_echo in the profile (PROFILE) to enable this check."
+            )
+        answer = run.answer
+        if answer is None:
+            raise AssertionError(f"Run {run.name} of user '{run.user.label}' has no answer ({run.status}).")
+        if evidence not in answer:
+            how = "quote the message" if profile.answer_recognition.value == "quote" else \
+                f"repeat the reference {evidence}"
+            raise AssertionError(
+                message or f"The answer to {run.user.label}'s run {run.name} does not {how}: {answer[:200]!r}"
+            )
+
+    @keyword("Run Should Recall")
+    def run_should_recall(self, run: RunHandle, earlier: RunHandle | str, message: str | None = None) -> None:
+        """Fail unless the run saw an earlier message of its thread.
+
+        With answers recognised by quote, the answer must quote the earlier message;
+        otherwise (the answer's wording is the model's own) a tool result of the run
+        must hold it, anywhere in its JSON.
+
+        Example:
+        | Run Should Recall | ${follow_up} | ${first} |
+        """
+        text = earlier.content if isinstance(earlier, RunHandle) else str(earlier)
+        profile = target_profile.current()
+        if profile.answer_recognition is target_profile.AnswerRecognition.QUOTE:
+            if text not in (run.answer or ""):
+                raise AssertionError(message or f"The answer to {run.user.label}'s run {run.name} does not "
+                                     f"recall the earlier message {text[:80]!r}: {run.answer!r}")
+            return
+        for event in run.events:
+            result = (event.get("payload") or {}).get("result")
+            if event.get("type") == "tool_completed" and any(
+                text in value for value in target_profile.walk_values(result)
+            ):
+                return
+        raise AssertionError(message or f"No tool result of {run.user.label}'s run {run.name} holds the "
+                             f"earlier message {text[:80]!r}")
 
     @keyword("Run Should Hand Off")
     def run_should_hand_off(self, run: RunHandle, to: str | None = None) -> str:

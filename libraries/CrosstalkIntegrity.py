@@ -21,6 +21,7 @@ from typing import Any
 
 import requests
 from crosstalk import context, races
+from crosstalk import profile as target_profile
 from crosstalk.connection import RunHandle as RunHandleLike
 from crosstalk.integrity import (
     IDENTITY_FIELDS,
@@ -116,7 +117,7 @@ class CrosstalkIntegrity:
                     f"received {[f.get('type') for f in frames]}"
                 )
             try:
-                data = json.loads(ws.recv(timeout=left))
+                data = target_profile.current().canonical_event(json.loads(ws.recv(timeout=left)))
             except TimeoutError:
                 continue
             if data.get("client_message_id") != cmid:
@@ -520,7 +521,8 @@ class CrosstalkIntegrity:
                 messages = races.get_json(self.target, user, f"/threads/{run.thread_id}/messages")
                 info = races.get_json(self.target, user, f"/threads/{run.thread_id}")
                 threads[key] = (messages, info.get("message_count"))
-            problems += reconcile_rest(run, *threads[key])
+            counts = target_profile.current().message_count.value
+            problems += reconcile_rest(run, *threads[key], counts=counts)
         checked_rows = self._rows_available()
         if checked_rows:
             problems += self._reconcile_rows(streamed)
@@ -620,7 +622,7 @@ class CrosstalkIntegrity:
         if self.target.redis_url:
             client = races.redis_client(self.target.redis_url)
             try:
-                if client.exists(f"ctx:{user.user_id}:{thread}"):
+                if client.exists(target_profile.current().context_key(user.user_id, thread)):
                     views.append("its agent context key remains in Redis")
             finally:
                 client.close()
@@ -700,9 +702,11 @@ class CrosstalkIntegrity:
                 f"{len(failed)} of {total} concurrent writes failed ({'; '.join(failed[:3])}); "
                 f"runs not completed: {bad_runs}"
             )
-        expected = before + int(notes) + 2 * int(runs)
+        profile = target_profile.current()  # what message_count counts: all or the user's messages
+        expected = before + profile.expected_message_count(int(notes) + int(runs), int(runs))
         counter = races.get_json(self.target, user, f"/threads/{thread}")["message_count"]
-        rows = len(races.get_json(self.target, user, f"/threads/{thread}/messages"))
+        stored = races.get_json(self.target, user, f"/threads/{thread}/messages")
+        rows = len([m for m in stored if profile.message_count.value == "all" or m.get("role") == "user"])
         logger.info(
             f"thread {thread}: message_count {counter}, {rows} messages, expected {expected} "
             f"({notes} notes + {runs} runs x 2 + {before} before, {deletes} deletes alongside)"
@@ -809,7 +813,7 @@ class CrosstalkIntegrity:
             (user_ids, tag, messages, threads, messages),
         )
         client = races.redis_client(self.target.redis_url)
-        kinds = ("session:{u}:{n}", "ctx:{u}:{n}", "cache:threads:{u}{n}", "ratelimit:{u}{n}")
+        kinds = target_profile.current().background_key_kinds()  # the target's own key shapes
         try:
             with client.pipeline(transaction=False) as pipe:
                 for user_id in user_ids:
@@ -837,7 +841,7 @@ class CrosstalkIntegrity:
             (seeded["user_ids"],),
         )
         client = races.redis_client(self.target.redis_url)
-        kinds = ("session:{u}:{n}", "ctx:{u}:{n}", "cache:threads:{u}{n}", "ratelimit:{u}{n}")
+        kinds = target_profile.current().background_key_kinds()  # the target's own key shapes
         try:
             names = [
                 kinds[n % len(kinds)].format(u=u, n=n)

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg2
 import requests
 from crosstalk import context, htmllog, oracle
+from crosstalk import profile as target_profile
 from crosstalk.context import Capability
 from crosstalk.httpretry import pooled_session
 from crosstalk.metrics import format_seconds
@@ -27,11 +28,6 @@ MAX_PARALLEL = 16
 SESSION_GRACE_S = 2.0
 SKIP = {"", "none", "skip", "off"}
 
-_ROWS_SQL = {
-    "threads": "SELECT * FROM threads WHERE user_id = ANY(%s::uuid[]) OR thread_id = ANY(%s::uuid[])",
-    "messages": "SELECT * FROM messages WHERE user_id = ANY(%s::uuid[]) OR thread_id = ANY(%s::uuid[])",
-    "runs": "SELECT * FROM runs WHERE user_id = ANY(%s::uuid[]) OR thread_id = ANY(%s::uuid[])",
-}
 
 
 def _variable(name: str) -> Any:
@@ -109,11 +105,17 @@ class CrosstalkIsolation:
     def _gather_rows(users: list[TestUser], url: str, obs: Observations, sources: list) -> None:
         by_id = {u.user_id: u for u in users if u.user_id}
         known_threads = sorted({t for u in users for t in u.thread_ids})
+        # ownership queries in the platform's own tables and types, from the target profile
+        profile = target_profile.current()
+        params = {"user_ids": [str(u) for u in by_id], "thread_ids": known_threads}
         conn = connect_postgres("backend (isolation check)", url)
         try:
-            rows = {table: query(conn, sql, (list(by_id), known_threads)) for table, sql in _ROWS_SQL.items()}
+            rows = {view: query(conn, sql, params) for view, sql in profile.ownership.items()}
         except psycopg2.Error as exc:
-            raise StoreError(f"Isolation check could not read the backend DB: {str(exc).strip()}") from None
+            raise StoreError(
+                f"Isolation check could not read the backend DB with the ownership queries of profile "
+                f"{profile.name}: {str(exc).strip().splitlines()[0]}"
+            ) from None
         finally:
             conn.close()
         for row in rows["threads"]:
@@ -138,9 +140,10 @@ class CrosstalkIsolation:
         try:
             keys = scan_keys(client, "*")
             attributed = 0
+            is_session_key = target_profile.current().is_session_key
             for key in keys:
                 owner = oracle.attribute_key(key, users)
-                is_session = key.startswith("session:")
+                is_session = is_session_key(key)
                 if owner is None and not is_session:
                     continue
                 kind, value = read_value(client, key)
@@ -419,10 +422,12 @@ class CrosstalkIsolation:
 
     @keyword("Tool Results Should Only Hold Own Messages")
     def tool_results_should_only_hold_own_messages(self, run: Any, *own_messages: str) -> None:
-        """Fails if a ``tool_completed`` result of the run holds anything but the given messages of its user.
+        """Fails if a ``tool_completed`` result of the run holds data of another user.
 
-        The platform's tool reads the caller's earlier messages in the thread; any
-        other content in its result came from someone else's data.
+        Every value anywhere in each tool result (any JSON shape: strings, objects,
+        nested lists) is searched for the canary of every other user this run's
+        connection has met and for any other user's message text, and the run's
+        own messages must be the only messages it quotes.
 
         Example:
         | Tool Results Should Only Hold Own Messages | ${follow_up} | ${first.content} |
@@ -430,10 +435,18 @@ class CrosstalkIsolation:
         results = [e for e in run.events if e.get("type") == "tool_completed"]
         if not results:
             raise AssertionError(f"Run {run.name} of {run.user.label} has no tool_completed event to check.")
+        own_canary = run.user.canary
         for event in results:
-            found = ((event.get("payload") or {}).get("result") or {}).get("earlier_messages")
-            items = found if isinstance(found, list) else [found]
-            foreign = [str(item) for item in items if item not in own_messages]
+            values = list(target_profile.walk_values((event.get("payload") or {}).get("result")))
+            foreign = [
+                value for value in values
+                if "CANARY-" in value and (not own_canary or own_canary not in value)
+                and not any(own and own in value for own in own_messages)
+            ]
+            listed = ((event.get("payload") or {}).get("result") or {}).get("earlier_messages")
+            if isinstance(listed, list) and all(isinstance(item, str) for item in listed):
+                # the reference shape, a list of message texts: each must be one of the run's own
+                foreign += [item for item in listed if item not in own_messages]
             if foreign:
                 raise AssertionError(
                     f"Tool result of {run.user.label}'s run {oracle.short(run.run_id)} "

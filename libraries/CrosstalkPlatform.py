@@ -13,9 +13,16 @@ from crosstalk import (
     context,
     testhooks,  # noqa: F401 - registers the contract-hook probes in context.PROBES
 )
+from crosstalk import profile as target_profile  # registers the PROFILE loader of the context
 from crosstalk.context import Capability, ConfigurationError, SkipRecord, TargetContext
 from crosstalk.secrets import mask_url
-from crosstalk.sharedplatform import PlatformError, SharedPlatform, check_health, wait_healthy
+from crosstalk.sharedplatform import (
+    PlatformError,
+    SharedPlatform,
+    check_health,
+    variant_requested,
+    wait_healthy,
+)
 from robot.api import logger
 from robot.api.deco import keyword, library
 from robot.libraries.BuiltIn import BuiltIn
@@ -25,7 +32,7 @@ from robot.utils import escape
 PUBLISHED = (
     "AUTH_URL", "BACKEND_URL", "WS_URL", "AUTH_DATABASE_URL", "BACKEND_DATABASE_URL",
     "ANALYTICS_DATABASE_URL", "REDIS_URL", "JWT_ISSUER", "JWT_AUDIENCE", "JWT_PRIVATE_KEY",
-    "OVERSIZED_FRAME_BYTES", "FLOOD_SIZE", "METRICS_URL", "RUN_PREFIX",
+    "OVERSIZED_FRAME_BYTES", "FLOOD_SIZE", "METRICS_URL", "RUN_PREFIX", "PROFILE",
 )
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,6 +73,9 @@ class CrosstalkPlatform:
         self._shared: SharedPlatform | None = None
         self._acquired = 0
         self.target: dict[str, str] = {}
+        # what the published names held before: a later top-level suite of the same robot run
+        # must resolve its own target, not mistake our published reference URLs for a configured one
+        self._unpublished: dict[str, object] = {}
         self._summary_printed = False
         self._depth = 0  # nested Start Or Attach Platform calls of this process
         self._cleanup_line = ""
@@ -209,7 +219,7 @@ class CrosstalkPlatform:
         from crosstalk import probes
 
         if self._shared is None:
-            self._shared = SharedPlatform(os.environ.get("REFPLAT_FAULTS", ""))
+            self._shared = SharedPlatform(os.environ.get("REFPLAT_FAULTS", ""), variant=variant_requested())
         state = self._shared.acquire(seconds)
         self._acquired += 1
         reference = context.reference_values(state, self._shared.key_file)
@@ -224,11 +234,17 @@ class CrosstalkPlatform:
         ctx.versions["platform"] = f"reference platform (launcher pid {launcher})"
         return ctx
 
-    @staticmethod
-    def _publish(ctx: TargetContext) -> None:
+    def _publish(self, ctx: TargetContext) -> None:
         builtin = BuiltIn()
+        self._unpublished = {name: builtin.get_variable_value("${%s}" % name) for name in PUBLISHED}  # noqa: UP031
         for name in PUBLISHED:
             builtin.set_global_variable("${%s}" % name, ctx.get(name))  # noqa: UP031
+
+    def _unpublish(self) -> None:
+        builtin = BuiltIn()
+        for name, value in self._unpublished.items():
+            builtin.set_global_variable("${%s}" % name, "" if value is None else value)  # noqa: UP031
+        self._unpublished = {}
 
     @staticmethod
     def _metadata(ctx: TargetContext, top: bool) -> None:
@@ -238,6 +254,7 @@ class CrosstalkPlatform:
         ctx.versions.setdefault("robot", robot.__version__)
         rows = {
             "Target": ctx.describe(),
+            "Profile": ctx.profile.describe() if isinstance(ctx.profile, target_profile.Profile) else "none",
             "Faults planted": ", ".join(ctx.faults) or "none" if not ctx.configured
             else ", ".join(ctx.faults) or "none reported",
             "Capabilities": ctx.capability_summary(),
@@ -283,6 +300,7 @@ class CrosstalkPlatform:
         self._depth -= 1
         if self._depth == 0:
             self._clean_up()
+            self._unpublish()
         if self._shared is None or self._acquired == 0:
             return
         self._acquired -= 1

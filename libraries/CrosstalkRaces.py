@@ -21,6 +21,7 @@ from enum import Enum
 import redis
 import requests
 from crosstalk import context, races, testhooks
+from crosstalk import profile as target_profile
 from crosstalk.htmllog import table
 from crosstalk.model import TestUser
 from crosstalk.races import Outcome, RaceError, Target
@@ -207,15 +208,29 @@ class CrosstalkRaces:
 
     @keyword
     def thread_message_count_should_be_exact(self, user: TestUser, thread: str, expected: int) -> None:
-        """The thread's ``message_count`` equals ``expected`` and the number of its message rows.
+        """The thread holds ``expected`` messages and its ``message_count`` counts them exactly.
+
+        What the counter counts comes from the target profile (``counters.message_count``):
+        ``all`` messages, or ``user`` messages only (then the agent's answers are
+        left out of both the counter and the expectation).
 
         Example:
         | Thread Message Count Should Be Exact | ${alice} | ${thread} | 52 |
         """
         counter = races.get_json(self.target, user, f"/threads/{thread}")["message_count"]
-        rows = len(races.get_json(self.target, user, f"/threads/{thread}/messages"))
+        messages = races.get_json(self.target, user, f"/threads/{thread}/messages")
+        rows = len(messages)
+        what = f"message count of {user.label}'s thread {thread}"
+        if target_profile.current().message_count is target_profile.MessageCount.USER:
+            counted = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "user")
+            logger.info(f"thread {thread}: message_count={counter}, {rows} message rows of which {counted} "
+                        f"are the user's (the profile counts user messages only), expected {expected} rows")
+            if rows != expected:
+                raise RaceError(f"{what}: {rows} messages stored, {expected} expected")
+            races.counter_report(expected - (rows - counted), counter, counted, f"{what} (user messages)")
+            return
         logger.info(f"thread {thread}: message_count={counter}, message rows={rows}, expected={expected}")
-        races.counter_report(expected, counter, rows, f"message count of {user.label}'s thread {thread}")
+        races.counter_report(expected, counter, rows, what)
 
     # ------------------------------------------------------------------ refresh
     @keyword
@@ -432,7 +447,8 @@ class CrosstalkRaces:
             while True:
                 problems = []
                 for user in users:
-                    keys = list(client.scan_iter(f"session:{user.user_id}:*", count=1000))
+                    pattern = target_profile.current().session_pattern(user.user_id)
+                    keys = list(client.scan_iter(pattern, count=1000))
                     owners = [(client.hget(k, "user_id") or b"").decode() for k in keys]
                     if len(keys) != 1:
                         problems.append(f"{user.label} has {len(keys)} session records (lost or duplicated)")
@@ -462,7 +478,8 @@ class CrosstalkRaces:
         client = races.redis_client(self.target.redis_url)
         deadline = time.monotonic() + _seconds(timeout)
         while True:
-            left = {u.label: len(list(client.scan_iter(f"session:{u.user_id}:*", count=1000))) for u in users}
+            pattern = target_profile.current().session_pattern
+            left = {u.label: len(list(client.scan_iter(pattern(u.user_id), count=1000))) for u in users}
             left = {label: n for label, n in left.items() if n}
             if not left or time.monotonic() > deadline:
                 break

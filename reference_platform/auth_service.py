@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import faults, hooks
+from . import faults, hooks, variant
 from .common import (
     AUTH_SCHEMA,
     EXCEPTION_HANDLERS,
@@ -67,7 +67,10 @@ class AuthService:
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
         faults.enable(self.settings.faults)
-        self.pool = await create_pool(self.settings.auth_database_url, self.settings.db_pool_size)
+        variant.enable(self.settings.variant, self.settings.variant_seed)
+        self.pool = variant.wrap_pool(
+            await create_pool(self.settings.auth_database_url, self.settings.db_pool_size), "auth"
+        )
         await ensure_schema(self.pool, AUTH_SCHEMA)
         # A blocking pool waits for a free connection under bursts instead of failing.
         self.redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
@@ -199,7 +202,7 @@ class AuthService:
         if not faults.on("logout_no_revoke"):
             ttl = max(1, int(claims.get("exp", time.time() + 1) - time.time()) + 1)
             jti = claims["jti"]
-            await self.redis.set(f"revoked:{jti}", claims["sub"], ex=ttl)
+            await self.redis.set(variant.key("revoked", jti), claims["sub"], ex=ttl)
             await self.redis.publish(REVOCATION_CHANNEL, jti)
         if not faults.on("logout_keeps_refresh"):
             await self._end_session(claims)

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from . import agent, faults, hooks
+from . import agent, faults, hooks, variant
 from .cache import ClientGone, ThreadListCache, unless_client_leaves
 from .common import (
     BACKEND_SCHEMA,
@@ -168,14 +168,18 @@ class BackendService:
         self.thread_cache = ThreadListCache(settings.redis_url)
         hooks.expose_connection_gauges(lambda: self.active_websockets, lambda: len(self.registry))
         self.workspaces = WorkspaceService(
-            settings.auth_database_url, settings.backend_database_url, self._user, settings.test_hooks
+            settings.auth_database_url, settings.backend_database_url, self._user, settings.test_hooks,
+            settings.analytics_db,
         )
 
     # ---------------------------------------------------------------- lifecycle
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
         faults.enable(self.settings.faults)
-        self.pool = await create_pool(self.settings.backend_database_url, self.settings.db_pool_size)
+        variant.enable(self.settings.variant, self.settings.variant_seed)
+        self.pool = variant.wrap_pool(
+            await create_pool(self.settings.backend_database_url, self.settings.db_pool_size), "backend"
+        )
         await ensure_schema(self.pool, BACKEND_SCHEMA)
         # A blocking pool waits for a free connection under bursts instead of failing.
         self.redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
@@ -407,7 +411,7 @@ class BackendService:
             )
         if owner is None:
             return JSONResponse(NOT_FOUND, status_code=404)
-        await self.redis.delete(f"ctx:{owner}:{tid}")
+        await self.redis.delete(variant.key("ctx", owner, tid))
         if not faults.on("stale_list_after_delete"):  # the bug: the cached list keeps the thread
             await self.thread_cache.invalidate(str(owner))
         return Response(status_code=204)
@@ -437,7 +441,7 @@ class BackendService:
         conn = Connection(websocket, str(user_id), str(claims["jti"]))
         self.registry[conn.connection_id] = conn
         self.active_websockets += 1
-        session_key = f"session:{conn.user_id}:{conn.connection_id}"
+        session_key = variant.key("session", conn.user_id, conn.connection_id)
         try:
             await self.redis.hset(session_key, mapping={
                 "user_id": conn.user_id, "connection_id": conn.connection_id,
@@ -483,7 +487,7 @@ class BackendService:
         if faults.on("no_rate_limit"):
             return False
         allowed = await self._rate_script(
-            keys=[f"ratelimit:{conn.user_id}"],
+            keys=[variant.key("ratelimit", conn.user_id)],
             args=[self.settings.rate_limit_per_second, self.settings.rate_limit_burst,
                   int(time.time() * 1000)],
         )
@@ -552,12 +556,12 @@ class BackendService:
     # ---------------------------------------------------------------- agent runs
     async def _emit(self, run: Run, event_type: str, payload: dict) -> None:
         run.seq += 1
-        text = json.dumps({
+        text = json.dumps(variant.event({
             "type": event_type, "run_id": run.run_id, "thread_id": run.thread_id,
             "client_message_id": run.client_message_id, "user_id": run.conn.user_id, "seq": run.seq,
             "timestamp": time.time() if faults.on("event_timestamp_drift") else _now_iso(),
             "payload": payload,
-        })
+        }))
         every_third = run.number % 3 == 0
         if event_type == "tool_completed" and every_third and faults.on("drop_event"):
             return
@@ -576,8 +580,8 @@ class BackendService:
 
     def _ctx_key(self, run: Run) -> str:
         if faults.on("shared_context"):
-            return "ctx:latest"
-        return f"ctx:{run.conn.user_id}:{run.thread_id}"
+            return variant.key("ctx_shared")
+        return variant.key("ctx", run.conn.user_id, run.thread_id)
 
     async def _begin(self, run: Run) -> bool:
         user_id = uuid.UUID(run.owner or run.conn.user_id)
@@ -640,9 +644,12 @@ class BackendService:
         try:
             if faults.on("scan_all_keys"):
                 # The bug: SCAN MATCH walks every key of every user (10 per round trip by default).
-                pattern = f"session:{run.conn.user_id}:*"
+                pattern = variant.key("session", run.conn.user_id, "*")
                 open_sessions = [key async for key in self.redis.scan_iter(match=pattern)]
                 log.debug("run %s: %d open session(s)", run.run_id, len(open_sessions))
+            if variant.on():
+                await variant.run_agent(self, run, agent)
+                return
             if not await self._begin(run):
                 await self._send_error(
                     run.conn, "thread_not_found", "thread not found", run.client_message_id

@@ -30,7 +30,7 @@ import os
 import time
 import urllib.parse
 
-from . import faults
+from . import faults, variant
 
 log = logging.getLogger("reference_platform.cache")
 
@@ -226,11 +226,11 @@ class ThreadListCache:
     def key(user_id: str) -> str:
         if faults.on("cache_key_collision"):
             return "cache:threads"
-        return f"cache:threads:{user_id}"
+        return variant.key("threads", user_id)
 
     @staticmethod
     def generation_key(user_id: str) -> str:
-        return f"cache:threads-gen:{user_id}"
+        return variant.key("threads_gen", user_id)
 
     async def get(self, user_id: str) -> tuple[list | None, str]:
         """The cached list (None on a miss) and the generation to store a fresh one under."""

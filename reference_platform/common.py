@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 
-from . import faults
+from . import faults, variant
 from .tokens import TokenError, Verifier
 
 log = logging.getLogger("reference_platform")
@@ -258,7 +258,7 @@ async def authenticate(conn: HTTPConnection, verifier: Verifier, redis: aioredis
         claims = verifier.verify(token)
     except TokenError:
         return None
-    if await redis.exists(f"revoked:{claims.get('jti')}"):
+    if await redis.exists(variant.key("revoked", claims.get("jti"))):
         return None
     return claims
 

@@ -39,6 +39,9 @@ class Settings:
     audience: str = AUDIENCE
     faults: list[str] = field(default_factory=list)
     db_pool_size: int = 20
+    variant: bool = False
+    variant_seed: int = 0
+    analytics_db: str = "analytics"
     test_hooks: bool = False  # honour X-Crosstalk-Inject (see hooks.py)
 
     def to_env(self) -> str:

@@ -82,12 +82,12 @@ class StepFailed(Exception):
         self.reason = reason
 
 
-def analytics_url(backend_database_url: str) -> str:
+def analytics_url(backend_database_url: str, database: str = "analytics") -> str:
     configured = os.environ.get(ANALYTICS_URL_ENV)
     if configured:
         return configured
     parts = urllib.parse.urlsplit(backend_database_url)
-    return urllib.parse.urlunsplit(parts._replace(path="/analytics"))
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{database}"))
 
 
 async def _ensure_database(url: str, maintenance_url: str) -> None:
@@ -102,9 +102,11 @@ async def _ensure_database(url: str, maintenance_url: str) -> None:
 
 
 class WorkspaceService:
-    def __init__(self, auth_url: str, backend_url: str, authenticate, test_hooks: bool = False):
+    def __init__(self, auth_url: str, backend_url: str, authenticate, test_hooks: bool = False,
+                 analytics_db: str = "analytics"):
         self.test_hooks = test_hooks
-        self.urls = {"auth": auth_url, "backend": backend_url, "analytics": analytics_url(backend_url)}
+        self.urls = {"auth": auth_url, "backend": backend_url,
+                     "analytics": analytics_url(backend_url, analytics_db)}
         self.authenticate = authenticate
         self.pools: dict[str, asyncpg.Pool] = {}
         # COMMIT/ROLLBACK PREPARED get their own connections: the prepared auth step holds the user's

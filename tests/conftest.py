@@ -124,7 +124,7 @@ def launch_platform(
     if os.environ.get("DATABASE_URL"):
         # Parallel platforms on one external server need their own databases.
         args += ["--auth-db", f"auth_{tag}", "--backend-db", f"backend_{tag}"]
-    env = {k: v for k, v in os.environ.items() if k != "REFPLAT_FAULTS"}
+    env = {k: v for k, v in os.environ.items() if k not in ("REFPLAT_FAULTS", "REFPLAT_VARIANT")}
     with open(log_file, "wb") as log:
         process = subprocess.Popen(args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)

@@ -174,7 +174,7 @@ def delete_threads(auth_url: str, backend_url: str, users: Iterable[LedgerUser],
 
 # ---------------------------------------------------------------------- stores
 def clean_stores(values: dict[str, str], prefix: str, known_ids: Iterable[str], report: Report,
-                 sql: dict[str, list[str]] | None = None) -> None:
+                 sql: dict[str, list[str]] | None = None, user_ids_sql: str | None = None) -> None:
     """Delete the prefixed users' rows and Redis keys in every store that is configured."""
     import psycopg2
 
@@ -185,7 +185,7 @@ def clean_stores(values: dict[str, str], prefix: str, known_ids: Iterable[str], 
     if auth_url:
         try:
             with psycopg2.connect(auth_url, connect_timeout=5) as conn, conn.cursor() as cur:
-                cur.execute(USER_IDS_SQL, {"prefix": pattern})
+                cur.execute(user_ids_sql or USER_IDS_SQL, {"prefix": pattern})
                 ids |= {row[0] for row in cur.fetchall()}
         except psycopg2.Error as exc:
             report.problems.append(f"AUTH_DATABASE_URL: {str(exc).strip().splitlines()[0]}")
@@ -239,7 +239,8 @@ def clean(ctx: Any) -> Report:
     stores["REDIS_URL"] = ctx.get("REDIS_URL")
     sql = getattr(ctx.profile, "cleanup_sql", None) if ctx.profile is not None else None
     if any(stores.values()):
-        clean_stores(stores, ctx.run_prefix, (u.user_id for u in users), report, sql)
+        user_ids_sql = getattr(ctx.profile, "user_ids_sql", None) if ctx.profile is not None else None
+        clean_stores(stores, ctx.run_prefix, (u.user_id for u in users), report, sql, user_ids_sql)
     if not report.problems:
         ledger_file(ctx.run_prefix).unlink(missing_ok=True)
     return report

@@ -27,6 +27,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from . import profile as target_profile
 from .model import Frame, TestUser
 from .sequence import TERMINAL_TYPES, summarize
 
@@ -105,6 +106,7 @@ class RunHandle:
     rejection: dict[str, Any] | None = None  # an `error` frame answering this message
     first_event_monotonic: float | None = None
     done_monotonic: float | None = None
+    echo_token: str = ""  # what the answer must repeat when the profile recognises answers by canary echo
 
     @property
     def done(self) -> bool:
@@ -258,6 +260,9 @@ class UserConnection:
         except ValueError:
             parsed = None
         data = parsed if isinstance(parsed, dict) else None
+        if data is not None and direction == "in":
+            # one canonical shape for every check downstream; frame.raw keeps the platform's own
+            data = target_profile.current().canonical_event(data)
         frame = Frame(
             direction=direction,
             at=at,
@@ -335,15 +340,23 @@ class UserConnection:
         return frame
 
     async def send_message(
-        self, content: str, thread_id: str | None = None, client_message_id: str | None = None
+        self, content: str, thread_id: str | None = None, client_message_id: str | None = None,
+        echo_token: str | None = None,
     ) -> RunHandle:
-        """Send a ``user_message`` and return its run handle (the run id arrives with ``agent_started``)."""
+        """Send a ``user_message`` and return its run handle (the run id arrives with ``agent_started``).
+
+        When the target profile recognises answers by canary echo, the message asks
+        for ``echo_token`` (default: the user's canary and a per-message suffix) to be
+        repeated; the handle remembers it.
+        """
         cmid = client_message_id or f"cm-{uuid.uuid4().hex}"
+        token = echo_token or f"{self.user.canary}-{cmid[-6:]}"
+        content = target_profile.current().message_content(content, token)
         body: dict[str, Any] = {"type": "user_message", "content": content, "client_message_id": cmid}
         if thread_id:
             body["thread_id"] = thread_id
         at, mono = _now()
-        run = RunHandle(self.user, self.label, cmid, content, thread_id, at, mono)
+        run = RunHandle(self.user, self.label, cmid, content, thread_id, at, mono, echo_token=token)
         self.runs[cmid] = run  # registered before sending: the first event may arrive at once
         await self.send_raw(json.dumps(body))
         return run

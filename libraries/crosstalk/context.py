@@ -130,7 +130,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("REQUIRE_TARGET", "fail the suite setup with this text unless a target is configured "
              "(`resources/env/external.py` sets it when its URLs are missing): never fall back to the "
              "reference platform", example="1"),
-    Variable("PROFILE", "target profile (what the contract leaves open), a file path",
+    Variable("PROFILE", "target profile (what the contract leaves open): a name in `resources/profiles/` "
+             "(`reference`, `variant`) or a YAML file; see Target profile below",
              reference="the reference profile", example="profiles/ourplatform.yaml"),
     Variable("RUN_PREFIX", "prefix of everything this run creates on the target (default: generated)",
              example="ct-nightly-"),
@@ -218,9 +219,9 @@ def ws_from_backend(backend_url: str) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/ws", "", ""))
 
 
-def analytics_from_backend(backend_database_url: str) -> str:
+def analytics_from_backend(backend_database_url: str, database: str = "analytics") -> str:
     parts = urlsplit(backend_database_url)
-    return urlunsplit(parts._replace(path="/analytics"))
+    return urlunsplit(parts._replace(path=f"/{database}"))
 
 
 @dataclass
@@ -405,7 +406,8 @@ class TargetContext:
         if self.configured:
             return f"configured target {where}"
         faults = ", ".join(self.faults) or "none"
-        return f"reference platform {where} (faults planted: {faults})"
+        mode = "in variant mode " if self.reference_state.get("variant") else ""
+        return f"reference platform {mode}{where} (faults planted: {faults})"
 
     def capability_summary(self) -> str:
         parts = []
@@ -582,7 +584,8 @@ def build(
         values["WS_URL"], sources["WS_URL"] = ws_from_backend(values["BACKEND_URL"]), "derived"
     backend_db = values["BACKEND_DATABASE_URL"]
     if not values["ANALYTICS_DATABASE_URL"] and backend_db and not is_off(backend_db):
-        values["ANALYTICS_DATABASE_URL"] = analytics_from_backend(backend_db)
+        database = getattr(profile, "analytics_database", None) or "analytics"  # the profile names it
+        values["ANALYTICS_DATABASE_URL"] = analytics_from_backend(backend_db, database)
         sources["ANALYTICS_DATABASE_URL"] = "derived"
     frame = values["MAX_FRAME_BYTES"]
     if not values["OVERSIZED_FRAME_BYTES"] and frame and not is_off(frame):
@@ -611,7 +614,7 @@ def profile_loader() -> Callable[[str], Any] | None:
         from crosstalk import profile  # type: ignore[attr-defined]
     except ImportError:
         return None
-    return getattr(profile, "load", None)
+    return PROFILE_LOADER or getattr(profile, "load", None)  # importing it registers its loader
 
 
 def reference_values(state: Mapping[str, Any], key_file: Path | None) -> dict[str, str]:
@@ -634,4 +637,6 @@ def reference_values(state: Mapping[str, Any], key_file: Path | None) -> dict[st
         "MAX_FRAME_BYTES": str(frame),
         "OVERSIZED_FRAME_BYTES": str(max(100000, frame + frame // 2)),
         "FLOOD_SIZE": str(max(120, burst * 6)),
+        # the started platform names its own profile (variant mode: resources/profiles/variant.yaml)
+        "PROFILE": str(state.get("profile") or ""),
     }

@@ -286,8 +286,13 @@ def reconcile_stream(run: StreamedRun) -> list[str]:
     return problems
 
 
-def reconcile_rest(run: StreamedRun, messages: list[dict[str, Any]], message_count: int | None) -> list[str]:
-    """Problems between one run's stream and its thread as the owner reads it over REST."""
+def reconcile_rest(
+    run: StreamedRun, messages: list[dict[str, Any]], message_count: int | None, counts: str = "all"
+) -> list[str]:
+    """Problems between one run's stream and its thread as the owner reads it over REST.
+
+    ``counts``: what ``message_count`` counts, ``all`` messages or ``user`` messages only.
+    """
     where = f"thread {run.thread_id} (REST)"
     problems = []
     mine = [m for m in messages if m.get("run_id") == run.run_id]
@@ -316,9 +321,11 @@ def reconcile_rest(run: StreamedRun, messages: list[dict[str, Any]], message_cou
             problems.append(
                 f"{run.name}: stored answer has client_message_id {answer.get('client_message_id')!r}"
             )
-    if message_count is not None and message_count != len(messages):
+    counted = [m for m in messages if counts == "all" or m.get("role") == "user"]
+    if message_count is not None and message_count != len(counted):
+        what = "messages" if counts == "all" else "user messages"
         problems.append(
-            f"thread {run.thread_id}: message_count {message_count} but {len(messages)} messages "
+            f"thread {run.thread_id}: message_count {message_count} but {len(counted)} {what} "
             "stored (REST)"
         )
     return problems

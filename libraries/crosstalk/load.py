@@ -41,6 +41,7 @@ import psutil
 import requests
 
 from . import context
+from . import profile as target_profile
 from .connection import UserConnection
 from .httpretry import pooled_session
 from .metrics import LoadMetrics, UserStats
@@ -152,7 +153,8 @@ class LoadUser:
             pending.thread_id = str(data["thread_id"])
         if kind == "agent_completed":
             response = str((data.get("payload") or {}).get("response", ""))
-            if pending.canary not in response:
+            evidence = target_profile.current().answer_evidence(pending.canary, pending.canary)
+            if evidence is not None and evidence not in response:
                 self._finish(pending, "wrong_answer",
                              f"run {pending.run_id}: answer does not quote the message: {response[:150]}")
                 return
@@ -212,7 +214,7 @@ class LoadUser:
         self.own_cmids.add(cmid)
         self.metrics.record_sent(self.stats, intended)
         try:
-            await self.connection.send_message(content, self.thread_id, cmid)
+            await self.connection.send_message(content, self.thread_id, cmid, echo_token=canary)
         except AssertionError as exc:
             self._finish(pending, "send_failed", str(exc))
         return pending

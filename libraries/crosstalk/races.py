@@ -30,6 +30,7 @@ import requests
 from websockets.sync.client import ClientConnection, connect
 
 from . import context
+from . import profile as target_profile
 from .model import TestUser, Tokens
 from .secrets import mask_url
 
@@ -159,7 +160,8 @@ class Target:
             )
         if not self.analytics_database_url and self.backend_database_url:
             parts = urllib.parse.urlsplit(self.backend_database_url)
-            self.analytics_database_url = urllib.parse.urlunsplit(parts._replace(path="/analytics"))
+            database = target_profile.current().analytics_database
+            self.analytics_database_url = urllib.parse.urlunsplit(parts._replace(path=f"/{database}"))
 
     @classmethod
     def from_state(cls, state: dict) -> Target:
@@ -262,6 +264,8 @@ def run_to_end(
 ) -> list[dict]:
     """Send one user_message and return the frames of its run until agent_completed/agent_error."""
     cmid = uuid.uuid4().hex
+    profile = target_profile.current()
+    content = profile.message_content(content, f"{user.canary}-{cmid[-6:]}")
     frame = {"type": "user_message", "content": content, "client_message_id": cmid}
     if thread_id:
         frame["thread_id"] = thread_id
@@ -276,6 +280,7 @@ def run_to_end(
             data = json.loads(ws.recv(timeout=left))
         except TimeoutError:
             continue
+        data = profile.canonical_event(data)
         frames.append(data)
         owner = data.get("user_id")
         if owner is not None and user.user_id and owner != user.user_id:
@@ -316,12 +321,13 @@ def disconnect_mid_request(target: Target, user: TestUser, path: str, after: flo
 
 
 # ---------------------------------------------------------------------- stores
-def pg_value(url: str, sql: str, params: tuple = ()) -> Any:
+def pg_value(url: str, sql: str, params: tuple | dict = ()) -> Any:
     rows = pg_rows(url, sql, params)
     return rows[0][0] if rows else None
 
 
-def pg_rows(url: str, sql: str, params: tuple = ()) -> list[tuple]:
+def pg_rows(url: str, sql: str, params: tuple | dict = ()) -> list[tuple]:
+    sql = target_profile.current().sql(sql)  # written in the reference's names: the target's own
     try:
         conn = psycopg2.connect(url, connect_timeout=5)
     except psycopg2.Error as exc:
@@ -361,34 +367,28 @@ class WorkspaceState:
         )
 
 
+WORKSPACE_QUERIES = {
+    "auth_count": "SELECT workspace_count FROM user_workspace_counts WHERE user_id = %(user_id)s",
+    "backend_ids": "SELECT workspace_id FROM workspaces WHERE user_id = %(user_id)s",
+    "analytics_ids": (
+        "SELECT workspace_id FROM events WHERE user_id = %(user_id)s AND kind = 'workspace_created'"
+    ),
+}
+
+
 def workspace_state(target: Target, user: TestUser) -> WorkspaceState:
     for name in ("auth_database_url", "backend_database_url", "analytics_database_url"):
         if not getattr(target, name):
             raise ValueError(f"{name.upper()} is empty: the cross-store check reads all three databases")
-    count = pg_value(
-        target.auth_database_url,
-        "SELECT workspace_count FROM user_workspace_counts WHERE user_id = %s",
-        (user.user_id,),
-    )
-    backend = [
-        str(r[0])
-        for r in pg_rows(
-            target.backend_database_url,
-            "SELECT workspace_id FROM workspaces WHERE user_id = %s",
-            (user.user_id,),
-        )
-    ]
+    queries = {**WORKSPACE_QUERIES, **target_profile.current().workspace_queries}
+    params = {"user_id": user.user_id}
+    count = pg_value(target.auth_database_url, queries["auth_count"], params)
+    backend = [str(r[0]) for r in pg_rows(target.backend_database_url, queries["backend_ids"], params)]
     if target.analytics_database_url.startswith(("clickhouse", "http")):
         analytics = clickhouse_workspace_events(target.analytics_database_url, user.user_id)
     else:
-        analytics = [
-            str(r[0])
-            for r in pg_rows(
-                target.analytics_database_url,
-                "SELECT workspace_id FROM events WHERE user_id = %s AND kind = 'workspace_created'",
-                (user.user_id,),
-            )
-        ]
+        rows = pg_rows(target.analytics_database_url, queries["analytics_ids"], params)
+        analytics = [str(r[0]) for r in rows]
     return WorkspaceState(user.label, int(count or 0), backend, analytics)
 
 

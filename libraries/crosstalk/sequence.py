@@ -1,8 +1,10 @@
 """Pure checks on the events of one agent run (no I/O; unit-tested).
 
 The platform contract: ``agent_started``; one or more ``agent_thinking``; one
-or more pairs ``tool_executing`` -> ``tool_completed`` with the same
-``payload.tool_call_id``; then ``agent_completed`` or ``agent_error``.  ``seq``
+or more tool calls, each a ``tool_executing`` followed later by the
+``tool_completed`` with the same ``payload.tool_call_id`` (calls may run in
+parallel: several may be open at once, completing in any order); then
+``agent_completed`` or ``agent_error`` once every call has completed.  ``seq``
 counts 1, 2, 3 ... within the run, in arrival order, and every event carries the
 same ``run_id``.
 """
@@ -24,7 +26,8 @@ EVENT_TYPES = (
 TERMINAL_TYPES = frozenset({"agent_completed", "agent_error"})
 SHORT_NAMES = {name.split("_", 1)[1] if name.startswith("agent_") else name: name for name in EVENT_TYPES}
 CONTRACT_PATTERN = (
-    "agent_started agent_thinking+ (tool_executing tool_completed)+ (agent_completed | agent_error)"
+    "agent_started agent_thinking+ tool_executing (tool_executing | tool_completed)+ "
+    "(agent_completed | agent_error)"
 )
 _TOKEN_RE = re.compile(r"\s*([A-Za-z_]+|[()|+*?])")
 
@@ -86,23 +89,31 @@ def check_run_events(events: list[Mapping[str, Any]]) -> list[str]:
         problems.append(f"seq is not 1..{len(events)} contiguous in arrival order: got {seqs}")
     if not matches_pattern(events, CONTRACT_PATTERN):
         problems.append(f"event order {types_of(events)} does not match '{CONTRACT_PATTERN}'")
-    open_call: str | None = None
+    open_calls: list[str] = []  # started, not yet completed (parallel calls allowed)
+    started: set[str] = set()
     for event in events:
         kind = event.get("type")
         call_id = (event.get("payload") or {}).get("tool_call_id")
         if kind == "tool_executing":
-            if open_call is not None:
-                problems.append(f"tool_executing {call_id} started while {open_call} was still open")
             if not call_id:
                 problems.append(f"tool_executing (seq {event.get('seq')}) has no payload.tool_call_id")
-            open_call = call_id
+            elif call_id in started:
+                problems.append(f"tool_executing (seq {event.get('seq')}) reuses tool_call_id {call_id}")
+            else:
+                started.add(call_id)
+                open_calls.append(call_id)
         elif kind == "tool_completed":
-            if call_id != open_call:
+            if call_id in open_calls:
+                open_calls.remove(call_id)
+            else:
+                expected = ", ".join(open_calls) or "none open"
                 problems.append(
                     f"tool_completed (seq {event.get('seq')}) has tool_call_id {call_id}, "
-                    f"expected {open_call} from the tool_executing before it"
+                    f"expected one of the open tool_executing calls before it ({expected})"
                 )
-            open_call = None
+        elif kind in TERMINAL_TYPES and open_calls:
+            problems.append(f"{kind} (seq {event.get('seq')}) while tool calls were still open: "
+                            f"{', '.join(open_calls)}")
     terminal = [event for event in events if event.get("type") in TERMINAL_TYPES]
     if len(terminal) > 1:
         problems.append(

@@ -36,6 +36,13 @@ DEFAULT_LINGER = float(os.environ.get("CROSSTALK_PLATFORM_LINGER", "3"))
 PLATFORM_ROOT = results_root() / ".platform"
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 20.0
+VARIANT_ENV = "REFPLAT_VARIANT"
+
+
+def variant_requested(environ: dict | None = None) -> bool:
+    """True when ``REFPLAT_VARIANT`` asks for the reference platform's variant mode."""
+    value = (environ if environ is not None else os.environ).get(VARIANT_ENV, "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
 
 
 class PlatformError(AssertionError):
@@ -146,12 +153,16 @@ def _locked(directory: Path, timeout: float = START_TIMEOUT + 30) -> Iterator[No
 class SharedPlatform:
     """The reference platform shared by every process of this repository with the same faults."""
 
-    def __init__(self, faults: str = "", root: Path = PLATFORM_ROOT, linger: float | None = None):
+    def __init__(
+        self, faults: str = "", root: Path = PLATFORM_ROOT, linger: float | None = None, variant: bool = False
+    ):
         # pabot starts the next process a moment after one ends: a short linger lets it join the
         # running platform instead of paying a full restart (0 stops at once)
         self.linger = DEFAULT_LINGER if linger is None else linger
         self.faults = ",".join(sorted(f.strip() for f in faults.split(",") if f.strip()))
-        self.directory = root / (self.faults.replace(",", "+") or "default")
+        self.variant = variant
+        name = self.faults.replace(",", "+") or "default"
+        self.directory = root / (f"variant-{name}" if variant else name)
         self.state_file = self.directory / "state.json"
         self.holders_file = self.directory / "holders.json"
         self.log_file = self.directory / "platform.log"
@@ -263,6 +274,10 @@ class SharedPlatform:
             env["REFPLAT_FAULTS"] = self.faults
         else:
             env.pop("REFPLAT_FAULTS", None)
+        if self.variant:
+            env[VARIANT_ENV] = "1"
+        else:
+            env.pop(VARIANT_ENV, None)
         command = [
             sys.executable,
             "-m",

@@ -8,7 +8,7 @@ server), and values are read according to their type.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -84,10 +84,15 @@ def connect_redis(alias: str, url: str) -> redis.Redis:
     return client
 
 
-def query(conn: psycopg2.extensions.connection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-    """Run a parameterized statement; rows as dicts (empty for statements without a result)."""
+def query(
+    conn: psycopg2.extensions.connection, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+) -> list[dict[str, Any]]:
+    """Run a parameterized statement (``%s`` with a sequence, ``%(name)s`` with a mapping); rows as dicts."""
     with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor:
-        cursor.execute(sql, tuple(params) if params else None)
+        if isinstance(params, Mapping):
+            cursor.execute(sql, dict(params))
+        else:
+            cursor.execute(sql, tuple(params) if params else None)
         if cursor.description is None:
             return []
         return [dict(row) for row in cursor.fetchall()]

@@ -12,6 +12,11 @@ A fault is *detected* when the expected test failed and its message contains the
 key phrase.  The table is printed at the end of the pytest run and written to
 `results/detection/matrix.md`; `docs/detection.md` explains how to read it.
 
+The isolation and security rows run a second time against the platform in
+variant mode (`REFPLAT_VARIANT=1`: other names, types, event fields, limits and a
+model-like agent) with its profile (`--variable PROFILE:variant`), so the checks
+are shown to catch their faults on a platform that is not shaped like ours.
+
 Run only the matrix: `pytest -m detection`; skip it: `pytest -m "not detection"`.
 """
 
@@ -136,6 +141,16 @@ MATRIX: tuple[Row, ...] = (
         "A Workspace Is Recorded In All Three Stores", "'failed_step': 'analytics'"),
 )
 ROWS = {row.fault: row for row in MATRIX}
+# The isolation and security rows, run again against the variant-mode platform with its profile.
+VARIANT_FAULTS = (
+    "crosstalk", "shared_context", "bola_rest", "bola_ws", "cache_key_collision",
+    "logout_no_revoke", "logout_keeps_refresh", "refresh_reuse", "refresh_race", "jwt_alg_none",
+    "jwt_hs256_confusion",
+    "jwt_accept_expired", "ws_origin_unchecked", "session_leak", "connection_leak", "no_rate_limit",
+    "no_frame_limit", "sql_concat",
+    "lost_update",  # the counter: message_count counts only user messages in variant mode
+)
+VARIANT_PREFIX = "variant-"
 assert all(row.phrase for row in MATRIX), "every row needs a key phrase: failing is not enough"
 
 
@@ -171,8 +186,9 @@ class Outcome:
 class Platform:
     """The reference platform started by the launcher with the given faults on."""
 
-    def __init__(self, faults: list[str], workdir: Path):
+    def __init__(self, faults: list[str], workdir: Path, variant: bool = False):
         self.faults = faults
+        self.variant = variant
         self.workdir = workdir
         self.state_file = workdir / "platform.json"
         self.log_file = workdir / "platform.log"
@@ -182,8 +198,11 @@ class Platform:
     def __enter__(self) -> Platform:
         self.state_file.unlink(missing_ok=True)
         env = {k: v for k, v in os.environ.items()
-               if k not in TARGET_VARIABLES and k not in ("REFPLAT_FAULTS", "DATABASE_URL")}
+               if k not in TARGET_VARIABLES
+               and k not in ("REFPLAT_FAULTS", "DATABASE_URL", "REFPLAT_VARIANT")}
         env["REFPLAT_FAULTS"] = ",".join(self.faults)
+        if self.variant:
+            env["REFPLAT_VARIANT"] = "1"
         command = [sys.executable, "-m", "reference_platform", "--auth-port", "0", "--backend-port", "0",
                    "--state-file", str(self.state_file), "--jwt-private-key", str(signing_key()),
                    "--test-hooks"]
@@ -237,7 +256,9 @@ class Platform:
         # reference (faults, limits, resource metrics, failure injection) and start nothing themselves
         arguments = ["--variable", f"REFERENCE_STATE:{self.state_file}"]
         # Tokens with a valid signature but a bad claim (expired, wrong aud…) need the signing key.
-        return [*arguments, "--variable", f"JWT_PRIVATE_KEY:{signing_key()}"]
+        arguments += ["--variable", f"JWT_PRIVATE_KEY:{signing_key()}"]
+        # the profile the platform names (its state file names it too): variant mode needs variant.yaml
+        return [*arguments, "--variable", f"PROFILE:{self.state.get('profile') or 'reference'}"]
 
 
 def signing_key() -> Path:
@@ -273,7 +294,9 @@ def run_robot(platform: Platform, tags: list[str], outdir: Path, exclude: list[s
     for tag in exclude:
         command += ["--exclude", tag]
     command.append(str(ROOT / "suites"))
-    env = {k: v for k, v in os.environ.items() if k not in TARGET_VARIABLES and k != "REFPLAT_FAULTS"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in TARGET_VARIABLES
+           and k not in ("REFPLAT_FAULTS", "REFPLAT_VARIANT", "CROSSTALK_PROFILE")}
     with (outdir / "robot.log").open("wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
@@ -314,15 +337,15 @@ def _first_line(message: str, limit: int = 160) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def run_one(fault: str, tags: list[str], row: Row | None) -> Outcome:
+def run_one(fault: str, tags: list[str], row: Row | None, variant: bool = False) -> Outcome:
     started = time.monotonic()
-    outdir = RESULTS / fault
+    outdir = RESULTS / (VARIANT_PREFIX + fault if variant else fault)
     outdir.mkdir(parents=True, exist_ok=True)
     for stale in ("output.xml", "log.html"):
         (outdir / stale).unlink(missing_ok=True)
     outcome = Outcome(fault=fault, outdir=outdir)
     try:
-        with Platform([] if fault == BASELINE else [fault], outdir) as platform:
+        with Platform([] if fault == BASELINE else [fault], outdir, variant) as platform:
             tests = run_robot(platform, tags, outdir)
     except Exception as error:  # the row is reported as not detected, with the reason
         outcome.reason = f"{type(error).__name__}: {error}"
@@ -346,32 +369,48 @@ def all_tags() -> list[str]:
     return sorted({tag for row in MATRIX for tag in row.tags})
 
 
-def run_matrix(faults: list[str]) -> dict[str, Outcome]:
-    jobs = [(BASELINE, all_tags(), None)] + [(f, list(ROWS[f].tags), ROWS[f]) for f in faults]
+def variant_tags() -> list[str]:
+    return sorted({tag for fault in VARIANT_FAULTS for tag in ROWS[fault].tags})
+
+
+def run_matrix(faults: list[str], variant_faults: list[str] = ()) -> dict[str, Outcome]:
+    """Every selected row (and a baseline), then the variant rows (keys prefixed ``variant-``)."""
+    jobs = [(BASELINE, all_tags(), None, False)] if faults else []
+    jobs += [(f, list(ROWS[f].tags), ROWS[f], False) for f in faults]
+    if variant_faults:
+        jobs += [(BASELINE, variant_tags(), None, True)]
+        jobs += [(f, list(ROWS[f].tags), ROWS[f], True) for f in variant_faults]
     with concurrent.futures.ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-        futures = {pool.submit(run_one, *job): job[0] for job in jobs}
+        futures = {pool.submit(run_one, *job): (VARIANT_PREFIX if job[3] else "") + job[0] for job in jobs}
         return {futures[future]: future.result() for future in concurrent.futures.as_completed(futures)}
 
 
-def render(outcomes: dict[str, Outcome], faults: list[str], seconds: float) -> str:
+def render(outcomes: dict[str, Outcome], faults: list[str], seconds: float,
+           variant_faults: list[str] = ()) -> str:
     lines = ["| fault | tags run | catching test | key phrase | detected | seconds | evidence |",
              "|---|---|---|---|---|---|---|"]
-    for fault in faults:
-        row, outcome = ROWS[fault], outcomes[fault]
+    keys = [*faults, *(VARIANT_PREFIX + f for f in variant_faults)]
+    for key in keys:
+        fault = key.removeprefix(VARIANT_PREFIX)
+        row, outcome = ROWS[fault], outcomes[key]
         others = sorted(name for name in outcome.failed if name != row.test)
         evidence = outcome.reason + (f" (also failed: {', '.join(others)})" if others else "")
-        lines.append(f"| `{fault}` | {', '.join(row.tags)} | {row.test} | `{row.phrase}` | "
+        shown = f"`{fault}` (variant mode)" if key != fault else f"`{fault}`"
+        lines.append(f"| {shown} | {', '.join(row.tags)} | {row.test} | `{row.phrase}` | "
                      f"{'yes' if outcome.detected else '**NO**'} | {outcome.seconds:.0f} | "
                      f"{_cell(evidence)} |")
-    detected = sum(outcomes[f].detected for f in faults)
-    baseline = outcomes[BASELINE]
-    lines += [
-        "",
-        f"Baseline (no fault, tags {', '.join(all_tags())}): "
-        f"{'all passed' if baseline.detected else 'FAILED'} — {_cell(baseline.reason)}",
-        f"Detection rate: {detected}/{len(faults)} = {100 * detected / max(len(faults), 1):.0f} %"
-        f" (wall time {seconds:.0f} s, {PARALLEL} in parallel)",
-    ]
+    detected = sum(outcomes[k].detected for k in keys)
+    lines.append("")
+    if BASELINE in outcomes:
+        baseline = outcomes[BASELINE]
+        lines.append(f"Baseline (no fault, tags {', '.join(all_tags())}): "
+                     f"{'all passed' if baseline.detected else 'FAILED'} — {_cell(baseline.reason)}")
+    if variant_faults:
+        variant = outcomes[VARIANT_PREFIX + BASELINE]
+        lines.append(f"Baseline in variant mode (profile variant, tags {', '.join(variant_tags())}): "
+                     f"{'all passed' if variant.detected else 'FAILED'} — {_cell(variant.reason)}")
+    lines.append(f"Detection rate: {detected}/{len(keys)} = {100 * detected / max(len(keys), 1):.0f} %"
+                 f" (wall time {seconds:.0f} s, {PARALLEL} in parallel)")
     return "\n".join(lines)
 
 
@@ -429,10 +468,15 @@ def matrix(request) -> dict[str, Outcome]:
     selected = os.environ.get("DETECTION_FAULTS")  # e.g. DETECTION_FAULTS=bola_rest,bola_ws for a quick look
     if selected:
         faults = [fault for fault in faults if fault in selected.split(",")]
+    # DETECTION_VARIANT=0 leaves the variant-mode rows out, =only runs nothing else
+    mode = os.environ.get("DETECTION_VARIANT", "1")
+    variant_faults = [] if mode == "0" else [fault for fault in VARIANT_FAULTS if fault in faults]
+    if mode == "only":
+        faults = []
     signing_key()  # before the threads, so they never race to create it
     started = time.monotonic()
-    outcomes = run_matrix(faults)
-    table = render(outcomes, faults, time.monotonic() - started)
+    outcomes = run_matrix(faults, variant_faults)
+    table = render(outcomes, faults, time.monotonic() - started, variant_faults)
     (RESULTS / "matrix.md").write_text("# Detection matrix\n\n" + table + "\n")
     # conftest.py prints it in the terminal summary, after pytest's own report
     request.config.crosstalk_detection_matrix = table
@@ -441,15 +485,37 @@ def matrix(request) -> dict[str, Outcome]:
 
 @pytest.mark.timeout(1500)
 def test_baseline_passes_without_faults(matrix):
+    if BASELINE not in matrix:
+        pytest.skip("no reference row selected (DETECTION_VARIANT=only)")
     baseline = matrix[BASELINE]
     assert baseline.detected, (f"with no fault on, the matrix's checks must all pass, but: {baseline.reason} "
                                f"(see {baseline.outdir}/log.html)")
 
 
 @pytest.mark.timeout(1500)
+def test_variant_baseline_passes_without_faults(matrix):
+    if VARIANT_PREFIX + BASELINE not in matrix:
+        pytest.skip("no variant-mode row selected (DETECTION_VARIANT=0 or DETECTION_FAULTS)")
+    baseline = matrix[VARIANT_PREFIX + BASELINE]
+    assert baseline.detected, (f"in variant mode with no fault on, the checks must all pass (no false "
+                               f"alarm), but: {baseline.reason} (see {baseline.outdir}/log.html)")
+
+
+@pytest.mark.timeout(1500)
+@pytest.mark.parametrize("fault", VARIANT_FAULTS)
+def test_fault_is_detected_in_variant_mode(matrix, fault):
+    if VARIANT_PREFIX + fault not in matrix:
+        pytest.skip(f"{fault} in variant mode is not selected (DETECTION_VARIANT=0 or DETECTION_FAULTS)")
+    outcome = matrix[VARIANT_PREFIX + fault]
+    assert outcome.detected, (f"fault {fault} not detected in variant mode: {outcome.reason} "
+                              f"(see {outcome.outdir}/log.html)")
+
+
+@pytest.mark.timeout(1500)
 @pytest.mark.parametrize("fault", [row.fault for row in MATRIX])
 def test_fault_is_detected(matrix, fault):
     if fault not in matrix:
-        pytest.skip(f"{fault} is not registered in reference_platform/faults.py or not selected")
+        pytest.skip(f"{fault} is not registered in reference_platform/faults.py or not selected "
+                    "(DETECTION_FAULTS, DETECTION_VARIANT=only)")
     outcome = matrix[fault]
     assert outcome.detected, f"fault {fault} not detected: {outcome.reason} (see {outcome.outdir}/log.html)"

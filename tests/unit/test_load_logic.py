@@ -20,7 +20,7 @@ class FakeConnection:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str | None, str]] = []
 
-    async def send_message(self, content, thread_id, cmid):
+    async def send_message(self, content, thread_id, cmid, echo_token=None):
         self.sent.append((content, thread_id, cmid))
 
 

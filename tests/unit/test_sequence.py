@@ -88,7 +88,8 @@ def test_seq_gaps_duplicates_and_swaps_are_reported(seqs):
 
 def test_mismatched_tool_call_id_is_reported():
     events = run(*VALID, call_ids=[None, None, None, "c1", "c2", None])
-    assert any("tool_call_id c2, expected c1" in p for p in check_run_events(events))
+    assert any("tool_call_id c2, expected one of the open tool_executing calls before it (c1)" in p
+               for p in check_run_events(events))
 
 
 def test_missing_tool_call_id_is_reported():
@@ -130,3 +131,17 @@ def test_summarize_is_one_short_line():
     data = {"type": "agent_completed", "payload": {"agent": "cost", "response": "x\n" * 200}}
     text = summarize(data, width=50)
     assert "\n" not in text and len(text) <= 50 and text.startswith("cost:")
+
+
+def test_parallel_tool_calls_complete_in_any_order():
+    kinds = ["agent_started", "agent_thinking", "tool_executing", "tool_executing", "tool_completed",
+             "tool_completed", "agent_completed"]
+    events = run(*kinds, call_ids=[None, None, "a", "b", "b", "a", None])
+    assert check_run_events(events) == []
+
+
+def test_a_call_left_open_at_the_end_is_reported():
+    kinds = ["agent_started", "agent_thinking", "tool_executing", "tool_executing", "tool_completed",
+             "agent_completed"]
+    events = run(*kinds, call_ids=[None, None, "a", "b", "a", None])
+    assert any("while tool calls were still open: b" in p for p in check_run_events(events))
