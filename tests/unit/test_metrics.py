@@ -108,4 +108,15 @@ def test_run_id_collisions_are_counted():
     m = LoadMetrics()
     for run_id in ("r1", "r2", "r1"):
         m.record_run_id(run_id)
-    assert m.run_id_collisions == 1 and len(m.run_ids) == 2
+    assert m.run_id_collisions == 1 and len(m.run_ids) == 2 and "r1" in m.run_ids
+
+
+def test_the_run_id_ledger_finds_collisions_after_it_sorted_its_hashes():
+    from crosstalk.metrics import RunIdLedger
+
+    ledger = RunIdLedger()
+    for n in range(10_000):
+        ledger.add(f"run-{n}")
+    ledger.add("run-7")  # merged into the sorted part long ago
+    ledger.add("run-9999")  # still in the unsorted part
+    assert len(ledger) == 10_000 and ledger.collisions == 2 and "run-42" in ledger
