@@ -70,6 +70,10 @@ class RecentSet(MutableSet):
         for item in items:
             self.add(item)
 
+    @classmethod
+    def _from_iterable(cls, iterable: Iterable[Any]) -> set[Any]:
+        return set(iterable)  # results of | & - ^ are plain sets
+
     def __contains__(self, item: object) -> bool:
         return item in self._items
 

@@ -78,7 +78,8 @@ def test_an_answer_without_the_users_message_is_an_error():
     async def scenario():
         pending = await lu.send(0.0)
         cmid = lu.connection.sent[0][2]
-        for seq, kind in enumerate(("agent_started", "agent_thinking", "tool_executing", "tool_completed"), 1):
+        kinds = ("agent_started", "agent_thinking", "tool_executing", "tool_completed")
+        for seq, kind in enumerate(kinds, 1):
             lu.on_event(_event(lu, kind, cmid, seq, payload={"tool_call_id": "c"}), 0.01)
         lu.on_event(_event(lu, "agent_completed", cmid, 5, payload={"response": "someone else's text"}), 0.02)
         return await lu.wait(pending, 1.0)
@@ -183,6 +184,7 @@ def test_memory_is_bounded_by_users_not_messages():
     assert lu.metrics.completed == 200 and len(lu.metrics.run_ids) == 200
     assert lu.pending == {} and len(lu.user.frames) <= 8
     assert isinstance(lu.user.run_ids, RecentSet) and len(lu.user.run_ids) <= 16
+    assert {"x"} | lu.user.thread_ids == {"x", "thread-1"}  # set algebra gives plain sets
 
 
 def test_the_closed_model_is_corrected_for_coordinated_omission():
