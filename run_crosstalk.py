@@ -99,16 +99,36 @@ def build_command(args: argparse.Namespace, outputdir: Path, summaries: Path) ->
     return command
 
 
-def combined(encoded: list[dict]) -> dict:
-    """Percentiles over every load run of every (pabot) process, from their merged HDR histograms."""
+def by_scenario(runs: list[dict], encoded: list[dict]) -> dict:
+    """One entry per scenario: its runs' HDR histograms merged (e.g. pabot shards of one scenario),
+    its latency basis and its own verdict.  Unlike scenarios (a startup burst, closed rounds, an
+    open-model run) are never pooled: their percentiles answer different SLAs."""
     sys.path.insert(0, str(ROOT / "libraries"))
     from crosstalk.metrics import merged_percentile
 
+    grouped: dict[str, list[tuple[dict, dict]]] = {}
+    for summary, histograms in zip(runs, encoded, strict=True):
+        grouped.setdefault(summary.get("scenario") or summary.get("name", "load"), []).append(
+            (summary, histograms))
     result = {}
-    for key in ("connect", "first_event", "completion", "gap"):
-        parts = [e.get(key) for e in encoded if e.get(key)]
-        if parts:
-            result[key] = {f"p{p:g}_ms": round(merged_percentile(parts, p) * 1e3, 3) for p in (50, 95, 99)}
+    for scenario, members in grouped.items():
+        latency = {}
+        for key in ("connect", "first_event", "completion", "gap"):
+            parts = [h.get(key) for _, h in members if h.get(key)]
+            if parts:
+                latency[key] = {f"p{p:g}_ms": round(merged_percentile(parts, p) * 1e3, 3)
+                                for p in (50, 95, 99)}
+        verdicts = [s.get("verdict", "not checked") for s, _ in members]
+        result[scenario] = {
+            "runs": len(members),
+            "latency_basis": sorted({s.get("latency_basis", "") for s, _ in members}),
+            "sent": sum(s.get("sent", 0) for s, _ in members),
+            "completed": sum(s.get("completed", 0) for s, _ in members),
+            "violations": sum(sum((s.get("violations") or {}).values()) for s, _ in members),
+            "latency": latency,
+            "verdict": ("failed" if "failed" in verdicts
+                        else "passed" if "passed" in verdicts else "not checked"),
+        }
     return result
 
 
@@ -124,7 +144,7 @@ def write_report(path: Path, command: list[str], returncode: int, summaries: Pat
         runs.append(summary)
     report = {
         "command": command, "passed": returncode == 0, "robot_return_code": returncode,
-        "duration_s": round(time.time() - started, 2), "all_runs_combined": combined(encoded),
+        "duration_s": round(time.time() - started, 2), "scenarios": by_scenario(runs, encoded),
         "load_runs": runs,
     }
     path.parent.mkdir(parents=True, exist_ok=True)

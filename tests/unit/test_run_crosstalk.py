@@ -47,3 +47,24 @@ def test_bad_options_fail_with_one_line():
         _command("--users", "0")
     with pytest.raises(SystemExit, match="does not exist"):
         _command("suites/no_such_suite.robot")
+
+
+def test_the_report_never_pools_unlike_scenarios():
+    import base64
+
+    from crosstalk.metrics import new_histogram
+    from run_crosstalk import by_scenario
+
+    def encoded(ms: int) -> dict:
+        h = new_histogram()
+        h.record_value(ms * 1000)
+        return {"completion": base64.b64encode(h.encode()).decode()}
+
+    runs = [{"scenario": "agent startup", "verdict": "passed", "sent": 1, "completed": 1},
+            {"scenario": "agent startup", "verdict": "passed", "sent": 1, "completed": 1},
+            {"scenario": "open model", "verdict": "failed", "sent": 1, "completed": 1}]
+    result = by_scenario(runs, [encoded(10), encoded(20), encoded(900)])
+    assert set(result) == {"agent startup", "open model"}
+    assert result["agent startup"]["runs"] == 2 and result["agent startup"]["verdict"] == "passed"
+    assert result["agent startup"]["latency"]["completion"]["p99_ms"] < 25  # the open run is not in it
+    assert result["open model"]["verdict"] == "failed"
