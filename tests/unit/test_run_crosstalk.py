@@ -53,6 +53,7 @@ def test_the_report_never_pools_unlike_scenarios():
     import base64
 
     from crosstalk.metrics import new_histogram
+
     from run_crosstalk import by_scenario
 
     def encoded(ms: int) -> dict:
