@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -153,7 +153,7 @@ class LoadUser(ChatUserCore):
         pending, text = self.next_message(intended)
         pending.waiter = asyncio.get_running_loop().create_future()
         try:
-            await self.connection.send_text(text)
+            await self.connection.send_text(text, self.last_body)
         except AssertionError as exc:
             self.finish(pending, "send_failed", str(exc))
         return pending
@@ -196,7 +196,7 @@ class LoadConnection(UserConnection):
             self.load_user.on_frame(raw, data, mono)
         if self.frames.maxlen:
             if direction == "out":
-                data = json.loads(raw)
+                data = self._out_data
             frame = Frame(direction, at, mono, raw, data, self.label)
             self.frames.append(frame)
             self.user.frames.append(frame)
@@ -205,14 +205,17 @@ class LoadConnection(UserConnection):
             return frame
         return None
 
-    async def send_text(self, text: str) -> None:
-        """Send one frame (no run handle: the load user keeps its own bookkeeping)."""
+    _out_data: dict[str, Any] | None = None
+
+    async def send_text(self, text: str, data: dict[str, Any] | None = None) -> None:
+        """Send one frame (no run handle: the load user keeps its own bookkeeping); ``data`` is its JSON."""
         if self.ws is None or self.closed:
             raise AssertionError(
                 f"Connection '{self.label}' of user '{self.user.label}' is closed "
                 f"(code {self.close_code}{', ' + self.close_reason if self.close_reason else ''})."
             )
         if self.frames.maxlen:
+            self._out_data = data if data is not None else json.loads(text)
             self._record("out", text, time.time(), time.monotonic())
         try:
             await self.ws.send(text)
@@ -380,6 +383,14 @@ class LoadRun:
     load_users: list[LoadUser] = field(default_factory=list)
     ws_url: str = ""
     phase: str = "starting"
+    # called on the engine loop with each new phase ("connecting", "sending", "done"); e.g. a
+    # benchmark reads the generator's CPU when sending starts; must not block
+    on_phase: Callable[[str], None] | None = None
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        if self.on_phase is not None:
+            self.on_phase(phase)
 
     @property
     def users(self) -> list[TestUser]:
@@ -507,7 +518,7 @@ async def run_load(
         owners = {u.canary: u.label for u in test_users}
         run.load_users = [LoadUser(bounded(u, config.keep_frames), metrics.user(u.label), metrics, owners,
                                    config.messages_per_thread) for u in test_users]
-        run.phase = "logging in"
+        run.set_phase("logging in")
         await _login_all(run, auth_url)
 
     frozen = False
@@ -516,14 +527,14 @@ async def run_load(
     metrics.started_mono = wall
     metrics.started_at = time.time()
     try:
-        run.phase = "connecting"
+        run.set_phase("connecting")
         ramp = config.ramp_up
         todo = [lu for lu in run.load_users if lu.connection is None or lu.connection.closed]
         n = max(len(todo), 1)
         if config.start_together or config.model is LoadModel.OPEN:
             await asyncio.gather(*(_connect(run, lu, ramp * i / n) for i, lu in enumerate(todo)))
             frozen = _freeze(config)
-            run.phase = "sending"
+            run.set_phase("sending")
             if config.model is LoadModel.OPEN:
                 await _open_schedule(run)
             else:
@@ -535,14 +546,14 @@ async def run_load(
                 await _closed_user(run, lu, 0.0 if lu in todo else delay)
 
             frozen = _freeze(config)
-            run.phase = "sending"
+            run.set_phase("sending")
             await asyncio.gather(*(user_flow(lu, ramp * i / n) for i, lu in enumerate(run.load_users)))
     finally:
         if frozen:
             gc.unfreeze()
         metrics.finish()
         _settle_latency_basis(config, metrics)
-        run.phase = "done"
+        run.set_phase("done")
         if sampler:
             sampler.stop()
         _record_resources(metrics, sampler, platform_pids, time.process_time() - cpu_process,

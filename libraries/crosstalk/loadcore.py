@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .model import TestUser
-from .sequence import TERMINAL_TYPES, check_run_events
+from .sequence import CONTRACT_PATTERN, TERMINAL_TYPES, check_run_events, matches_pattern
 
 TOPICS = (
     "What will my billing look like next month",
@@ -40,6 +40,15 @@ TOPICS = (
     "Summarise what we discussed",
 )
 CANARY_RE = re.compile(r"CANARY-[A-Za-z0-9_-]+")
+_GRAMMAR: dict[tuple[str, ...], bool] = {}  # event-type sequences already judged against the contract
+
+
+def _grammar_ok(events: list[dict[str, Any]]) -> bool:
+    key = tuple(str(e.get("type")) for e in events)
+    verdict = _GRAMMAR.get(key)
+    if verdict is None:
+        verdict = _GRAMMAR[key] = matches_pattern(events, CONTRACT_PATTERN)
+    return verdict
 MAX_VIOLATION_EXAMPLES = 20
 
 
@@ -107,6 +116,8 @@ class Pending:
     intended: float
     number: int
     events: list[dict[str, Any]] = field(default_factory=list)
+    suspect: bool = False  # a cheap per-event check failed: the full check names the problem
+    open_call: Any = None
     last_event: float | None = None
     run_id: str | None = None
     thread_id: str | None = None
@@ -135,6 +146,7 @@ class ChatUserCore:
         self.sent_count = 0
         self.thread_id: str | None = None
         self.thread_messages = 0
+        self.last_body: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------- messages
     def next_message(self, intended: float) -> tuple[Pending, str]:
@@ -153,6 +165,7 @@ class ChatUserCore:
             body["thread_id"] = self.thread_id
         self.thread_messages += 1
         pending = Pending(cmid, canary, intended, n)
+        self.last_body = body
         self.pending[cmid] = pending
         self.sink.record_sent(self.stats, intended)
         return pending, json.dumps(body)
@@ -167,7 +180,8 @@ class ChatUserCore:
     # ---------------------------------------------------------------- frames
     def on_frame(self, raw: str, data: dict[str, Any] | None, mono: float) -> None:
         """Check one incoming frame and fold it into the sink; call for every frame, in arrival order."""
-        if "CANARY-" in raw:
+        # every canary in the frame is this user's own (the common case, two C-speed scans) or it is scanned
+        if "CANARY-" in raw and raw.count("CANARY-") != raw.count(self.user.canary):
             self._scan_canaries(raw, data)
         if data is None:
             self.sink.record_violation(
@@ -193,7 +207,21 @@ class ChatUserCore:
         if kind == "error":
             self.finish(pending, f"error:{data.get('code')}", f"{data.get('code')}: {data.get('message')}")
             return
-        pending.events.append(data)
+        events = pending.events
+        events.append(data)
+        # cheap checks on every event; the full contract check runs only when one fails
+        if data.get("seq") != len(events) or data.get("run_id") != events[0].get("run_id"):
+            pending.suspect = True
+        if kind == "tool_executing":
+            if pending.open_call is not None:
+                pending.suspect = True
+            pending.open_call = (data.get("payload") or {}).get("tool_call_id")
+            if not pending.open_call:
+                pending.suspect = True
+        elif kind == "tool_completed":
+            if (data.get("payload") or {}).get("tool_call_id") != pending.open_call:
+                pending.suspect = True
+            pending.open_call = None
         if pending.last_event is None:
             self.sink.record_first_event(self.stats, mono - pending.intended)
             run_id = data.get("run_id")
@@ -209,7 +237,10 @@ class ChatUserCore:
             self.user.thread_ids.add(pending.thread_id)
         if kind not in TERMINAL_TYPES:
             return
-        problems = check_run_events(pending.events)
+        if pending.suspect or pending.open_call is not None or not _grammar_ok(events):
+            problems = check_run_events(events) or ["the run broke the contract"]
+        else:
+            problems = []
         if problems:
             self.finish(pending, "contract", f"run {pending.run_id}: " + "; ".join(problems)[:250])
         elif kind == "agent_error":

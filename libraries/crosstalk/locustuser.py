@@ -135,8 +135,10 @@ class CrosstalkChatUser(User):
         self.timeout = float(_option(env, "crosstalk_timeout") or 30.0)
         self.pacing = float(_option(env, "crosstalk_pacing") or 0.0)
         self.limit = int(_option(env, "crosstalk_messages") or 0)
-        user = new_load_users(1, f"lw{os.getpid()}x")[0]
-        register_and_login(self.auth_url, user, self.timeout)
+        user = getattr(self, "credentials", None)  # a logged-in TestUser handed in (the bench does)
+        if user is None:
+            user = new_load_users(1, f"lw{os.getpid()}x")[0]
+            register_and_login(self.auth_url, user, self.timeout)
         self.core = ChatUserCore(user, LocustSink(env))
         self.ws = websocket.create_connection(
             self.ws_url, header=[f"Authorization: Bearer {user.access_token}"], timeout=self.timeout,

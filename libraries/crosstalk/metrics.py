@@ -309,9 +309,11 @@ class LoadMetrics:
         for key in CORRECTED:
             raw = self.histograms[key]
             corrected = new_histogram()
-            for item in raw.get_recorded_iterator():
-                corrected.record_corrected_value(
-                    item.value_iterated_to, interval, item.count_at_value_iterated_to)
+            counts = list(raw.counts)  # one C copy; hdrh's recorded-value iterator costs ~1 s per run
+            for index, count in enumerate(counts):
+                if count:
+                    value = raw.get_highest_equivalent_value(raw.get_value_from_index(index))
+                    corrected.record_corrected_value(min(value, HIGHEST_US), interval, count)
             self.histograms[key + "_uncorrected"] = raw
             self.histograms[key] = corrected
         self.latency_basis = (

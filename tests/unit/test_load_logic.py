@@ -22,7 +22,7 @@ class FakeConnection:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str | None, str]] = []
 
-    async def send_text(self, text):
+    async def send_text(self, text, data=None):
         body = json.loads(text)
         self.sent.append((body["content"], body.get("thread_id"), body["client_message_id"]))
 
