@@ -30,7 +30,7 @@ from pathlib import Path
 import psutil
 
 from . import faults
-from .config import AUDIENCE, ISSUER, Settings
+from .config import AUDIENCE, ISSUER, REDIS_POOL_SIZE, Settings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
@@ -115,6 +115,9 @@ state file (--state-file), written once both services answer /health:
                         help="name of the backend database (default backend)")
     parser.add_argument("--db-pool-size", type=int, default=20,
                         help="asyncpg pool size per service (default 20)")
+    parser.add_argument("--redis-pool-size", type=int, default=REDIS_POOL_SIZE,
+                        help="Redis connections of the backend; a request waits up to 10 s for a free one "
+                        "(default %(default)s)")
     return parser
 
 
@@ -253,7 +256,7 @@ class Platform:
             agent_step_ms=args.agent_step_ms, max_frame_bytes=args.max_frame_bytes,
             rate_limit_per_second=args.rate_limit, rate_limit_burst=args.rate_burst,
             issuer=args.issuer, audience=args.audience, faults=self.fault_names,
-            db_pool_size=args.db_pool_size,
+            db_pool_size=args.db_pool_size, redis_pool_size=args.redis_pool_size,
         )
         for name in ("auth", "backend"):
             self._send_settings(name)

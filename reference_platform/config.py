@@ -16,6 +16,7 @@ SETTINGS_ENV = "REFPLAT_SETTINGS"
 ISSUER = "crosstalk-reference-auth"
 AUDIENCE = "crosstalk-reference-backend"
 REVOCATION_CHANNEL = "revoked-access-tokens"
+REDIS_POOL_SIZE = 400
 
 
 @dataclass
@@ -38,6 +39,9 @@ class Settings:
     audience: str = AUDIENCE
     faults: list[str] = field(default_factory=list)
     db_pool_size: int = 20
+    # the backend's Redis connections; 100 ran dry at ~8,000 simultaneous users (HTTP 500 on
+    # handshakes, agent_error on runs); see docs/load.md for how the default was chosen
+    redis_pool_size: int = REDIS_POOL_SIZE
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

@@ -113,6 +113,7 @@ def metrics_table(metrics: LoadMetrics) -> str:
     facts = [
         ["users connected", f"{metrics.connected} / {len(metrics.users)}"],
         ["messages completed / sent", f"{metrics.completed} / {metrics.sent} ({metrics.success_rate:.1f}%)"],
+        ["messages in flight at once (peak)", str(metrics.in_flight_peak)],
         ["throughput", f"{metrics.throughput:.1f} messages/s over {metrics.duration:.2f} s"],
         ["errors", ", ".join(f"{k}: {v}" for k, v in sorted(metrics.errors.items())) or "none"],
         ["unique run ids / collisions", f"{len(metrics.run_ids)} / {metrics.run_id_collisions}"],

@@ -77,6 +77,9 @@ class LocustSink:
     def record_gap(self, seconds: float) -> None:
         pass
 
+    def record_finished(self) -> None:
+        pass
+
     def record_first_event(self, stats: Any, seconds: float) -> None:
         self._report(REQUEST_TYPE, FIRST_EVENT, seconds, None)
 

@@ -237,6 +237,8 @@ class LoadMetrics:
         self.started_mono = time.monotonic()
         self.ended_mono: float | None = None
         self.sent = 0
+        self.in_flight = 0
+        self.in_flight_peak = 0  # messages sent and not yet ended, at the most
         self.completed = 0
         self.events = 0
         self.misrouted = 0
@@ -267,6 +269,9 @@ class LoadMetrics:
     def record_sent(self, stats: UserStats, at_mono: float) -> None:
         stats.sent += 1
         self.sent += 1
+        self.in_flight += 1
+        if self.in_flight > self.in_flight_peak:
+            self.in_flight_peak = self.in_flight
         self.sent_per_second[int(at_mono - self.started_mono)] += 1
 
     def record_first_event(self, stats: UserStats, seconds: float) -> None:
@@ -275,6 +280,10 @@ class LoadMetrics:
 
     def record_gap(self, seconds: float) -> None:
         record_seconds(self.histograms["gap"], seconds)
+
+    def record_finished(self) -> None:
+        """A message ended (answered, failed or timed out): it is no longer in flight."""
+        self.in_flight -= 1
 
     def record_run_id(self, run_id: str) -> None:
         self.run_ids.add(run_id)
@@ -432,6 +441,8 @@ class LoadMetrics:
             "sent": (float(self.sent), "number", "messages sent"),
             "completed": (float(self.completed), "number", "messages completed"),
             "connected": (float(self.connected), "number", "users connected"),
+            "in_flight_peak": (float(self.in_flight_peak), "number",
+                               "messages in flight at once (sent, not yet ended), at the most"),
             "dropped": (float(sum(u.dropped for u in self.users.values())), "number", "connections dropped"),
             "collisions": (float(self.run_id_collisions), "number", "run id collisions"),
             "misrouted": (float(self.misrouted), "number", "events delivered to the wrong user"),
@@ -507,6 +518,7 @@ class LoadMetrics:
             "users": len(self.users),
             "connected": self.connected,
             "sent": self.sent,
+            "in_flight_peak": self.in_flight_peak,
             "completed": self.completed,
             "events": self.events,
             "success_rate_pct": round(self.success_rate, 3),
