@@ -16,7 +16,7 @@ SETTINGS_ENV = "REFPLAT_SETTINGS"
 ISSUER = "crosstalk-reference-auth"
 AUDIENCE = "crosstalk-reference-backend"
 REVOCATION_CHANNEL = "revoked-access-tokens"
-REDIS_POOL_SIZE = 400
+REDIS_POOL_SIZE = 1000
 
 
 @dataclass
