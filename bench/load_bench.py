@@ -90,7 +90,8 @@ def run_crosstalk(users: list[dict], ws_url: str, messages: int, timeout: float)
                         user_id=u["user_id"], serial=u["index"])
         user.tokens = Tokens(u["token"], "")
         test_users.append(user)
-    config = LoadConfig(users=len(users), messages=messages, message_timeout=timeout, name="bench")
+    config = LoadConfig(users=len(users), messages=messages, message_timeout=timeout, name="bench",
+                        keep_frames=int(os.environ.get("CROSSTALK_BENCH_KEEP_FRAMES", "64")))
     run = LoadRun(config, LoadMetrics("bench"))
     run.on_phase = lambda phase: say("GO") if phase == "sending" else say("DONE") if phase == "done" else None
     engine = get_engine()
@@ -99,7 +100,8 @@ def run_crosstalk(users: list[dict], ws_url: str, messages: int, timeout: float)
     engine.run(run.close(), 60)
     h = m.histograms.get("completion_uncorrected") or m.histograms["completion"]  # send -> done, as all
     return {"completed": m.completed, "errors": m.error_count - sum(m.violations.values()),
-            "violations": sum(m.violations.values()), **percentiles(h)}
+            "violations": sum(m.violations.values()), "gc_max_pause_ms": m.info.get("gc_max_pause_ms"),
+            **percentiles(h)}
 
 
 def run_lean(users: list[dict], ws_url: str, messages: int, timeout: float) -> dict:
@@ -360,6 +362,8 @@ def main() -> int:
     parser.add_argument("--only", choices=GENERATORS, action="append", help="run only these generators")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop",
                         help="loop of the crosstalk and lean generators (default uvloop, as in the suites)")
+    parser.add_argument("--keep-frames", type=int, default=64,
+                        help="frames the crosstalk generator keeps per user (default 64, as in the suites)")
     parser.add_argument("--state-file", type=Path, help="attach to a running platform's state file")
     parser.add_argument("--json", type=Path, help="also write every round's results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -368,6 +372,7 @@ def main() -> int:
         child(args.child)
         return 0
     generators = list(args.only or GENERATORS)
+    os.environ["CROSSTALK_BENCH_KEEP_FRAMES"] = str(args.keep_frames)
     workdir = Path(tempfile.mkdtemp(prefix="crosstalk-bench-"))
     with BenchPlatform(workdir, state_file=args.state_file) as state:
         say(f"platform: {state['backend_url']}  users: {args.users}  messages/user: {args.messages}  "

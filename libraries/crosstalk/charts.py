@@ -121,6 +121,8 @@ def metrics_table(metrics: LoadMetrics) -> str:
         ["isolation / contract violations (checked on arrival)",
          ", ".join(f"{k}: {v}" for k, v in sorted(metrics.violations.items())) or "none"],
         ["latency measured", metrics.latency_basis],
+        ["garbage collections during the run (longest pause)",
+         f"{metrics.info.get('gc_collections', 'n/a')} ({metrics.info.get('gc_max_pause_ms', 'n/a')} ms)"],
         ["fairness (Jain, latency / messages)", f"{metrics.fairness:.3f} / {metrics.fairness_messages:.3f}"],
         ["platform CPU mean / peak (% of machine)",
          "not measured" if cpu is None else f"{cpu:.1f}% / {res.platform_cpu_peak_pct or 0:.1f}%"],

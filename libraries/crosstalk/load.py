@@ -183,7 +183,10 @@ class LoadConnection(UserConnection):
 
     def __init__(self, user: TestUser, label: str, url: str, keep_frames: int = DEFAULT_KEEP_FRAMES):
         super().__init__(user, label, url)
-        self.frames = deque(maxlen=max(keep_frames, 0))  # type: ignore[assignment]
+        if isinstance(user.frames, deque) and user.frames.maxlen == keep_frames:
+            self.frames = user.frames  # a load user has one connection: one tail serves both
+        else:
+            self.frames = deque(maxlen=max(keep_frames, 0))  # type: ignore[assignment]
 
     def _record(self, direction, raw, at, mono):  # type: ignore[no-untyped-def]
         data = None
@@ -199,7 +202,8 @@ class LoadConnection(UserConnection):
                 data = self._out_data
             frame = Frame(direction, at, mono, raw, data, self.label)
             self.frames.append(frame)
-            self.user.frames.append(frame)
+            if self.user.frames is not self.frames:
+                self.user.frames.append(frame)
             for listener in self.listeners:
                 listener(frame)
             return frame
@@ -522,6 +526,7 @@ async def run_load(
         await _login_all(run, auth_url)
 
     frozen = False
+    gc_watch = GcWatch().__enter__()
     sampler = ResourceSampler(platform_pids).start() if platform_pids else None
     cpu_process, cpu_engine, wall = time.process_time(), time.thread_time(), time.monotonic()
     metrics.started_mono = wall
@@ -549,6 +554,8 @@ async def run_load(
             run.set_phase("sending")
             await asyncio.gather(*(user_flow(lu, ramp * i / n) for i, lu in enumerate(run.load_users)))
     finally:
+        gc_watch.__exit__()
+        gc_watch.record(metrics)
         if frozen:
             gc.unfreeze()
         metrics.finish()
@@ -568,6 +575,38 @@ def bounded(user: TestUser, keep_frames: int) -> TestUser:
     user.run_ids = RecentSet(limit, user.run_ids)  # type: ignore[assignment]
     user.thread_ids = RecentSet(limit, user.thread_ids)  # type: ignore[assignment]
     return user
+
+
+class GcWatch:
+    """Times every garbage collection while a run sends (``gc.callbacks``): its pauses land in the tail."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.max_pause = 0.0
+        self.total = 0.0
+        self.counts = [0, 0, 0]
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self.started
+        self.total += pause
+        self.max_pause = max(self.max_pause, pause)
+        self.counts[info.get("generation", 0)] += 1
+
+    def __enter__(self) -> GcWatch:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self)
+
+    def record(self, metrics: LoadMetrics) -> None:
+        metrics.info["gc_collections"] = {f"gen{g}": n for g, n in enumerate(self.counts)}
+        metrics.info["gc_max_pause_ms"] = round(self.max_pause * 1e3, 3)
+        metrics.info["gc_total_pause_ms"] = round(self.total * 1e3, 3)
 
 
 def _freeze(config: LoadConfig) -> bool:

@@ -74,9 +74,24 @@ def new_histogram() -> HdrHistogram:
 
 
 def record_seconds(histogram: HdrHistogram, seconds: float) -> None:
-    """Record a latency given in seconds (clamped into the histogram's range)."""
-    micros = int(seconds * 1_000_000)
-    histogram.record_value(min(max(micros, LOWEST_US), HIGHEST_US))
+    """Record a latency given in seconds (clamped into the histogram's range).
+
+    The same bucket arithmetic as ``HdrHistogram.record_value`` with ``int.bit_length`` in place of
+    its ``bin()``-string leading-zero count: this runs for every frame of every user.
+    """
+    value = int(seconds * 1_000_000)
+    value = LOWEST_US if value < LOWEST_US else HIGHEST_US if value > HIGHEST_US else value
+    h = histogram
+    bucket = ((value | h.sub_bucket_mask).bit_length() - h.unit_magnitude
+              - h.sub_bucket_half_count_magnitude - 1)
+    index = (((bucket + 1) << h.sub_bucket_half_count_magnitude)
+             + (value >> (bucket + h.unit_magnitude)) - h.sub_bucket_half_count)
+    h.counts[index] += 1
+    h.total_count += 1
+    if value < h.min_value:
+        h.min_value = value
+    if value > h.max_value:
+        h.max_value = value
 
 
 def jain_index(values: Iterable[float]) -> float:
