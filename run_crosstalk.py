@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also run the soak test holding this many users from one process (e.g. 1000)")
     parser.add_argument("--outputdir", type=Path, default=None,
                         help="robot output directory (default results/run-<time>)")
+    parser.add_argument("--merge-summaries", type=Path, nargs="+", default=None, metavar="DIR",
+                        help="merge the load summaries of several shards (their results/.../load dirs, e.g. "
+                        "from pabot --shard on several CI machines) into --report-file; runs nothing")
     parser.add_argument("suites", nargs="*", help=f"suite files (default: {' '.join(LOAD_SUITES)})")
     return parser
 
@@ -132,6 +135,28 @@ def by_scenario(runs: list[dict], encoded: list[dict]) -> dict:
     return result
 
 
+def merge_summaries(directories: list[Path], path: Path) -> int:
+    """One report over the load summaries of several shards: per scenario, one verdict for all."""
+    runs, encoded = [], []
+    for directory in directories:
+        if not directory.is_dir():
+            raise SystemExit(f"--merge-summaries: {directory} is not a directory of load summaries.")
+        for file in sorted(directory.glob("*.json")):
+            summary = json.loads(file.read_text())
+            encoded.append(summary.pop("histograms_encoded", None) or {})
+            summary.pop("per_user", None)
+            runs.append(summary)
+    scenarios = by_scenario(runs, encoded)
+    passed = bool(scenarios) and all(s["verdict"] != "failed" for s in scenarios.values())
+    report = {"merged_from": [str(d) for d in directories], "passed": passed, "scenarios": scenarios,
+              "load_runs": runs}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    print(f"Report: {path} ({len(runs)} load runs, {len(scenarios)} scenarios, "
+          f"{'passed' if passed else 'FAILED'})")
+    return 0 if passed else 1
+
+
 def write_report(path: Path, command: list[str], returncode: int, summaries: Path, started: float) -> None:
     runs, encoded = [], []
     for file in sorted(summaries.glob("*.json")):
@@ -159,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         index = argv.index("--")
         argv, extra = argv[:index], argv[index + 1:]
     args = build_parser().parse_args(argv)
+    if args.merge_summaries:
+        return merge_summaries(args.merge_summaries, args.report_file or ROOT / "results" / "merged.json")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     outputdir = args.outputdir or ROOT / "results" / f"run-{stamp}"
     summaries = outputdir / "load"

@@ -69,3 +69,19 @@ def test_the_report_never_pools_unlike_scenarios():
     assert result["agent startup"]["runs"] == 2 and result["agent startup"]["verdict"] == "passed"
     assert result["agent startup"]["latency"]["completion"]["p99_ms"] < 25  # the open run is not in it
     assert result["open model"]["verdict"] == "failed"
+
+
+def test_shards_merge_into_one_verdict(tmp_path):
+    import json
+
+    from run_crosstalk import main
+
+    for shard, verdict in (("a", "passed"), ("b", "failed")):
+        (tmp_path / shard).mkdir()
+        (tmp_path / shard / "run.json").write_text(json.dumps(
+            {"name": f"startup {shard}", "scenario": "agent startup", "verdict": verdict}))
+    out = tmp_path / "merged.json"
+    code = main(["--merge-summaries", str(tmp_path / "a"), str(tmp_path / "b"), "--report-file", str(out)])
+    report = json.loads(out.read_text())
+    assert code == 1 and report["passed"] is False
+    assert report["scenarios"]["agent startup"]["runs"] == 2
