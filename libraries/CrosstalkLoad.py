@@ -149,6 +149,7 @@ class CrosstalkLoad:
         timeout: timedelta | None = None,
         keep_frames: int = DEFAULT_KEEP_FRAMES,
         messages_per_thread: int = 0,
+        connect_timeout: timedelta = timedelta(seconds=15),
     ) -> LoadRun:
         """Registers ``users`` new users, connects each with its own WebSocket and sends ``messages`` each.
 
@@ -165,6 +166,8 @@ class CrosstalkLoad:
         oracle), so memory grows with users, not messages.  With
         ``messages_per_thread`` a user starts a new thread after that many
         messages (the reference agent quotes a thread's whole history).
+        ``connect_timeout`` bounds each WebSocket handshake (thousands of
+        simultaneous handshakes queue on the server).
         The closed model with several messages per user is corrected for
         coordinated omission; the log says how latency was measured.
 
@@ -181,7 +184,7 @@ class CrosstalkLoad:
             users=users, messages=messages, model=model, rate=rate, think_time=_seconds(think_time),
             ramp_up=_seconds(ramp_up), start_together=start_together,
             message_timeout=_seconds(message_timeout), name=name, keep_frames=keep_frames,
-            messages_per_thread=messages_per_thread,
+            messages_per_thread=messages_per_thread, connect_timeout=_seconds(connect_timeout),
         )
         try:
             config.validate()
