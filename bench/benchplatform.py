@@ -38,7 +38,7 @@ class BenchPlatform:
         env.pop("REFPLAT_FAULTS", None)
         command = [sys.executable, "-m", "reference_platform", "--auth-port", "0", "--backend-port", "0",
                    "--state-file", str(state_file), "--rate-limit", "100000", "--rate-burst", "100000",
-                   *self.extra]
+                   "--fast-password-hash", *self.extra]
         if self.faults:
             command += ["--faults", ",".join(self.faults)]
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,

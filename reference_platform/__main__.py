@@ -118,6 +118,9 @@ state file (--state-file), written once both services answer /health:
     parser.add_argument("--redis-pool-size", type=int, default=REDIS_POOL_SIZE,
                         help="Redis connections of the backend; a request waits up to 10 s for a free one "
                         "(default %(default)s)")
+    parser.add_argument("--fast-password-hash", action="store_true",
+                        help="benchmarks only: argon2id at 1 MiB and 1 pass instead of the OWASP minimum, so "
+                        "registering thousands of load users takes seconds")
     return parser
 
 
@@ -257,6 +260,7 @@ class Platform:
             rate_limit_per_second=args.rate_limit, rate_limit_burst=args.rate_burst,
             issuer=args.issuer, audience=args.audience, faults=self.fault_names,
             db_pool_size=args.db_pool_size, redis_pool_size=args.redis_pool_size,
+            fast_password_hash=args.fast_password_hash,
         )
         for name in ("auth", "backend"):
             self._send_settings(name)

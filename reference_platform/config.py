@@ -42,6 +42,7 @@ class Settings:
     # the backend's Redis connections; 100 ran dry at ~8,000 simultaneous users (HTTP 500 on
     # handshakes, agent_error on runs); see docs/load.md for how the default was chosen
     redis_pool_size: int = REDIS_POOL_SIZE
+    fast_password_hash: bool = False  # benchmarks only: cheap argon2 so thousands of users register fast
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
