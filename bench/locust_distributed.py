@@ -41,7 +41,7 @@ def distributed_run(state: dict, workers: int, users: int, run_time: int, workdi
     """One master and ``workers`` workers; returns the master's exit code, verdict line and workers' codes."""
     port = free_port()
     target = ["--crosstalk-auth-url", state["auth_url"], "--crosstalk-ws-url", state["ws_url"],
-              "--crosstalk-pacing", "0.25", "--crosstalk-timeout", "20", "--crosstalk-p95-ms", str(p95_ms)]
+              "--crosstalk-pacing", "0.5", "--crosstalk-timeout", "20", "--crosstalk-p95-ms", str(p95_ms)]
     master_cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--master", "--headless",
                   "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
                   "--expect-workers", str(workers), "--expect-workers-max-wait", "60",

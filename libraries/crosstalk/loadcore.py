@@ -195,13 +195,14 @@ class ChatUserCore:
             self._anonymous_error(data)
             return
         owner = data.get("user_id")
-        if not self.owns(cmid) or (owner is not None and owner != self.user.user_id):
+        pending = self.pending.get(cmid)  # type: ignore[arg-type]
+        # a message in flight is this user's own by construction; any other id is checked by prefix
+        if (pending is None and not self.owns(cmid)) or (owner is not None and owner != self.user.user_id):
             self.sink.record_violation(
                 "misrouted", f"user '{self.user.label}' received an event of another user: {raw[:200]}",
                 self.stats)
             return
         self.sink.record_event(self.stats)
-        pending = self.pending.get(cmid)  # type: ignore[arg-type]
         if pending is None:
             return  # an event after its run ended (a timeout): counted, not timed
         kind = data.get("type")
