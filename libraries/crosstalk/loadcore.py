@@ -195,7 +195,7 @@ class ChatUserCore:
             self._anonymous_error(data)
             return
         owner = data.get("user_id")
-        pending = self.pending.get(cmid)  # type: ignore[arg-type]
+        pending = self.pending.get(cmid) if isinstance(cmid, str) else None
         # a message in flight is this user's own by construction; any other id is checked by prefix
         if (pending is None and not self.owns(cmid)) or (owner is not None and owner != self.user.user_id):
             self.sink.record_violation(

@@ -212,3 +212,11 @@ def test_the_closed_model_is_corrected_for_coordinated_omission():
 def test_bad_configurations_say_what_to_change(config, message):
     with pytest.raises(ValueError, match=message):
         config.validate()
+
+
+def test_a_hostile_frame_is_a_violation_not_a_crash():
+    lu = _user("u1", "id-1")
+    lu.on_frame('{"client_message_id": ["x"], "type": "agent_started"}',
+                {"client_message_id": ["x"], "type": "agent_started"}, 0.0)
+    lu.on_frame("not json", None, 0.0)
+    assert lu.metrics.violations == {"misrouted": 1, "contract": 1}
