@@ -89,6 +89,7 @@ def main() -> int:
         print(json.dumps({k: s.get(k) for k in keys}))
         print(json.dumps(lat))
         print(json.dumps(s.get("resources")))
+        print(json.dumps(s.get("info")))
     return code
 
 
