@@ -32,7 +32,6 @@ import secrets
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -44,7 +43,7 @@ import requests
 from websockets.exceptions import ConnectionClosed
 
 from .connection import UserConnection
-from .loadcore import TOPICS, ChatUserCore, Pending, RecentSet
+from .loadcore import TOPICS, ChatUserCore, FrameTail, Pending, RecentSet
 from .metrics import LoadMetrics, UserStats
 from .model import Frame, TestUser, Tokens
 
@@ -183,10 +182,10 @@ class LoadConnection(UserConnection):
 
     def __init__(self, user: TestUser, label: str, url: str, keep_frames: int = DEFAULT_KEEP_FRAMES):
         super().__init__(user, label, url)
-        if isinstance(user.frames, deque) and user.frames.maxlen == keep_frames:
-            self.frames = user.frames  # a load user has one connection: one tail serves both
+        if isinstance(user.frames, FrameTail) and user.frames.maxlen == keep_frames:
+            self.frames = user.frames  # type: ignore[assignment]  # one connection: one tail serves both
         else:
-            self.frames = deque(maxlen=max(keep_frames, 0))  # type: ignore[assignment]
+            self.frames = FrameTail(keep_frames)  # type: ignore[assignment]
 
     def _record(self, direction, raw, at, mono):  # type: ignore[no-untyped-def]
         data = None
@@ -198,15 +197,15 @@ class LoadConnection(UserConnection):
             data = parsed if isinstance(parsed, dict) else None
             self.load_user.on_frame(raw, data, mono)
         if self.frames.maxlen:
-            if direction == "out":
-                data = self._out_data
-            frame = Frame(direction, at, mono, raw, data, self.label)
-            self.frames.append(frame)
+            self.frames.record(direction, at, mono, raw, self.label)  # type: ignore[attr-defined]
             if self.user.frames is not self.frames:
-                self.user.frames.append(frame)
-            for listener in self.listeners:
-                listener(frame)
-            return frame
+                self.user.frames.append(Frame(direction, at, mono, raw, data, self.label))
+            if self.listeners:
+                frame = Frame(direction, at, mono, raw, data if direction == "in" else self._out_data,
+                              self.label)
+                for listener in self.listeners:
+                    listener(frame)
+                return frame
         return None
 
     _out_data: dict[str, Any] | None = None
@@ -526,7 +525,7 @@ async def run_load(
         await _login_all(run, auth_url)
 
     frozen = False
-    gc_watch = GcWatch().__enter__()
+    gc_watch = GcWatch()  # from the first message on: the collections whose pauses reach the latencies
     sampler = ResourceSampler(platform_pids).start() if platform_pids else None
     cpu_process, cpu_engine, wall = time.process_time(), time.thread_time(), time.monotonic()
     metrics.started_mono = wall
@@ -538,7 +537,7 @@ async def run_load(
         n = max(len(todo), 1)
         if config.start_together or config.model is LoadModel.OPEN:
             await asyncio.gather(*(_connect(run, lu, ramp * i / n) for i, lu in enumerate(todo)))
-            frozen = _freeze(config)
+            frozen = _freeze(config, gc_watch)
             run.set_phase("sending")
             if config.model is LoadModel.OPEN:
                 await _open_schedule(run)
@@ -550,7 +549,7 @@ async def run_load(
                     await _connect(run, lu, delay)
                 await _closed_user(run, lu, 0.0 if lu in todo else delay)
 
-            frozen = _freeze(config)
+            frozen = _freeze(config, gc_watch)
             run.set_phase("sending")
             await asyncio.gather(*(user_flow(lu, ramp * i / n) for i, lu in enumerate(run.load_users)))
     finally:
@@ -570,7 +569,7 @@ async def run_load(
 
 def bounded(user: TestUser, keep_frames: int) -> TestUser:
     """Give a load user bounded frame and id stores (the oracle reads them like lists and sets)."""
-    user.frames = deque(user.frames, maxlen=keep_frames)  # type: ignore[assignment]
+    user.frames = FrameTail(keep_frames, user.frames)  # type: ignore[assignment]
     limit = max(keep_frames, 16)
     user.run_ids = RecentSet(limit, user.run_ids)  # type: ignore[assignment]
     user.thread_ids = RecentSet(limit, user.thread_ids)  # type: ignore[assignment]
@@ -609,13 +608,17 @@ class GcWatch:
         metrics.info["gc_total_pause_ms"] = round(self.total * 1e3, 3)
 
 
-def _freeze(config: LoadConfig) -> bool:
-    """Move everything built during setup to the permanent generation: full collections skip it."""
-    if not config.freeze_gc:
-        return False
-    gc.collect()
-    gc.freeze()
-    return True
+def _freeze(config: LoadConfig, gc_watch: GcWatch) -> bool:
+    """Move everything built during setup to the permanent generation: full collections skip it.
+
+    Then start timing collections (the deliberate full collection here is before any message)."""
+    frozen = False
+    if config.freeze_gc:
+        gc.collect()
+        gc.freeze()
+        frozen = True
+    gc_watch.__enter__()
+    return frozen
 
 
 def _settle_latency_basis(config: LoadConfig, metrics: LoadMetrics) -> None:

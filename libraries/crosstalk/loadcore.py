@@ -25,12 +25,12 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Mapping, MutableSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .model import TestUser
+from .model import Frame, TestUser
 from .sequence import CONTRACT_PATTERN, TERMINAL_TYPES, check_run_events, matches_pattern
 
 TOPICS = (
@@ -106,6 +106,53 @@ class RecentSet(MutableSet):
 
     def __repr__(self) -> str:
         return f"RecentSet({list(self._items)!r}, limit={self.limit})"
+
+
+class FrameTail:
+    """The last ``maxlen`` frames of a load user, stored as plain tuples; read as ``Frame`` objects.
+
+    A tuple of strings and floats is not tracked by the garbage collector, so
+    thousands of users' tails add nothing to a full collection's work; the JSON
+    is parsed again only when the tail is read (the oracle, transcripts).
+    Example: ``tail.record("in", at, mono, raw, "u1#load")``; ``list(tail)`` gives Frames.
+    """
+
+    def __init__(self, maxlen: int, frames: Iterable[Any] = ()) -> None:
+        self._items: deque[tuple[str, float, float, str, str]] = deque(maxlen=max(int(maxlen), 0))
+        for frame in frames:
+            self.append(frame)
+
+    @property
+    def maxlen(self) -> int:
+        return self._items.maxlen or 0
+
+    def record(self, direction: str, at: float, mono: float, raw: str, connection: str) -> None:
+        self._items.append((direction, at, mono, raw, connection))
+
+    def append(self, frame: Frame) -> None:
+        self._items.append((frame.direction, frame.at, frame.monotonic, frame.raw, frame.connection))
+
+    @staticmethod
+    def _frame(item: tuple[str, float, float, str, str]) -> Frame:
+        direction, at, mono, raw, connection = item
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = None
+        data = parsed if isinstance(parsed, dict) else None
+        return Frame(direction, at, mono, raw, data, connection)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Frame]:
+        return (self._frame(item) for item in list(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> Frame:
+        return self._frame(self._items[index])
+
+    def __repr__(self) -> str:
+        return f"FrameTail({len(self)} of {self.maxlen} frames)"
 
 
 @dataclass(eq=False)
