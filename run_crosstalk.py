@@ -17,10 +17,10 @@ platform, the load, the thresholds) lives in the suites.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -41,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"users for agent startup (default {FULL_USERS}; --quick: {QUICK_USERS})")
     parser.add_argument("--quick", action="store_true", help=f"quick profile: {QUICK_USERS} users")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--performance-only", action="store_true", help="only tests tagged 'performance'")
-    group.add_argument("--isolation-only", action="store_true", help="only tests tagged 'isolation'")
+    group.add_argument("--performance-only", action="store_true",
+                       help="every test tagged 'performance', in every suite unless suites are given")
+    group.add_argument("--isolation-only", action="store_true",
+                       help="every test tagged 'isolation', in every suite unless suites are given")
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                         help="wait at most this long for each agent run, and stop the whole run after "
                         "ten times as long (default: the suites' own timeouts)")
@@ -58,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--merge-summaries", type=Path, nargs="+", default=None, metavar="DIR",
                         help="merge the load summaries of several shards (their results/.../load dirs, e.g. "
                         "from pabot --shard on several CI machines) into --report-file; runs nothing")
-    parser.add_argument("suites", nargs="*", help=f"suite files (default: {' '.join(LOAD_SUITES)})")
+    parser.add_argument("suites", nargs="*",
+                        help=f"suite files (default: {' '.join(LOAD_SUITES)}; with --isolation-only or "
+                        "--performance-only: every suite)")
     return parser
 
 
@@ -69,13 +73,13 @@ def build_command(args: argparse.Namespace, outputdir: Path, summaries: Path) ->
     if args.processes < 1:
         raise SystemExit(f"--processes must be at least 1 (got {args.processes}).")
     if args.processes > 1:
-        pabot = shutil.which("pabot")
-        if pabot is None:
-            raise SystemExit("pabot is not installed: pip install robotframework-pabot, or drop --processes.")
-        command = [pabot, "--processes", str(args.processes), "--pabotlibport", "0"]
+        # pabot and the robot processes it starts run on this interpreter, whatever PATH says;
+        # PabotLib on a free port, so two runs on one machine do not fight over 8270
+        command = [sys.executable, "-m", "pabot.pabot", "--processes", str(args.processes),
+                   "--pabotlibport", "0", "--command", sys.executable, "-m", "robot", "--end-command"]
     else:
         command = [sys.executable, "-m", "robot"]
-    command += ["--outputdir", str(outputdir), "--variable", f"USERS:{users}",
+    command += ["--outputdir", str(outputdir), "--variable", f"STARTUP_USERS:{users}",
                 "--variable", f"LOAD_RESULTS_DIR:{summaries}"]
     if args.performance_only:
         command += ["--include", "performance"]
@@ -90,8 +94,10 @@ def build_command(args: argparse.Namespace, outputdir: Path, summaries: Path) ->
                     "--variable", f"MESSAGE_TIMEOUT:{args.timeout:g}s"]
     if args.verbose:
         command += ["--loglevel", "DEBUG", "--console", "verbose"]
-    # suite files are given whole, with suites/__init__.robot starting the platform once
-    suites = args.suites or list(LOAD_SUITES)
+    # suite files are given whole, with suites/__init__.robot starting the platform once;
+    # a tag selection (--isolation-only, --performance-only) runs over every suite
+    tag_only = args.isolation_only or args.performance_only
+    suites = args.suites or ([] if tag_only else list(LOAD_SUITES))
     for suite in suites:
         if not (ROOT / suite).exists() and not Path(suite).exists():
             raise SystemExit(f"Suite file '{suite}' does not exist: give a path like {LOAD_SUITES[0]}.")
@@ -100,6 +106,18 @@ def build_command(args: argparse.Namespace, outputdir: Path, summaries: Path) ->
         command += ["--suite", name.replace("_", " ")]
     command.append(str(ROOT / "suites"))
     return command
+
+
+def environment_problem(processes: int) -> str | None:
+    """One line naming what this interpreter lacks to run the suites, or None when all is there."""
+    needed = ["robot"] + (["pabot"] if processes > 1 else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    packages = {"robot": "robotframework", "pabot": "robotframework-pabot"}
+    return (f"Cannot run: {' and '.join(missing)} not importable by {sys.executable}; activate the project's "
+            f"venv (. .venv/bin/activate) or pip install -r requirements.txt "
+            f"({', '.join(packages[m] for m in missing)}).")
 
 
 def by_scenario(runs: list[dict], encoded: list[dict]) -> dict:
@@ -186,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.merge_summaries:
         return merge_summaries(args.merge_summaries, args.report_file or ROOT / "results" / "merged.json")
+    problem = environment_problem(args.processes)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     stamp = time.strftime("%Y%m%d-%H%M%S")
     outputdir = args.outputdir or ROOT / "results" / f"run-{stamp}"
     summaries = outputdir / "load"
@@ -212,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         returncode = process.wait()
     if args.report_file:
         write_report(args.report_file, command, returncode, summaries, started)
-    print(f"Summaries: {summaries}")
+    written = sorted(summaries.glob("*.json")) if summaries.is_dir() else []
+    if written:
+        print(f"Load summaries: {len(written)} in {summaries}")
+    print(f"Output: {outputdir}")
     return returncode
 
 

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import secrets
 import string
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import jwt
 import requests
-from crosstalk import htmllog
+from crosstalk import context, htmllog
+from crosstalk.context import Capability
+from crosstalk.httpretry import pooled_session
 from crosstalk.model import TestUser, Tokens
 from crosstalk.secrets import MaskedHeaders, mask, mask_password, protect_requests_library_log
-from crosstalk.tokens import Forgery, forge, load_private_key, public_pem_from_jwk, split
+from crosstalk.tokens import CLAIM_FORGERIES, Forgery, forge, public_pem_from_jwk, split
 from robot.api import logger
 from robot.api.deco import keyword, library
-from robot.libraries.BuiltIn import BuiltIn
 
 try:  # RF 7.4+
     from robot.api.types import Secret
@@ -32,6 +31,11 @@ MAX_PARALLEL = 32
 
 def _plain(value: Any) -> str:
     return str(getattr(value, "value", value))
+
+
+def _was_retried(response: requests.Response) -> bool:
+    retries = getattr(response.raw, "retries", None)
+    return bool(retries and retries.history)
 
 
 def _strong_password() -> str:
@@ -51,16 +55,14 @@ class CrosstalkAuth:
     """
 
     def __init__(self) -> None:
-        self._http = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=MAX_PARALLEL)
-        self._http.mount("http://", adapter)
-        self._http.mount("https://", adapter)
+        # keep-alive pool; a request the server's idle close raced is retried once where safe
+        self._http = pooled_session(pool_connections=4, pool_maxsize=MAX_PARALLEL)
         self._jwks: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _variable(name: str, default: Any = None) -> Any:
-        return BuiltIn().get_variable_value("${%s}" % name, default)  # noqa: UP031
+        return context.current().get(name) or default
 
     def _auth_url(self) -> str:
         url = self._variable("AUTH_URL")
@@ -96,11 +98,14 @@ class CrosstalkAuth:
     def _register(self, user: TestUser) -> TestUser:
         response = self._post("/auth/register", {"email": user.email, "password": user.password})
         if response.status_code != 201:
+            retried = " (after a retry on a dropped keep-alive connection: the first copy was applied)" \
+                if response.status_code == 409 and _was_retried(response) else ""
             raise AssertionError(
                 f"Registering user '{user.label}' ({user.email}) failed: HTTP {response.status_code} "
-                f"{response.text[:200]}"
+                f"{response.text[:200]}{retried}"
             )
         user.user_id = str(response.json().get("user_id"))
+        context.current().record_user(user)
         return user
 
     def _login(self, user: TestUser) -> Tokens:
@@ -140,11 +145,11 @@ class CrosstalkAuth:
         """
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}.")
-        run = uuid.uuid4().hex[:8]
+        ctx = context.current()
         users = [
             TestUser(
                 label=f"{prefix}{index:02d}",
-                email=f"{prefix}{index:02d}-{run}@crosstalk.test",
+                email=ctx.email(f"{prefix}{index:02d}"),
                 password=_strong_password(),
                 canary=f"CANARY-{prefix}{index:02d}-{secrets.token_hex(6)}",
             )
@@ -168,10 +173,9 @@ class CrosstalkAuth:
         Example:
         | ${alice} = | Create Test User | alice |
         """
-        run = uuid.uuid4().hex[:8]
         user = TestUser(
             label,
-            f"{label}-{run}@crosstalk.test",
+            context.current().email(label),
             _strong_password(),
             f"CANARY-{label}-{secrets.token_hex(6)}",
         )
@@ -252,26 +256,32 @@ class CrosstalkAuth:
     def refresh_should_be_refused(
         self,
         refresh_token: Tokens | Secret | str,  # type: ignore[valid-type]
+        why: str = "",
     ) -> None:
         """Fail unless ``POST /auth/refresh`` with this refresh token (or the refresh token of a
-        `Tokens` pair) answers 401.
+        `Tokens` pair) answers 401.  ``why`` names the token in the failure message.
 
         Example:
         | ${before} = | Set Variable | ${alice.tokens} |
         | Refresh Tokens | ${alice} |
         | Refresh Should Be Refused | ${before} |
+        | Log Out | ${alice} |
+        | Refresh Should Be Refused | ${alice.tokens} | why=the session's refresh token after logout |
         """
         token = refresh_token.refresh_token if isinstance(refresh_token, Tokens) else _plain(refresh_token)
         response = self._post("/auth/refresh", {"refresh_token": token})
         if response.status_code != 401:
-            raise AssertionError(f"Refresh with {mask(token)} answered {response.status_code}, expected 401.")
+            what = f"{why} ({mask(token)})" if why else mask(token)
+            raise AssertionError(f"Refresh with {what} answered {response.status_code}, expected 401.")
 
     @keyword("Log Out")
     def log_out(self, user: TestUser) -> str:
         """Log ``user`` out (``POST /auth/logout``); returns the access token that was revoked.
 
-        The user keeps the revoked tokens, so keywords given the user now use the
-        revoked token (assigning the return value would log it: prefer the user).
+        Logout ends the session: the contract revokes the access token and the
+        refresh-token family of its login.  The user keeps the revoked tokens, so
+        keywords given the user now use them (assigning the return value would log
+        it: prefer the user).
 
         Example:
         | Log Out | ${alice} |
@@ -383,8 +393,10 @@ class CrosstalkAuth:
         (alg "NONE"), ``signature_stripped``, ``payload_tampered``, ``expired``,
         ``missing_exp``, ``wrong_issuer``, ``wrong_audience``, ``unknown_kid``, ``wrong_signature``,
         ``hs256_confusion`` (HS256 with the public key PEM as HMAC secret).
-        For the reference platform its private key signs the claim-rule
-        forgeries so only the named rule is broken.
+        The claim-rule forgeries (``expired``, ``missing_exp``, ``wrong_issuer``,
+        ``wrong_audience``) are signed with ``JWT_PRIVATE_KEY`` only after it was
+        checked against the target's JWKS (same public key); without such a key
+        the test is skipped with the reason, never passed.
 
         Example:
         | ${forged} = | Forge Token | ${alice} | alg_none |
@@ -395,10 +407,13 @@ class CrosstalkAuth:
         public_pem = (
             public_pem_from_jwk(self._jwk_for(header.get("kid"))) if kind is Forgery.HS256_CONFUSION else None
         )
-        key_file = self._variable("JWT_PRIVATE_KEY")
-        platform_key = (
-            load_private_key(Path(key_file).read_bytes()) if key_file and Path(key_file).exists() else None
-        )
+        platform_key = None
+        if kind in CLAIM_FORGERIES:
+            # only a key proven to be the target's own (same public key as its JWKS) may sign these:
+            # with any other key the token is refused for its signature and the claim is never tested
+            ctx = context.current()
+            ctx.require(Capability.SIGNING_KEY)
+            platform_key = ctx.signing_key
         token = forge(kind, genuine, public_pem, platform_key)
         logger.info(f"Forged {kind.value} token from {user.label}'s token: {mask(token, 12)}")
         return token

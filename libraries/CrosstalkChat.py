@@ -6,7 +6,7 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
-from crosstalk import htmllog
+from crosstalk import context, htmllog
 from crosstalk.connection import (
     ConnectionRefused,
     RunHandle,
@@ -14,13 +14,14 @@ from crosstalk.connection import (
     describe_frames,
     gather_strict,
 )
+from crosstalk.contract import ContractError, FrameContract, frame_contract
 from crosstalk.engine import get_engine
 from crosstalk.model import TestUser
 from crosstalk.secrets import mask
 from crosstalk.sequence import check_run_events, matches_pattern, types_of
 from robot.api import logger
 from robot.api.deco import keyword, library
-from robot.libraries.BuiltIn import BuiltIn
+from robot.api.exceptions import SkipExecution
 
 try:  # RF 7.4+
     from robot.api.types import Secret
@@ -62,10 +63,11 @@ class CrosstalkChat:
     def __init__(self) -> None:
         self._connections: dict[str, UserConnection] = {}
         self._counts: dict[int, int] = {}
+        self._contract: FrameContract | bool | None = False  # False: not loaded yet
 
     # ------------------------------------------------------------------ helpers
     def _ws_url(self) -> str:
-        url = BuiltIn().get_variable_value("${WS_URL}")
+        url = context.current().get("WS_URL")
         if not url:
             raise AssertionError(
                 "WS_URL is not set: run 'Start Or Attach Platform' in the suite setup first."
@@ -102,9 +104,23 @@ class CrosstalkChat:
                 f"WebSocket operation did not finish in {timeout + GRACE:g} s: {exc}"
             ) from None
 
+    def _frame_contract(self) -> FrameContract | None:
+        """The AsyncAPI contract received frames are checked against (``${FRAME_SCHEMA}``: path or off)."""
+        if self._contract is False:
+            setting = context.current().values.get("FRAME_SCHEMA") or None
+            try:
+                self._contract = frame_contract(setting)
+            except ContractError as exc:
+                raise AssertionError(f"FRAME_SCHEMA: {exc}") from None
+        return self._contract or None
+
     def _open(self, user: TestUser, label: str, token: str | None, origin: str | None, timeout: float) -> Any:
-        # the URL is read here, in Robot's thread; the returned coroutine runs on the engine loop
-        return UserConnection(user, label, self._ws_url()).open(token, origin, timeout)
+        # the URL and the contract are read here, in Robot's thread; the coroutine runs on the engine loop
+        connection = UserConnection(user, label, self._ws_url())
+        contract = self._frame_contract()
+        if contract is not None:
+            connection.validate = lambda frame: contract.check(frame.data, frame.raw)
+        return connection.open(token, origin, timeout)
 
     # ------------------------------------------------------------------ connect
     @keyword("Connect")
@@ -605,6 +621,36 @@ class CrosstalkChat:
                 f"Run {run.name} of user '{run.user.label}' was handed to '{specialist}', expected '{to}'."
             )
         return specialist
+
+    @keyword("Received Frames Should Match The Contract")
+    def received_frames_should_match_the_contract(
+        self, target: UserConnection | TestUser | str | None = None
+    ) -> int:
+        """Fail unless every frame received on ``target`` (default: every connection of this library)
+        validated against the AsyncAPI contract (``docs/contract/asyncapi.yaml`` or ``${FRAME_SCHEMA}``).
+
+        Waits already fail on the first violation they see; this keyword lists all
+        of them, each naming the frame and the JSON path.  Returns the number of
+        frames checked.
+
+        Example:
+        | Received Frames Should Match The Contract | ${alice} |
+        """
+        if self._frame_contract() is None:
+            raise SkipExecution("frame validation is off (FRAME_SCHEMA=off): no frame was checked")
+        connections = [self._resolve(target)] if target is not None else list(self._connections.values())
+        checked = sum(1 for c in connections for f in c.frames if f.direction == "in")
+        problems = [f"{c.label}: {v}" for c in connections for v in c.violations]
+        for connection in connections:
+            connection._violations_reported = len(connection.violations)
+        if problems:
+            raise AssertionError(
+                f"{len(problems)} of {checked} received frame(s) break the platform contract: "
+                + " | ".join(problems[:5])
+            )
+        logger.info(f"{checked} received frame(s) on {len(connections)} connection(s) match the contract "
+                    f"({self._frame_contract().source})")
+        return checked
 
     @keyword("Get Connection Frames")
     def get_connection_frames(

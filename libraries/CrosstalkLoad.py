@@ -11,7 +11,8 @@ import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
-from crosstalk import charts
+from crosstalk import charts, context, testhooks
+from crosstalk.context import Capability
 from crosstalk.engine import get_engine
 from crosstalk.load import (
     DEFAULT_KEEP_FRAMES,
@@ -29,7 +30,6 @@ from robot.api import logger
 from robot.api.deco import keyword, library
 from robot.libraries.BuiltIn import BuiltIn
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "results" / "load"
 PROGRESS_EVERY = 5.0
 
 
@@ -45,7 +45,8 @@ class CrosstalkLoad:
     frames it receives are recorded on its ``TestUser`` so the isolation oracle
     can check them afterwards (``${run.users}``).  Latencies go into HDR
     histograms; each run logs a metrics table and charts into log.html and
-    writes a JSON summary under ``results/load/``.
+    writes a JSON summary under ``${OUTPUT DIR}/load/``
+    (or ``LOAD_RESULTS_DIR``).
 
     Thresholds are one-line expressions ``<metric> <op> <value>[unit]``:
     ``p95 < 250ms`` (time to first event, i.e. agent startup), ``completion.p99 < 1s``,
@@ -62,6 +63,8 @@ class CrosstalkLoad:
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _variable(name: str, default: str | None = None) -> str | None:
+        if name in context.BY_NAME:
+            return context.current().get(name) or default
         value = BuiltIn().get_variable_value("${" + name + "}")
         if value in (None, ""):
             value = os.environ.get(name) or default
@@ -88,9 +91,12 @@ class CrosstalkLoad:
         # registering users hashes passwords on the server: allow for it beside the runs themselves
         default_limit = 120.0 + 0.5 * config.users + config.message_timeout * config.messages * 2
         limit = _seconds(timeout) if timeout else default_limit
+        metrics_urls = testhooks.metrics_urls(context.current().get("METRICS_URL"))
+        cores = context.current().int("PLATFORM_CORES", 0) or None
         future = get_engine().submit(
-            run_load(config, auth_url, ws_url, users=users, platform_pids=self._platform_pids(), run=run,
-                     previous=previous)
+            run_load(config, auth_url, ws_url, users=users,
+                     platform_pids=[] if metrics_urls else self._platform_pids(), run=run,
+                     previous=previous, metrics_urls=metrics_urls, platform_cores=cores)
         )
         started = last = time.monotonic()
         shown = ""
@@ -126,7 +132,9 @@ class CrosstalkLoad:
         for kind, example in metrics.error_examples.items():
             logger.info(f"first {kind} error: {example}")
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        directory = Path(self._variable("LOAD_RESULTS_DIR") or RESULTS_DIR)
+        # every artifact of a run lands under its output directory (pabot: the process's own one)
+        directory = Path(self._variable("LOAD_RESULTS_DIR")
+                         or Path(BuiltIn().get_variable_value("${OUTPUT DIR}")) / "load")
         slug = re.sub(r"[^A-Za-z0-9]+", "_", metrics.name).strip("_") or "load"
         path = directory / f"{slug}-{stamp}-{os.getpid()}-{len(self.runs)}.json"
         self._summaries[id(run)] = path
@@ -173,7 +181,7 @@ class CrosstalkLoad:
 
         The connections stay open after the run (see `Load Connections Should
         Be Held` and `Close Load Users`).  Logs a metrics table with charts and
-        writes a JSON summary under ``results/load/``; returns the run, whose
+        writes a JSON summary under ``${OUTPUT DIR}/load/``; returns the run, whose
         ``users`` attribute lists the ``TestUser`` objects for the isolation oracle.
 
         Example:
@@ -257,10 +265,30 @@ class CrosstalkLoad:
         logger.info(f"Latency basis of '{run.metrics.name}': {run.metrics.latency_basis}")
         for result in results:
             logger.info(str(result))
+        ctx = context.current()
+        unmeasured = [r for r in results if r.metric.startswith("platform_") and r.measured is None
+                      and not ctx.has(Capability.METRICS)]
+        if unmeasured:
+            # no resource metrics from this target: no verdict on them (the test ends SKIP if the rest holds)
+            ctx.incomplete(Capability.METRICS, ", ".join(r.expression for r in unmeasured))
+            results = [r for r in results if r not in unmeasured]
+        coreless = [r for r in results if r.metric.startswith("platform_cpu") and r.measured is None
+                    and run.metrics.resources.platform_source.startswith("Prometheus")]
+        if coreless:
+            # CPU seconds from a remote platform's Prometheus endpoint, but no core count for a percentage
+            reason = (f"{', '.join(r.expression for r in coreless)} not checked: a CPU percentage of a "
+                      f"remote platform needs its core count: set PLATFORM_CORES "
+                      f"({context.ENV_PREFIX}PLATFORM_CORES)")
+            if reason not in ctx.pending:
+                ctx.pending.append(reason)
+            results = [r for r in results if r not in coreless]
         path = self._summaries.get(id(run))
         if path is not None:  # the summary carries this run's own verdict
             _write_summary(run.metrics, path)
         failed = [r for r in results if not r.passed]
+        if not failed:
+            context.test_message("; ".join(f"{r.metric} {r.shown} (threshold: {r.expression})"
+                                           for r in results))
         if failed:
             users = f"{len(run.load_users)} users"
             raise AssertionError(

@@ -20,21 +20,19 @@ from enum import Enum
 
 import redis
 import requests
-from crosstalk import races
+from crosstalk import context, races, testhooks
 from crosstalk.htmllog import table
 from crosstalk.model import TestUser
 from crosstalk.races import Outcome, RaceError, Target
 from crosstalk.secrets import mask
-from crosstalk.sharedplatform import SharedPlatform
 from robot.api import logger
 from robot.api.deco import keyword, library
-from robot.libraries.BuiltIn import BuiltIn
 
 TERMINAL = ("agent_completed", "agent_error")
 
 
 class InjectedFailure(Enum):
-    """Which step of ``POST /workspaces`` the isolated platform makes fail."""
+    """Which step of ``POST /workspaces`` the ``X-Crosstalk-Inject`` contract hook makes fail."""
 
     backend = "workspace_backend_fail"
     analytics = "workspace_analytics_fail"
@@ -70,8 +68,6 @@ class CrosstalkRaces:
 
     def __init__(self) -> None:
         self._target: Target | None = None
-        self._saved: Target | None = None
-        self._isolated: SharedPlatform | None = None
         self._sockets: list = []
 
     # ------------------------------------------------------------------ target
@@ -83,10 +79,10 @@ class CrosstalkRaces:
 
     @staticmethod
     def _target_from_variables() -> Target:
-        builtin = BuiltIn()
+        ctx = context.current()
 
         def var(name: str) -> str:
-            return str(builtin.get_variable_value(f"${{{name}}}", "") or "")
+            return ctx.get(name)
 
         target = Target(
             var("AUTH_URL"),
@@ -105,39 +101,26 @@ class CrosstalkRaces:
         return target
 
     @keyword
-    def start_platform_with_injected_failure(
-        self, failure: InjectedFailure, timeout: timedelta = timedelta(seconds=90)
-    ) -> None:
-        """Start a second reference platform whose workspace step ``failure`` always fails, and use it.
+    def failure_injection_should_be_available(self, failure: InjectedFailure) -> None:
+        """Skip the test unless the target advertises the failure injection ``failure``.
 
-        The target's own fault switches are kept, so a platform under test with
-        ``no_rollback`` is checked under the same injected failure.  Release it
-        with `Release Platform With Injected Failure`.
+        The contract's optional hook: the platform lists the injections it honours
+        in ``GET /health`` under ``capabilities.fault_injection`` and makes the
+        named step of a request fail when the request carries
+        ``X-Crosstalk-Inject: <name>``.  Without it the test is skipped with one line
+        (``needs:fault-injection``), never passed against something else.
 
         Example:
-        | Start Platform With Injected Failure | backend |
+        | Failure Injection Should Be Available | backend |
         """
-        faults = sorted({*self.target.faults, failure.value})
-        self._isolated = SharedPlatform(",".join(faults))
-        started = time.monotonic()
-        state = self._isolated.acquire(_seconds(timeout))
-        self._saved, self._target = self._target, Target.from_state(state)
-        logger.info(
-            f"Platform with faults {faults} ready in {time.monotonic() - started:.1f} s: "
-            f"{self._target.describe()}"
+        ctx = context.current()
+        ctx.require(context.Capability.FAULT_INJECTION)
+        reason = testhooks.missing_injection(
+            testhooks.capabilities(self.target.backend_url), failure.value, self.target.backend_url
         )
-
-    @keyword
-    def release_platform_with_injected_failure(self) -> None:
-        """Stop using the platform of `Start Platform With Injected Failure` (stopped when unused).
-
-        Example:
-        | [Teardown] | Release Platform With Injected Failure |
-        """
-        if self._isolated is not None:
-            self._isolated.release()
-            self._isolated = None
-            self._target, self._saved = self._saved, None
+        if reason:
+            ctx.skip(context.Capability.FAULT_INJECTION, reason)
+        logger.info(f"{self.target.backend_url} honours {testhooks.INJECT_HEADER}: {failure.value}")
 
     # ------------------------------------------------------------------ users
     @keyword
@@ -812,27 +795,44 @@ class CrosstalkRaces:
             raise RaceError(f"{len(errors)} thread-list read(s) failed: {'; '.join(errors[:4])}")
 
     # ------------------------------------------------------------------ workspaces
-    def _create_workspace(self, user: TestUser, name: str) -> requests.Response:
+    def _create_workspace(
+        self, user: TestUser, name: str, inject: InjectedFailure | None = None
+    ) -> requests.Response:
+        headers = races.auth_header(user.access_token)
+        if inject is not None:
+            headers[testhooks.INJECT_HEADER] = inject.value
         return requests.post(
             f"{self.target.backend_url}/workspaces",
-            json={"name": name},
-            headers=races.auth_header(user.access_token),
+            json={"name": f"{context.current().run_prefix}{name}"},  # the run prefix marks it as ours
+            headers=headers,
             timeout=races.HTTP_TIMEOUT,
         )
 
     @keyword
-    def create_workspace(self, user: TestUser, name: str, expected_status: int = 201) -> dict:
+    def create_workspace(
+        self,
+        user: TestUser,
+        name: str,
+        expected_status: int = 201,
+        inject: InjectedFailure | None = None,
+    ) -> dict:
         """``POST /workspaces {name}`` as ``user``; fails unless the status is ``expected_status``.
+
+        ``inject`` asks the platform, through the ``X-Crosstalk-Inject`` contract hook,
+        to make that step fail for this one request (check availability first with
+        `Failure Injection Should Be Available`).
 
         Example:
         | ${ws}= | Create Workspace | ${alice} | Q3 budget |
-        | Create Workspace | ${alice} | doomed | expected_status=503 |
+        | Create Workspace | ${alice} | doomed | expected_status=503 | inject=backend |
         """
         started = time.monotonic()
-        reply = self._create_workspace(user, name)
+        reply = self._create_workspace(user, name, inject)
         body = races._json_or_text(reply)
+        injected = f" ({testhooks.INJECT_HEADER}: {inject.value})" if inject is not None else ""
         logger.info(
-            f"POST /workspaces {name!r} as {user.label}: {reply.status_code} in "
+            f"POST /workspaces {name!r}{injected} as {user.label} to {self.target.backend_url}: "
+            f"{reply.status_code} in "
             f"{(time.monotonic() - started) * 1000:.0f} ms: {body}"
         )
         if reply.status_code != expected_status:
@@ -890,6 +890,51 @@ class CrosstalkRaces:
             raise RaceError(f"{state}: consistent, but {expected} workspaces were expected")
 
     @keyword
+    def failed_workspace_should_leave_nothing_behind(
+        self, user: TestUser, inject: InjectedFailure, prompt: timedelta = timedelta(seconds=3),
+        settle: timedelta = timedelta(seconds=2),
+    ) -> None:
+        """After a ``POST /workspaces`` whose step ``inject`` failed (``X-Crosstalk-Inject``), no
+        transaction debris remains: no prepared transaction (``pg_prepared_xacts``) and no lock held
+        by one (``pg_locks``) outlives ``settle``, where the databases are reachable; and ``user``'s
+        next workspace request is answered within ``prompt`` (a leaked prepared transaction holds
+        the user's row lock, so the next one stalls).
+
+        Example:
+        | Failed Workspace Should Leave Nothing Behind | ${bob} | backend | prompt=3s |
+        """
+        first = self._create_workspace(user, "doomed, first try", inject)
+        if first.status_code != 503:
+            raise RaceError(f"precondition: the failing workspace of {user.label} answered "
+                            f"{first.status_code}, expected 503: {races._json_or_text(first)}")
+        debris: list[str] = []
+        url = self.target.auth_database_url or self.target.backend_database_url
+        if url:  # pg_prepared_xacts and pg_locks are server-wide
+            time.sleep(_seconds(settle))
+            prepared = races.pg_rows(
+                url, "SELECT gid, database, extract(epoch FROM now() - prepared)::float "
+                "FROM pg_prepared_xacts WHERE prepared < now() - %s * interval '1 second'",
+                (_seconds(settle),))
+            debris += [f"prepared transaction {gid} in {db}, {age:.1f} s old" for gid, db, age in prepared]
+            locks = races.pg_value(url, "SELECT count(*) FROM pg_locks WHERE virtualtransaction LIKE '-1/%%'")
+            if locks:
+                debris.append(f"{locks} lock(s) held by prepared transactions")
+        else:
+            logger.info("No database URL: only the prompt answer to the next request is checked.")
+        started = time.monotonic()
+        try:
+            answer = self._create_workspace(user, "doomed, second try", inject).status_code
+        except requests.RequestException as exc:
+            answer = f"no answer ({type(exc).__name__})"
+        took = time.monotonic() - started
+        logger.info(f"next workspace of {user.label}: {answer} in {took * 1000:.0f} ms")
+        if took > _seconds(prompt):
+            debris.append(f"{user.label}'s next workspace request took {took:.1f} s "
+                          f"(limit {_seconds(prompt):g} s)")
+        if debris:
+            raise RaceError(f"transaction debris after a failed workspace: {'; '.join(debris[:5])}")
+
+    @keyword
     def leave_a_half_applied_workspace(self, user: TestUser) -> str:
         """Write a workspace row for ``user`` in the backend database only, as a coordinator that crashed
         without two-phase commit would; returns its id.  For proving the consistency check can fail.
@@ -900,9 +945,9 @@ class CrosstalkRaces:
         workspace_id = str(uuid.uuid4())
         races.pg_value(
             self.target.backend_database_url,
-            "INSERT INTO workspaces (workspace_id, user_id, name) VALUES (%s, %s, 'half') "
+            "INSERT INTO workspaces (workspace_id, user_id, name) VALUES (%s, %s, %s) "
             "RETURNING workspace_id",
-            (workspace_id, user.user_id),
+            (workspace_id, user.user_id, f"{context.current().run_prefix}half"),
         )
         return workspace_id
 

@@ -9,15 +9,19 @@ after a socket closed (``/metrics``).  The handshake uses the synchronous
 
 from __future__ import annotations
 
+import html
 import json
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import redis
 import requests
+from crosstalk import context, hostile, testhooks
+from crosstalk.context import Capability
 from crosstalk.model import TestUser
 from crosstalk.secrets import mask
 from robot.api import logger
@@ -227,18 +231,28 @@ class CrosstalkSecurity:
 
     @keyword
     def get_leaked_connection_count(self, backend_url: str) -> int:
-        """Returns ``tracked_connections - active_websockets`` from the backend's ``/metrics``:
-        connection entries the server still holds for sockets that are already closed.
+        """Returns the connection entries the server still holds for sockets that are already closed:
+        ``tracked_connections - active_websockets`` from the reference's ``/metrics`` JSON, else
+        ``crosstalk_connections_tracked - crosstalk_websockets_active`` from the platform's
+        Prometheus endpoint; skips (``needs:metrics``) when neither is served.
 
         Example:
         | ${before} = | Get Leaked Connection Count | ${BACKEND_URL} |
         """
-        try:
+        try:  # the reference platform's JSON counters
             metrics = requests.get(f"{backend_url}/metrics", timeout=10).json()
             return int(metrics["tracked_connections"]) - int(metrics["active_websockets"])
-        except (requests.RequestException, ValueError, KeyError) as error:
-            raise AssertionError(f"Cannot read tracked_connections and active_websockets from "
-                                 f"{backend_url}/metrics: {error}") from None
+        except (requests.RequestException, ValueError, KeyError, TypeError):
+            pass
+        # the contract's optional Prometheus gauges (METRICS_URL, or the path /health advertises)
+        urls = testhooks.metrics_urls(context.current().get("METRICS_URL")) or \
+            testhooks.advertised_metrics_urls(backend_url)
+        leaked, source = testhooks.leaked_connections(urls)
+        if leaked is None:
+            context.current().skip(
+                Capability.METRICS, f"needs metrics: the server's connection entries cannot be read: "
+                f"{source} (contract rule CAP-2: {testhooks.TRACKED} and {testhooks.ACTIVE} gauges)")
+        return int(leaked)
 
     @keyword
     def closed_connections_should_be_released(
@@ -263,6 +277,128 @@ class CrosstalkSecurity:
                     f"{closed} closed sockets are still held by the server after {_s(timeout):g} s: "
                     f"tracked_connections - active_websockets = {leaked} (was {before} before they opened)")
             time.sleep(0.1)
+
+    # ------------------------------------------------------------ hostile input
+    @keyword
+    def hostile_requests_should_be_refused_cleanly(
+        self, user: TestUser, auth_url: str, backend_url: str, thread_id: str,
+        max_body_bytes: int = 1024 * 1024, depth: int = 10000, timeout: timedelta = timedelta(seconds=30),
+    ) -> None:
+        """Sends hostile bodies to every write endpoint; fails on any 5xx, dropped connection or body
+        naming internals (exception classes, tracebacks, drivers).
+
+        Each of ``POST /auth/register``, ``/auth/login``, ``/auth/refresh``, ``/auth/logout``
+        (without a token), ``/threads/{thread_id}/messages`` and ``/workspaces`` (with ``user``'s
+        token) gets: a body 4 x ``max_body_bytes`` (the target's declared limit), JSON nested
+        ``depth`` deep, wrong field types, a non-object, invalid UTF-8, NUL characters and lone
+        surrogates.  Any 4xx is a clean refusal; a 2xx is reported, not failed (the contract leaves
+        limits to the target).  Logs a table: input, status, body.
+
+        Example:
+        | Hostile Requests Should Be Refused Cleanly | ${alice} | ${AUTH_URL} | ${BACKEND_URL} | ${thread} |
+        """
+        auth, backend = auth_url.rstrip("/"), backend_url.rstrip("/")
+        endpoints = [
+            hostile.RestEndpoint("POST /auth/register", "POST", f"{auth}/auth/register",
+                                 ("email", "password")),
+            hostile.RestEndpoint("POST /auth/login", "POST", f"{auth}/auth/login", ("email", "password")),
+            hostile.RestEndpoint("POST /auth/refresh", "POST", f"{auth}/auth/refresh", ("refresh_token",)),
+            hostile.RestEndpoint("POST /auth/logout", "POST", f"{auth}/auth/logout", ()),
+            hostile.RestEndpoint("POST /threads/{id}/messages", "POST",
+                                 f"{backend}/threads/{thread_id}/messages", ("content",), bearer=True),
+            hostile.RestEndpoint("POST /workspaces", "POST", f"{backend}/workspaces", ("name",), bearer=True),
+        ]
+        probes = hostile.rest_probes(endpoints, 4 * max_body_bytes, depth, uuid.uuid4().hex[:8])
+        rows, problems = [], []
+        with requests.Session() as session:
+            for probe in probes:
+                headers = {"Content-Type": "application/json"}
+                if probe.endpoint.bearer:
+                    headers["Authorization"] = f"Bearer {user.access_token}"
+                try:
+                    response = session.request(probe.endpoint.method, probe.endpoint.url, data=probe.body,
+                                               headers=headers, timeout=_s(timeout))
+                    status, body = response.status_code, response.text
+                except requests.RequestException as error:
+                    status, body = None, f"(no answer: {type(error).__name__})"
+                    session.close()  # a broken keep-alive connection must not poison the next probe
+                problem = hostile.judge_answer(status, body, probe.oversized)
+                rows.append((probe.label, "-" if status is None else str(status), _short(body, 120), problem))
+                if problem:
+                    problems.append(f"{probe.label}: {problem}: {_short(body, 120)}")
+        logger.info(_table(["input", "status", "body", "verdict"], rows), html=True)
+        if problems:
+            raise AssertionError(f"{len(problems)} of {len(probes)} hostile requests were not refused "
+                                 "cleanly: " + "; ".join(problems[:6]))
+        accepted = [r for r in rows if r[1].startswith("2")]
+        logger.info(f"{len(probes)} hostile requests: no 5xx, no internals; "
+                    f"{len(accepted)} accepted with 2xx.")
+
+    @keyword
+    def hostile_frames_should_be_refused_cleanly(
+        self, user: TestUser, ws_url: str, depth: int = 20000, timeout: timedelta = DEFAULT_TIMEOUT,
+    ) -> None:
+        """Sends hostile frames on a new socket of ``user``: each must get an error frame (not
+        ``internal_error``, naming no internals) with the socket kept open, and an ordinary message
+        sent afterwards on the same socket must complete.
+
+        Frames: JSON nested ``depth`` deep (under the contract's 64 KB frame limit by default),
+        a binary frame with invalid UTF-8, NUL and lone surrogates, wrong field types, non-objects.
+
+        Example:
+        | Hostile Frames Should Be Refused Cleanly | ${alice} | ${WS_URL} |
+        """
+        unique = uuid.uuid4().hex[:8]
+        try:
+            connection = connect(ws_url, additional_headers={"Authorization": f"Bearer {user.access_token}"},
+                                 open_timeout=_s(timeout), compression=None, max_size=None)
+        except (InvalidHandshake, OSError, TimeoutError) as error:
+            raise AssertionError(f"{user.label} could not open a WebSocket to {ws_url} "
+                                 f"({type(error).__name__}: {error})") from None
+        probe = Probe(user.label, connection)
+        rows, problems = [], []
+        try:
+            for frame_probe in hostile.frame_probes(depth, unique):
+                connection.send(frame_probe.payload)
+                answer = probe.pull(time.monotonic() + _s(timeout))
+                closed = (f"code {probe.closed_code} {probe.closed_reason!r}"
+                          if probe.closed_code is not None else None)
+                problem = hostile.judge_frame(answer, closed)
+                shown = "closed" if closed else json.dumps({k: v for k, v in (answer or {}).items()
+                                                            if not k.startswith("_")})
+                rows.append((frame_probe.kind, _short(shown, 120), problem))
+                if problem:
+                    problems.append(f"{frame_probe.kind}: {problem}")
+                if closed:
+                    break
+            if probe.closed_code is None:
+                cmid = f"after-hostile-{unique}"
+                connection.send(json.dumps({"type": "user_message", "client_message_id": cmid,
+                                            "content": "still there after the hostile frames?"}))
+                deadline = time.monotonic() + _s(timeout)
+                final = None
+                while (frame := probe.pull(deadline)) is not None:
+                    if frame.get("client_message_id") == cmid and frame.get("type") in (
+                            "agent_completed", "agent_error", "error"):
+                        final = frame
+                        break
+                if final is None or final.get("type") != "agent_completed":
+                    problems.append("an ordinary message afterwards did not complete on the same socket: "
+                                    f"got {probe.describe(probe.received)}")
+        finally:
+            connection.close()
+        logger.info(_table(["frame", "answer", "verdict"], rows), html=True)
+        if problems:
+            raise AssertionError(f"{user.label}'s hostile frames were not refused cleanly: "
+                                 + "; ".join(problems[:6]))
+        logger.info(f"{len(rows)} hostile frames each got an error frame; the socket stayed usable.")
+
+
+def _table(headers: list[str], rows: list[tuple]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c or 'ok'))}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f'<table border="1" style="border-collapse: collapse"><tr>{head}</tr>{body}</table>'
 
 
 def _s(value: timedelta | float) -> float:

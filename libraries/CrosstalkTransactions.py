@@ -8,11 +8,11 @@ The engine is `crosstalk.transactions`; this module converts arguments, logs and
 from __future__ import annotations
 
 import html
-import os
 from datetime import timedelta
 from typing import Any
 
 import psycopg2
+from crosstalk import context
 from crosstalk.transactions import (
     InterleavingResult,
     IsolationLevel,
@@ -29,7 +29,6 @@ from crosstalk.transactions import (
 )
 from robot.api import logger
 from robot.api.deco import keyword
-from robot.libraries.BuiltIn import BuiltIn, RobotNotRunningError
 
 __version__ = "0.1.0"
 
@@ -594,11 +593,7 @@ class CrosstalkTransactions:
 
     @staticmethod
     def _variable(name: str) -> str | None:
-        try:
-            value = BuiltIn().get_variable_value("${" + name + "}")
-        except RobotNotRunningError:
-            value = None
-        return value or os.environ.get(name)
+        return context.current().get(name) or None
 
     @staticmethod
     def _check_step(result: StepResult, expect_sqlstate: str | None) -> StepResult:

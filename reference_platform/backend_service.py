@@ -17,24 +17,30 @@ from datetime import datetime, timezone
 import asyncpg
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from . import agent, faults
+from . import agent, faults, hooks
 from .cache import ClientGone, ThreadListCache, unless_client_leaves
 from .common import (
     BACKEND_SCHEMA,
+    EXCEPTION_HANDLERS,
+    BadInput,
+    BodyLimit,
     authenticate,
+    check_json_value,
     create_pool,
     ensure_schema,
     health,
     json_object,
+    storable,
     unauthorized,
 )
 from .config import REVOCATION_CHANNEL, Settings
-from .tokens import Verifier, keys_from_jwks
+from .tokens import TokenError, Verifier, keys_from_jwks
 from .workspaces import WorkspaceService
 
 log = logging.getLogger("reference_platform.backend")
@@ -101,13 +107,8 @@ def _uuid_or_none(value: object) -> uuid.UUID | None:
 
 
 def _storable(text: str) -> bool:
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")  # lone surrogates from JSON "\ud800" escapes cannot be stored
-    except UnicodeEncodeError:
-        return False
-    return True
+    # NUL characters and lone surrogates (JSON "\ud800" escapes) cannot be stored
+    return storable(text) or faults.on("hostile_input_500")
 
 
 @dataclass(eq=False)
@@ -146,6 +147,8 @@ class Run:
     seq: int = 0
     held: str | None = None
     new_thread: bool = False
+    owner: str | None = None  # who the stored rows belong to: the socket's user (identity_from_frame aside)
+    count_seen: int | None = None  # only kept by the counter_two_writers fault
 
 
 class BackendService:
@@ -163,8 +166,9 @@ class BackendService:
         self._tasks: set[asyncio.Task] = set()
         self._rate_script = None
         self.thread_cache = ThreadListCache(settings.redis_url)
+        hooks.expose_connection_gauges(lambda: self.active_websockets, lambda: len(self.registry))
         self.workspaces = WorkspaceService(
-            settings.auth_database_url, settings.backend_database_url, self._user
+            settings.auth_database_url, settings.backend_database_url, self._user, settings.test_hooks
         )
 
     # ---------------------------------------------------------------- lifecycle
@@ -243,7 +247,10 @@ class BackendService:
 
     # ---------------------------------------------------------------- REST
     async def health(self, request: Request) -> Response:
-        return await health(self.pool, self.redis, {"service": "backend", "faults": faults.enabled()})
+        return await health(self.pool, self.redis, {
+            "service": "backend", "faults": faults.enabled(),
+            "capabilities": hooks.capabilities(self.settings.test_hooks),
+        })
 
     async def metrics(self, request: Request) -> Response:
         try:
@@ -401,7 +408,8 @@ class BackendService:
         if owner is None:
             return JSONResponse(NOT_FOUND, status_code=404)
         await self.redis.delete(f"ctx:{owner}:{tid}")
-        await self.thread_cache.invalidate(str(owner))
+        if not faults.on("stale_list_after_delete"):  # the bug: the cached list keeps the thread
+            await self.thread_cache.invalidate(str(owner))
         return Response(status_code=204)
 
     # ---------------------------------------------------------------- WebSocket
@@ -415,6 +423,12 @@ class BackendService:
             ))
             return
         claims = await authenticate(websocket, self.verifier, self.redis)
+        if claims is None and faults.on("token_in_query"):
+            # The bug: browsers cannot set headers on a WebSocket, so a token in the URL is taken too;
+            # its signature is verified, but the revocation denylist is never asked.
+            query_token = websocket.query_params.get("access_token") or websocket.query_params.get("token")
+            with contextlib.suppress(TokenError):
+                claims = self.verifier.verify(query_token) if query_token else None
         user_id = _uuid_or_none(claims.get("sub")) if claims else None
         if user_id is None:
             await websocket.send_denial_response(unauthorized())
@@ -435,8 +449,19 @@ class BackendService:
                     break
                 text = message.get("text")
                 if text is None:
-                    text = (message.get("bytes") or b"").decode("utf-8", "replace")
-                await self._handle_frame(conn, text)
+                    try:
+                        text = (message.get("bytes") or b"").decode("utf-8")
+                    except UnicodeDecodeError:
+                        await self._send_error(conn, "invalid_json", "the frame is not valid UTF-8", None)
+                        continue
+                try:
+                    await self._handle_frame(conn, text)
+                except Exception as exc:
+                    if faults.on("hostile_input_500"):
+                        raise
+                    # one bad frame never costs the socket; the cause goes to the log, not the client
+                    log.error("frame on %s failed", conn.connection_id, exc_info=exc)
+                    await self._send_error(conn, "internal_error", "the frame could not be handled", None)
         except Exception as exc:
             log.debug("websocket %s ended: %s", conn.connection_id, exc)
         finally:
@@ -477,8 +502,15 @@ class BackendService:
             return
         try:
             frame = json.loads(text)
+            if not faults.on("hostile_input_500"):
+                check_json_value(frame, text=False)
         except ValueError:
             await self._send_error(conn, "invalid_json", "the frame is not valid JSON", None)
+            return
+        except (RecursionError, BadInput):
+            if faults.on("hostile_input_500"):
+                raise
+            await self._send_error(conn, "invalid_json", "the frame's JSON nests too deeply", None)
             return
         if not isinstance(frame, dict):
             await self._send_error(conn, "invalid_frame", "the frame must be a JSON object", None)
@@ -493,13 +525,15 @@ class BackendService:
                     conn, "missing_field", f"field '{name}' must be a non-empty string", cmid
                 )
                 return
-        if not _storable(frame["content"]):
-            await self._send_error(
-                conn, "invalid_content",
-                "content must be valid Unicode without NUL characters (PostgreSQL text cannot hold them)",
-                cmid,
-            )
-            return
+        for name in ("content", "client_message_id"):
+            if not _storable(frame[name]):
+                await self._send_error(
+                    conn, "invalid_content",
+                    f"{name} must be valid Unicode without NUL characters or lone surrogates "
+                    "(PostgreSQL text cannot hold them)",
+                    cmid if name == "content" else None,
+                )
+                return
         thread_id = frame.get("thread_id")
         if thread_id is not None and _uuid_or_none(thread_id) is None:
             await self._send_error(conn, "thread_not_found", "thread not found", cmid)
@@ -509,6 +543,8 @@ class BackendService:
             conn, str(uuid.uuid4()), str(thread_id) if thread_id else None, cmid, frame["content"],
             self.runs_started, agent.step_delay_ms(frame["content"], self.settings.agent_step_ms),
         )
+        if faults.on("identity_from_frame") and frame.get("user_id"):
+            run.owner = str(frame["user_id"])  # the bug (mass assignment): the frame names the owner
         task = asyncio.create_task(self._run_agent(run))
         conn.runs.add(task)
         task.add_done_callback(conn.runs.discard)
@@ -519,7 +555,8 @@ class BackendService:
         text = json.dumps({
             "type": event_type, "run_id": run.run_id, "thread_id": run.thread_id,
             "client_message_id": run.client_message_id, "user_id": run.conn.user_id, "seq": run.seq,
-            "timestamp": _now_iso(), "payload": payload,
+            "timestamp": time.time() if faults.on("event_timestamp_drift") else _now_iso(),
+            "payload": payload,
         })
         every_third = run.number % 3 == 0
         if event_type == "tool_completed" and every_third and faults.on("drop_event"):
@@ -543,7 +580,7 @@ class BackendService:
         return f"ctx:{run.conn.user_id}:{run.thread_id}"
 
     async def _begin(self, run: Run) -> bool:
-        user_id = uuid.UUID(run.conn.user_id)
+        user_id = uuid.UUID(run.owner or run.conn.user_id)
         message_id, run_id = uuid.uuid4(), uuid.UUID(run.run_id)
         new_thread = run.thread_id is None
         thread_id = uuid.uuid4() if new_thread else uuid.UUID(run.thread_id)
@@ -567,7 +604,11 @@ class BackendService:
             return False
         run.thread_id, run.new_thread = str(thread_id), new_thread
         if new_thread:
-            await self._invalidate_thread_list(run.conn.user_id)
+            await self._invalidate_thread_list(str(user_id))
+        if faults.on("counter_two_writers"):
+            run.count_seen = await self.pool.fetchval(
+                "SELECT message_count FROM threads WHERE thread_id = $1", thread_id
+            )
         return True
 
     async def _invalidate_thread_list(self, user_id: str) -> None:
@@ -597,6 +638,11 @@ class BackendService:
         self.current_connection = run.conn
         specialist = "triage"
         try:
+            if faults.on("scan_all_keys"):
+                # The bug: SCAN MATCH walks every key of every user (10 per round trip by default).
+                pattern = f"session:{run.conn.user_id}:*"
+                open_sessions = [key async for key in self.redis.scan_iter(match=pattern)]
+                log.debug("run %s: %d open session(s)", run.run_id, len(open_sessions))
             if not await self._begin(run):
                 await self._send_error(
                     run.conn, "thread_not_found", "thread not found", run.client_message_id
@@ -630,17 +676,31 @@ class BackendService:
                 await self._fail(run, specialist, "the agent failed on purpose ([[fail]] directive)")
                 return
             answer = agent.compose_answer(specialist, run.content, history)
+            answer_thread = uuid.UUID(run.thread_id)
+            if faults.on("message_wrong_thread"):
+                # The bug: the answer is filed under the user's newest thread, not the run's own.
+                answer_thread = await self.pool.fetchval(
+                    "SELECT thread_id FROM threads WHERE user_id = $1 ORDER BY created_at DESC LIMIT 1",
+                    uuid.UUID(run.conn.user_id),
+                ) or answer_thread
             await self.pool.execute(
-                FINISH_RUN, uuid.uuid4(), uuid.UUID(run.thread_id), uuid.UUID(run.conn.user_id), answer,
+                FINISH_RUN, uuid.uuid4(), answer_thread, uuid.UUID(run.conn.user_id), answer,
                 uuid.UUID(run.run_id), run.client_message_id, specialist,
             )
+            if run.count_seen is not None:
+                # counter_two_writers: the count read after the question was stored, + 1, written back
+                await self.pool.execute(
+                    "UPDATE threads SET message_count = $2 WHERE thread_id = $1",
+                    answer_thread, run.count_seen + 1,
+                )
             await self.redis.set(self._ctx_key(run), json.dumps([*history, run.content]), ex=CTX_TTL_SECONDS)
             await self._emit(run, "agent_completed", {"agent": specialist, "response": answer})
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("run %s failed: %s", run.run_id, exc)
-            await self._fail(run, specialist, f"internal error: {type(exc).__name__}")
+            detail = f": {type(exc).__name__}" if faults.on("hostile_input_500") else ""
+            await self._fail(run, specialist, f"internal error{detail}")
         finally:
             self.runs_in_flight -= 1
 
@@ -659,6 +719,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             Route("/health", service.health),
             Route("/metrics", service.metrics),
+            Route(hooks.METRICS_PATH, hooks.prometheus_metrics),
             Route("/threads", service.list_threads),
             Route("/threads/{thread_id}", service.get_thread),
             Route("/threads/{thread_id}", service.delete_thread, methods=["DELETE"]),
@@ -669,4 +730,6 @@ def create_app(settings: Settings) -> Starlette:
             WebSocketRoute("/ws", service.websocket),
         ],
         lifespan=service.lifespan,
+        middleware=[Middleware(BodyLimit, limit=settings.max_body_bytes)],
+        exception_handlers=EXCEPTION_HANDLERS,
     )

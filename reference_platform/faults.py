@@ -23,6 +23,8 @@ FAULTS: dict[str, str] = {
     "drop_event": "every 3rd run loses its tool_completed event (fire-and-forget send)",
     "reorder_events": "every 3rd run sends tool_completed before tool_executing",
     "logout_no_revoke": "logout answers 204 but does not put the access token on the denylist",
+    "logout_keeps_refresh": "logout revokes the access token but not its refresh-token family, so the "
+    "session's refresh token still mints new access tokens",
     "refresh_reuse": "a used refresh token is accepted again and the token family is not revoked",
     "jwt_alg_none": "access tokens with alg 'none' (any case) are accepted without a signature",
     "jwt_hs256_confusion": "HS256 tokens are verified with the RSA public key PEM as HMAC secret",
@@ -38,8 +40,29 @@ FAULTS: dict[str, str] = {
     "refresh_race": "refresh checks the token is unused, then marks it used in a second statement",
     "redis_cancel_leak": "a cache read cancelled by a client disconnect returns its Redis connection to "
     "the pool with the reply unread (redis-py 2624, the ChatGPT incident of March 2023)",
+    "hostile_input_500": "request bodies and frames are parsed without the nesting-depth and text checks, "
+    "and unexpected errors are answered with their exception name: deep JSON gives a 500 naming "
+    "RecursionError, NUL text a database error, a deep frame drops the socket",
     "no_rollback": "POST /workspaces commits each store on its own, so a failing step leaves the "
     "earlier ones applied",
+    "identity_from_frame": "a WebSocket user_message's own 'user_id' field names the owner of what it "
+    "stores (mass assignment): one user writes as another",
+    "identity_from_body": "POST /workspaces honours an 'owner_id' or 'user_id' in the body as the owner",
+    "token_in_query": "the WebSocket handshake also takes ?access_token= / ?token= from the URL, verified "
+    "but never checked against the revocation denylist",
+    "login_enumeration": "login with an unknown email answers at once, without the dummy argon2 "
+    "verification: the timing tells which emails exist",
+    "message_wrong_thread": "the agent's answer is stored in the user's newest thread instead of the "
+    "run's own thread (the stream is right, the store is not)",
+    "stale_list_after_delete": "DELETE /threads/{id} does not invalidate the cached thread list",
+    "prepared_xact_leak": "a failed POST /workspaces rolls back the open step but forgets the prepared "
+    "ones: their locks stay and the user's next workspace stalls",
+    "counter_two_writers": "an agent run writes back the message_count it read when it started, + 1: "
+    "notes written meanwhile are lost from the counter",
+    "scan_all_keys": "every run counts the user's sessions with SCAN MATCH session:{user}:*, which walks "
+    "every key of every user in Redis",
+    "event_timestamp_drift": "event frames carry timestamp as epoch seconds (a number) instead of ISO 8601 "
+    "text: a contract break only the frame schema sees",
     "workspace_backend_fail": "failure injection, not a bug: step 2 of POST /workspaces (backend) fails",
     "workspace_analytics_fail": "failure injection, not a bug: step 3 of POST /workspaces (analytics) fails",
 }

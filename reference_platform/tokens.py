@@ -80,12 +80,16 @@ class Signer:
     def verification_keys(self) -> dict[str, VerificationKey]:
         return {self.kid: VerificationKey(self.kid, self.private_key.public_key(), self.public_pem)}
 
-    def issue(self, user_id: str) -> tuple[str, dict]:
+    def issue(self, user_id: str, session_id: str | None = None) -> tuple[str, dict]:
+        """A signed access token; ``session_id`` becomes the ``sid`` claim (the refresh-token family
+        of the login it belongs to, so logout can end the whole session)."""
         now = int(time.time())
         claims = {
             "sub": user_id, "iat": now, "exp": now + self.ttl, "jti": uuid.uuid4().hex,
             "iss": self.issuer, "aud": self.audience,
         }
+        if session_id is not None:
+            claims["sid"] = session_id
         token = jwt.encode(claims, self.private_key, algorithm="RS256", headers={"kid": self.kid})
         return token, claims
 

@@ -20,7 +20,9 @@ been acknowledged to a client.  The server needs ``max_prepared_transactions``
 > 0 (the embedded PostgreSQL is started with 50).
 
 Failure injections (not bugs; the platform must still roll back):
-``workspace_backend_fail`` makes step 2 fail, ``workspace_analytics_fail`` step 3.
+``workspace_backend_fail`` makes step 2 fail, ``workspace_analytics_fail`` step 3,
+for one request through the contract hook ``X-Crosstalk-Inject`` (``hooks.py``,
+only with test hooks on) or for every request as fault switches of the same names.
 The bug ``no_rollback`` commits each step on its own as it goes, so a later
 failure leaves the earlier steps applied.
 """
@@ -37,7 +39,7 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import faults
+from . import faults, hooks
 from .clickhouse_events import ClickHouseEvents
 from .common import json_object, unauthorized
 
@@ -100,7 +102,8 @@ async def _ensure_database(url: str, maintenance_url: str) -> None:
 
 
 class WorkspaceService:
-    def __init__(self, auth_url: str, backend_url: str, authenticate):
+    def __init__(self, auth_url: str, backend_url: str, authenticate, test_hooks: bool = False):
+        self.test_hooks = test_hooks
         self.urls = {"auth": auth_url, "backend": backend_url, "analytics": analytics_url(backend_url)}
         self.authenticate = authenticate
         self.pools: dict[str, asyncpg.Pool] = {}
@@ -154,24 +157,38 @@ class WorkspaceService:
         user_id = await self.authenticate(request)
         if user_id is None:
             return unauthorized()
-        name = (await json_object(request) or {}).get("name")
+        body = await json_object(request) or {}
+        name = body.get("name")
+        if faults.on("identity_from_body"):
+            # The bug (mass assignment): an owner named in the body wins over the token's subject.
+            claimed = body.get("owner_id") or body.get("user_id")
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                user_id = uuid.UUID(str(claimed)) if claimed else user_id
         if not isinstance(name, str) or not name.strip() or len(name) > NAME_MAX:
             return JSONResponse(
                 {"error": "invalid_name", "message": f'send {{"name": ...}} with 1 to {NAME_MAX} characters'},
                 status_code=422,
             )
+        try:
+            inject = hooks.requested(request, self.test_hooks)
+        except hooks.UnknownInjection as exc:
+            return hooks.unknown_injection(exc)
+        inject |= {name for name in hooks.INJECTIONS if faults.on(name)}
         workspace_id = uuid.uuid4()
         try:
             if faults.on("no_rollback"):
-                await self._create_without_coordination(user_id, workspace_id, name.strip())
+                await self._create_without_coordination(user_id, workspace_id, name.strip(), inject)
             else:
-                await self._create_two_phase(user_id, workspace_id, name.strip())
+                await self._create_two_phase(user_id, workspace_id, name.strip(), inject)
         except StepFailed as exc:
+            # the database's own error stays in the log: the body names the step, never an exception
+            log.warning("workspace %s not created: %s", workspace_id, exc)
+            message = f"{exc}" if faults.on("hostile_input_500") else f"the {exc.step} step failed"
             return JSONResponse(
                 {
                     "error": "workspace_not_created",
                     "failed_step": exc.step,
-                    "message": f"{exc}; nothing was created",
+                    "message": f"{message}; nothing was created",
                 },
                 status_code=503,
             )
@@ -198,7 +215,13 @@ class WorkspaceService:
 
     # ------------------------------------------------------------------ steps
     async def _write(
-        self, step: str, conn: asyncpg.Connection, user_id: uuid.UUID, workspace_id: uuid.UUID, name: str
+        self,
+        step: str,
+        conn: asyncpg.Connection,
+        user_id: uuid.UUID,
+        workspace_id: uuid.UUID,
+        name: str,
+        inject: frozenset[str],
     ) -> None:
         if step == "auth":
             await conn.execute(
@@ -214,7 +237,7 @@ class WorkspaceService:
                 user_id,
                 name,
             )
-            if faults.on("workspace_backend_fail"):
+            if "workspace_backend_fail" in inject:
                 raise StepFailed("backend", "injected failure after the workspace row was written")
         else:
             await conn.execute(
@@ -225,10 +248,12 @@ class WorkspaceService:
                 workspace_id,
                 name,
             )
-            if faults.on("workspace_analytics_fail"):
+            if "workspace_analytics_fail" in inject:
                 raise StepFailed("analytics", "injected failure after the event was written")
 
-    async def _create_two_phase(self, user_id: uuid.UUID, workspace_id: uuid.UUID, name: str) -> None:
+    async def _create_two_phase(
+        self, user_id: uuid.UUID, workspace_id: uuid.UUID, name: str, inject: frozenset[str]
+    ) -> None:
         prepared: list[tuple[str, str]] = []
         try:
             for step in self.prepared_steps:
@@ -236,7 +261,7 @@ class WorkspaceService:
                 async with self.pools[step].acquire() as conn:
                     await conn.execute("BEGIN")
                     try:
-                        await self._write(step, conn, user_id, workspace_id, name)
+                        await self._write(step, conn, user_id, workspace_id, name, inject)
                         await conn.execute(f"PREPARE TRANSACTION '{gid}'")
                     except BaseException as exc:
                         with contextlib.suppress(Exception):
@@ -246,8 +271,10 @@ class WorkspaceService:
                         raise
                 prepared.append((step, gid))
             if self.clickhouse:
-                await self._clickhouse_step(user_id, workspace_id, name)
+                await self._clickhouse_step(user_id, workspace_id, name, inject)
         except BaseException:
+            if faults.on("prepared_xact_leak"):
+                prepared = []  # the bug: only the open step is rolled back; the prepared ones are forgotten
             for step, gid in prepared:
                 try:
                     await self.decisions[step].execute(f"ROLLBACK PREPARED '{gid}'")
@@ -262,21 +289,23 @@ class WorkspaceService:
                 await self.clickhouse.compensate(workspace_id)
             raise
 
-    async def _clickhouse_step(self, user_id: uuid.UUID, workspace_id: uuid.UUID, name: str) -> None:
+    async def _clickhouse_step(
+        self, user_id: uuid.UUID, workspace_id: uuid.UUID, name: str, inject: frozenset[str]
+    ) -> None:
         try:
             await self.clickhouse.insert(user_id, workspace_id, name)
         except Exception as exc:
             raise StepFailed("analytics", f"ClickHouse insert failed: {type(exc).__name__}: {exc}") from exc
-        if faults.on("workspace_analytics_fail"):
+        if "workspace_analytics_fail" in inject:
             await self.clickhouse.compensate(workspace_id)
             raise StepFailed("analytics", "injected failure after the event was written")
 
     async def _create_without_coordination(
-        self, user_id: uuid.UUID, workspace_id: uuid.UUID, name: str
+        self, user_id: uuid.UUID, workspace_id: uuid.UUID, name: str, inject: frozenset[str]
     ) -> None:
         # The bug: each store commits on its own; a failing later step leaves the earlier ones applied.
         for step in self.prepared_steps:
             async with self.pools[step].acquire() as conn, conn.transaction():
-                await self._write(step, conn, user_id, workspace_id, name)
+                await self._write(step, conn, user_id, workspace_id, name, inject)
         if self.clickhouse:
-            await self._clickhouse_step(user_id, workspace_id, name)
+            await self._clickhouse_step(user_id, workspace_id, name, inject)

@@ -3,7 +3,7 @@ Documentation       Concurrent agent startup: many customers start their agents 
 ...                 and each gets its own agent, its own data and a fast answer (seed 002, tests 1-4).
 ...
 ...                 The quick profile (the default) runs 20 users; the full profile runs 100:
-...                 ``--variable USERS:100`` or ``--variablefile resources/env/load_full.py``.
+...                 ``--variable STARTUP_USERS:100`` or ``--variablefile resources/env/load_full.py``.
 ...                 Every threshold below is a variable, e.g. ``--variable STARTUP_P95:5s``.
 
 Resource            ../resources/load.resource
@@ -15,7 +15,7 @@ Test Tags           performance    load
 
 
 *** Variables ***
-${USERS}                    20
+${STARTUP_USERS}            20
 ${STARTUP_TIMEOUT}          30s
 # Agent startup = time from sending the message to the agent's first event.
 ${STARTUP_P95}              1s
@@ -45,6 +45,12 @@ No Data Crosses Between Concurrent Users
     [Tags]    isolation
     No User Saw Another User's Data    ${LOAD}[startup]
 
+What Every User Saw Streamed Is What Was Stored
+    [Documentation]    The persistence oracle over the load round: each run's question and answer are stored in
+    ...    its own thread with its ids, counters equal rows, one terminal event per run.
+    [Tags]    isolation    persistence
+    What Was Streamed Should Be What Was Stored    ${LOAD}[startup]
+
 Agents Start Fast Under Concurrent Load
     [Documentation]    Seed 002 test 3: agent startup percentiles, the platform's memory and CPU, the
     ...    fairness between users and the success rate stay within the service levels.
@@ -69,5 +75,5 @@ Every WebSocket Stays Up For The Whole Suite
 Start Agents For Every User
     [Documentation]    All users connect, then start their agents at the same moment.
     Start Or Attach Platform
-    ${run} =    Users Start Agents At The Same Moment    ${USERS}    timeout=${STARTUP_TIMEOUT}
+    ${run} =    Users Start Agents At The Same Moment    ${STARTUP_USERS}    timeout=${STARTUP_TIMEOUT}
     Set To Dictionary    ${LOAD}    startup=${run}

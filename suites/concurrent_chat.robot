@@ -28,6 +28,7 @@ Ten Users Chat At Once And Each Gets The Answer To Their Own Message
     Each User Should Get Their Own Answer    ${users}    ${runs}
     Chat Round Should Finish Within    ${runs}    ${MAX_ROUND_TIME}
     No Data Should Cross Between Users    ${users}
+    What Was Streamed Should Be What Was Stored    ${users}
 
 Users With Secrets Never See Each Other's Secrets
     [Documentation]    Each user tells the agent a secret, then asks about it: the tool finds only their own.
@@ -38,3 +39,4 @@ Users With Secrets Never See Each Other's Secrets
     Each User Should Get Their Own Answer    ${users}    ${follow_ups}
     Answers Should Recall Only Their Own Earlier Message    ${firsts}    ${follow_ups}
     No Data Should Cross Between Users    ${users}
+    What Was Streamed Should Be What Was Stored    ${users}

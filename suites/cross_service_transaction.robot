@@ -4,15 +4,16 @@ Documentation       Creating a workspace writes three stores in one all-or-nothi
 ...                 The auth database counts the user's workspaces, the backend database holds the
 ...                 workspace, the analytics store records a workspace_created event.  The platform
 ...                 coordinates them by two-phase commit (PREPARE TRANSACTION / COMMIT PREPARED); when a
-...                 step fails, every store is rolled back.  Failures are injected by starting a second
-...                 platform with the backend or analytics step broken.
+...                 step fails, every store is rolled back.  Failures are injected on the target itself
+...                 through the contract's optional hook (``X-Crosstalk-Inject``, advertised in
+...                 ``/health``); a target without it skips the rollback tests (needs:fault-injection).
 
 Resource            ../resources/races.resource
 
 Suite Setup         Start Or Attach Platform
 Suite Teardown      Release Platform
 
-Test Tags           transaction    workspace
+Test Tags           transaction    workspace    needs:db    needs:auth-db    needs:analytics-db
 
 
 *** Test Cases ***
@@ -24,19 +25,17 @@ A Workspace Is Recorded In All Three Stores
 
 A Backend Failure Rolls Everything Back
     [Documentation]    Step 2 fails: the auth count already prepared in step 1 is rolled back too.
-    [Tags]    rollback
-    Start Platform With Injected Failure    backend
+    [Tags]    rollback    needs:fault-injection
+    Failure Injection Should Be Available    backend
     ${bob} =    A Racer    backendfail
     Workspace Creation Should Fail Cleanly    ${bob}    backend
-    [Teardown]    Release Platform With Injected Failure
 
 An Analytics Failure Rolls Everything Back
     [Documentation]    Step 3 fails: the prepared auth and backend writes are rolled back.
-    [Tags]    rollback
-    Start Platform With Injected Failure    analytics
+    [Tags]    rollback    needs:fault-injection
+    Failure Injection Should Be Available    analytics
     ${carol} =    A Racer    analyticsfail
     Workspace Creation Should Fail Cleanly    ${carol}    analytics
-    [Teardown]    Release Platform With Injected Failure
 
 A Partially Applied Workspace Is Detected And Reported
     [Documentation]    A workspace row without its count and event (a crashed coordinator without 2PC)

@@ -32,6 +32,7 @@ Twelve Users Get Fast, Fair And Isolated Answers
     Each User Should Get Their Own Answer    ${users}    ${runs}
     Chat Round Should Be Fast And Fair    ${runs}
     No Data Should Cross Between Users    ${users}
+    What Was Streamed Should Be What Was Stored    ${users}
 
 Service Stays Fast, Fair And Isolated Over Consecutive Rounds
     [Documentation]    Three rounds in the same threads: each round meets the thresholds and recalls only own history.
@@ -44,3 +45,4 @@ Service Stays Fast, Fair And Isolated Over Consecutive Rounds
     Answers Should Recall Only Their Own Earlier Message    ${first}    ${second}
     Chat Round Should Be Fast And Fair    ${second}
     No Data Should Cross Between Users    ${users}
+    What Was Streamed Should Be What Was Stored    ${users}

@@ -26,14 +26,16 @@ Refreshed Tokens Replace The Old Ones
     Token Should Identify User    ${gina}
     Refresh Should Be Refused    ${first_tokens}
 
-Logging Out Revokes The Token On REST And WebSocket
-    [Documentation]    Open sockets close with 4401; the old token is refused by REST and new handshakes.
+Logging Out Ends The Session On REST And WebSocket
+    [Documentation]    Open sockets close with 4401; the old token is refused by REST and new handshakes,
+    ...    and the session's refresh token can no longer mint a new one.
     ${gina} =    A Connected User    gina
     Log Out    ${gina}
     Connection Should Be Closed With Code    ${gina}    4401
     Me Should Be Refused    ${gina}
     Backend Should Refuse Token    ${gina}
     Connection Should Be Refused    ${gina}
+    Refresh Should Be Refused    ${gina.tokens}    why=the refresh token after logout
 
 One Chat Shows Every Event Kind With The Handoff
     [Documentation]    Triage hands off to the cost specialist, who calls a tool and answers quoting the question.
@@ -52,6 +54,7 @@ A Thread Persists And Is Readable After Reconnecting
     Thread Should Hold Message    ${gina}    ${run}
     ${again} =    User Asks    ${gina}    What was my order number?    thread=${run}
     Answer Should Recall    ${again}    ${run.content}
+    What Was Streamed Should Be What Was Stored    ${gina}
 
 A Second Message In A Thread Sees The First
     [Documentation]    The agent's tool reads the user's own earlier message in the thread.
@@ -60,3 +63,4 @@ A Second Message In A Thread Sees The First
     Agent Should Answer The Question    ${first}
     ${second} =    User Asks    ${gina}    Can I afford the upgrade?    thread=${first}
     Answer Should Recall    ${second}    ${first.content}
+    What Was Streamed Should Be What Was Stored    ${gina}

@@ -47,7 +47,7 @@ One User's Agent Failure Leaves The Others Complete And Correct
 
 A User Cannot Reach Another User's Thread
     [Documentation]    Alice cannot read, list, message into or delete Bob's thread; Bob's thread stays intact.
-    [Tags]    bola    security
+    [Tags]    bola    security    needs:db
     ${alice} =    A Connected User    alice
     ${bob} =    A Connected User    bob
     ${bob_run} =    User Asks    ${bob}    Keep my notes safe ${bob.canary}
@@ -61,7 +61,7 @@ A User Cannot Reach Another User's Thread
 Stored Conversations Belong Only To Their Users
     [Documentation]    Seed 002 test 5: each user's state is stored under that user, in that user's own
     ...    threads, and the REST views, filtered by the caller's token, show only it.
-    [Tags]    persistence
+    [Tags]    persistence    needs:db
     ${users} =    Connected Users    3    prefix=state
     ${runs} =    Every User Asks With Their Canary    ${users}    Save my deployment notes
     Each User Should Get Their Own Answer    ${users}    ${runs}

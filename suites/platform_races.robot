@@ -42,7 +42,7 @@ A Chat Survives A Token Refresh
 
 Thirty Users Open And Close Sessions Together
     [Documentation]    No session record is lost, duplicated, left behind or owned by the wrong user.
-    [Tags]    session
+    [Tags]    session    needs:redis
     ${users} =    Racers    ${SESSION_USERS}    prefix=session
     ${sockets} =    When All Users Connect At Once    ${users}
     Then Each User Should Hold Exactly One Own Session    ${users}
@@ -52,7 +52,7 @@ Thirty Users Open And Close Sessions Together
 Fifty Simultaneous Connections Keep Their Own Ordered Events
     [Documentation]    50 users connect, chat and disconnect together: events stay private and in order,
     ...    and every session record goes away.
-    [Tags]    websocket    isolation    order
+    [Tags]    websocket    isolation    order    needs:redis
     ${users} =    Racers    ${SOCKET_USERS}    prefix=socket
     ${sockets} =    All Users Connect At Once    ${users}
     ${frames} =    When All Users Chat At Once    ${sockets}
@@ -64,7 +64,7 @@ Fifty Simultaneous Connections Keep Their Own Ordered Events
 
 Only One Writer Wins A User's Cache Key
     [Documentation]    Concurrent check-then-set on one user-scoped Redis key: SET NX and WATCH/MULTI.
-    [Tags]    redis    cache
+    [Tags]    redis    cache    needs:redis
     ${alice} =    A Racer    cache
     Race Set If Absent On User Key    ${alice}    ${REDIS_WRITERS}
     Race Watched Transactions On User Key    ${alice}    ${REDIS_WRITERS}

@@ -59,8 +59,7 @@ Missing And Forged Tokens Are Refused
 Properly Signed Tokens With Bad Claims Are Refused
     [Documentation]    API2: a token signed with the platform's own key but expired, without exp, or for
     ...    another issuer or audience is refused with 401 on REST and on the WebSocket handshake.
-    [Tags]    authentication    rest    websocket
-    [Setup]    Platform Signing Key Should Be Known
+    [Tags]    authentication    rest    websocket    needs:signing-key
     [Template]    Forged Token Is Refused On REST And WebSocket
     expired
     missing exp
@@ -73,6 +72,13 @@ Access Token Is Dead After Logout
     [Tags]    revocation    rest    websocket
     ${dave}=    A Logged-In User    dave
     Access Token Should Be Dead After Logout    ${dave}
+
+Logout Ends The Whole Session
+    [Documentation]    API2 / OWASP session management: logout revokes the refresh-token family of the
+    ...    login too, so a refresh token of the ended session mints nothing (401).
+    [Tags]    revocation    rest
+    ${gail}=    A Logged-In User    gail
+    Logout Should End The Whole Session    ${gail}
 
 Reused Refresh Token Revokes The Whole Family
     [Documentation]    API2: a refresh token presented twice is refused and revokes every token of its family.
@@ -98,7 +104,7 @@ Cross-Site WebSocket Hijacking Is Refused
 An Oversized Frame Is Refused Without Harming Others
     [Documentation]    API4: a frame over the size limit is refused; bob's and carol's runs complete meanwhile
     ...    and alice's socket stays usable.
-    [Tags]    resource-limits    websocket
+    [Tags]    resource-limits    websocket    needs:limits
     ${others}=    Others Start Chatting    bob    carol
     Oversized Frame Should Be Refused    alice
     Their Runs Should Complete Within    ${others}    ${OTHER_USERS_LATENCY_LIMIT}
@@ -106,7 +112,7 @@ An Oversized Frame Is Refused Without Harming Others
 
 A Message Flood Is Throttled Without Slowing Others
     [Documentation]    API4: one user flooding the socket is rate limited; the others' runs stay fast.
-    [Tags]    resource-limits    websocket
+    [Tags]    resource-limits    websocket    needs:limits
     ${mallory}=    A Connected User    mallory
     ${others}=    Others Start Chatting    bob    carol
     User Floods The Socket    ${mallory}
@@ -122,16 +128,29 @@ Hostile Content Is Stored And Returned Verbatim
     <script>alert(1)</script><img src=x onerror=alert(2)>
     tab\there, bell\x07, escape\x1b[31m, line\nbreak, quote " and backslash \\
 
+Hostile Input Gets A Clear Refusal And Harms No One
+    [Documentation]    API4/API8: oversized, deeply nested, wrongly typed, invalid UTF-8, NUL and lone-surrogate
+    ...    input on every write endpoint and the socket gets a 4xx or an error frame, never a 5xx, with no
+    ...    internals in any body; the platform stays healthy and bob's chat is unaffected.
+    [Tags]    hostile-input    rest    websocket
+    ${others}=    Others Start Chatting    bob
+    Hostile Input Is Thrown At Every Write Endpoint And The Socket    alice
+    Both Services Should Stay Healthy
+    Their Runs Should Complete Within    ${others}    ${OTHER_USERS_LATENCY_LIMIT}
+    ${after}=    Others Start Chatting    bob
+    Their Runs Should Complete Within    ${after}    ${OTHER_USERS_LATENCY_LIMIT}
+    Thread Should Be Untouched By    bob    alice
+
 Closed Connections Leave No Session Behind
     [Documentation]    Session records in Redis live exactly as long as their socket.
-    [Tags]    sessions    websocket
+    [Tags]    sessions    websocket    needs:redis
     ${frank}=    A Logged-In User    frank
     Sockets Opened And Closed    ${frank}    ${SOCKETS_PER_LEAK_CHECK}
     Session Records Should Number    ${REDIS_URL}    ${frank.user_id}    0    timeout=${CLEANUP_TIMEOUT}
 
 Closed Connections Free Their Server Resources
     [Documentation]    The server forgets a connection when its socket closes (/metrics tracked_connections).
-    [Tags]    sessions    websocket
+    [Tags]    sessions    websocket    needs:metrics
     ${grace}=    A Logged-In User    grace
     ${before}=    Get Leaked Connection Count    ${BACKEND_URL}
     Sockets Opened And Closed    ${grace}    ${SOCKETS_PER_LEAK_CHECK}

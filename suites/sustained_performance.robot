@@ -13,8 +13,8 @@ Test Tags           performance    load
 
 *** Variables ***
 ${SUSTAINED_USERS}      12
-${ROUNDS}               3
-${MESSAGES}             3
+${SUSTAINED_ROUNDS}     3
+${SUSTAINED_MESSAGES}   3
 ${THINK_TIME}           20ms
 ${ROUND_P95}            2s
 ${ROUND_SPREAD}         1s
@@ -37,7 +37,7 @@ ${SOAK_RAMP_UP}         0s
 Every Round Is As Fast And Fair As The First
     [Documentation]    Per-round p95 under the limit, the spread between rounds small, fairness above
     ...    the floor in each round, no errors, and isolation intact after all rounds.
-    ${rounds} =    Users Chat In Rounds    ${SUSTAINED_USERS}    ${ROUNDS}    ${MESSAGES}
+    ${rounds} =    Users Chat In Rounds    ${SUSTAINED_USERS}    ${SUSTAINED_ROUNDS}    ${SUSTAINED_MESSAGES}
     ...    think_time=${THINK_TIME}    timeout=${MESSAGE_TIMEOUT}
     Load Rounds Should Be Consistent    ${rounds}    max_p95=${ROUND_P95}    max_spread=${ROUND_SPREAD}
     ...    min_fairness=${FAIRNESS_FLOOR}

@@ -14,7 +14,7 @@ Resource            ../resources/transactions.resource
 Suite Setup         Prepare A Scratch Budget Ledger
 Suite Teardown      Remove The Scratch Budget Ledger
 Test Teardown       Close All Transactions
-Test Tags           transaction    race
+Test Tags           transaction    race    needs:db
 
 
 *** Test Cases ***

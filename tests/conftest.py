@@ -106,7 +106,7 @@ def launch_platform(
     state_file = work_dir / f"state-{tag}.json"
     log_file = work_dir / f"launcher-{tag}.log"
     args = [sys.executable, "-m", "reference_platform", "--auth-port", "0", "--backend-port", "0",
-            "--state-file", str(state_file), "--faults", ",".join(faults), *extra_args]
+            "--state-file", str(state_file), "--faults", ",".join(faults), "--test-hooks", *extra_args]
     if private_key_pem is not None:
         key_file = work_dir / f"jwt-{tag}.pem"
         key_file.write_bytes(private_key_pem)

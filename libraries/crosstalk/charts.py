@@ -124,9 +124,14 @@ def metrics_table(metrics: LoadMetrics) -> str:
         ["garbage collections during the run (longest pause)",
          f"{metrics.info.get('gc_collections', 'n/a')} ({metrics.info.get('gc_max_pause_ms', 'n/a')} ms)"],
         ["fairness (Jain, latency / messages)", f"{metrics.fairness:.3f} / {metrics.fairness_messages:.3f}"],
-        ["platform CPU mean / peak (% of machine)",
-         "not measured" if cpu is None else f"{cpu:.1f}% / {res.platform_cpu_peak_pct or 0:.1f}%"],
+        ["platform CPU mean / p90 / peak (% of machine)",
+         "not measured" if cpu is None else
+         f"{cpu:.1f}% / {res.platform_cpu_p90_pct or 0:.1f}% / {res.platform_cpu_peak_pct or 0:.1f}%"],
         ["platform peak memory", format_bytes(res.platform_memory_peak)],
+        ["resource sampling", (
+            f"{res.samples} samples over {res.window_s or 0:.2f} s; judged: {res.statistic}"
+            + (f"; {res.sample_failures} failed samples" if res.sample_failures else "")
+        ) if res.statistic else "not measured"],
         ["generator CPU", f"{res.generator_cpu_seconds:.2f} s "
          f"({metrics.info.get('generator_cpu_ms_per_message', 'n/a')} ms/message; engine thread "
          f"{res.generator_core_pct or 0:.0f}% of a core)"],

@@ -169,6 +169,11 @@ class UserConnection:
         # called with each Frame as it is recorded, on the engine loop (e.g. a load generator's
         # latency recorder); must not block
         self.listeners: list[Callable[[Frame], None]] = []
+        # contract check of every received frame (crosstalk.contract): returns None or one line naming
+        # the frame and the JSON path; the waits below fail on the first unreported violation
+        self.validate: Callable[[Frame], str | None] | None = None
+        self.violations: list[str] = []
+        self._violations_reported = 0
         self._condition: asyncio.Condition | None = None
         self._waiters = 0
         self._reader: asyncio.Task[None] | None = None
@@ -263,6 +268,10 @@ class UserConnection:
         )
         self.frames.append(frame)
         self.user.frames.append(frame)
+        if direction == "in" and self.validate is not None:
+            problem = self.validate(frame)
+            if problem:
+                self.violations.append(problem)
         if direction == "in" and data is not None:
             self._route(frame, data, mono)
         for listener in self.listeners:
@@ -387,6 +396,7 @@ class UserConnection:
                 f"User '{self.user.label}' (connection {self.label}) did not receive {wanted} within "
                 f"{timeout:g} s{self._closed_note()}. Last frames: {describe_frames(self.frames)}"
             )
+        self.raise_violations()
         return frame
 
     async def wait_for_run(self, run: RunHandle, timeout: float) -> RunHandle:
@@ -400,16 +410,29 @@ class UserConnection:
                 f"{timeout:g} s{self._closed_note()}: awaited {awaited}, this run got {got}. "
                 f"Last frames on the connection: {describe_frames(self.frames)}"
             )
+        self.raise_violations()
         return run
+
+    def raise_violations(self) -> None:
+        """AssertionError naming the contract violations received since the last call (if any)."""
+        new = self.violations[self._violations_reported:]
+        self._violations_reported = len(self.violations)
+        if new:
+            more = f" (and {len(new) - 1} more)" if len(new) > 1 else ""
+            raise AssertionError(
+                f"User '{self.user.label}' (connection {self.label}) received a frame that breaks the "
+                f"platform contract: {new[0]}{more}"
+            )
 
     async def wait_closed(self, timeout: float) -> bool:
         return bool(await self.wait_until(lambda: self.closed, timeout)) or self.closed
 
     def _closed_note(self) -> str:
+        broken = f" (a received frame broke the contract: {self.violations[-1]})" if self.violations else ""
         if not self.closed:
-            return ""
+            return broken
         reason = f" '{self.close_reason}'" if self.close_reason else ""
-        return f" (the connection was closed with code {self.close_code}{reason})"
+        return f" (the connection was closed with code {self.close_code}{reason}){broken}"
 
 
 async def open_connection(

@@ -42,10 +42,14 @@ import psutil
 import requests
 from websockets.exceptions import ConnectionClosed
 
+from . import context
 from .connection import UserConnection
+from .httpretry import pooled_session
 from .loadcore import TOPICS, ChatUserCore, FrameTail, Pending, RecentSet
 from .metrics import LoadMetrics, UserStats
 from .model import Frame, TestUser, Tokens
+from .resources_sampler import BackgroundSampler, generator_source, psutil_source, record_series
+from .testhooks import prometheus_source
 
 __all__ = ["TOPICS", "LoadConfig", "LoadModel", "LoadRun", "LoadUser", "run_load"]
 GENERATOR_BUSY_PCT = 80.0
@@ -236,7 +240,7 @@ _http = threading.local()
 def _session() -> requests.Session:
     session = getattr(_http, "session", None)
     if session is None:
-        session = _http.session = requests.Session()
+        session = _http.session = pooled_session()  # a stale keep-alive connection is retried once
     return session
 
 
@@ -247,6 +251,7 @@ def register_and_login(auth_url: str, user: TestUser, timeout: float = 30.0) -> 
     response = session.post(f"{auth_url}/auth/register", json=body, timeout=timeout)
     if response.status_code == 201:
         user.user_id = response.json().get("user_id")
+        context.current().record_user(user)
     elif response.status_code != 409:
         raise AssertionError(
             f"Registering load user '{user.label}' at {auth_url} failed with HTTP {response.status_code}: "
@@ -276,12 +281,13 @@ def login_user(auth_url: str, user: TestUser, timeout: float = 30.0) -> None:
 
 def new_load_users(count: int, prefix: str = "load") -> list[TestUser]:
     tag = uuid.uuid4().hex[:8]
+    run_prefix = context.current().run_prefix
     width = max(2, len(str(count)))
     users = []
     for index in range(1, count + 1):
         label = f"{prefix}{index:0{width}d}"
         users.append(TestUser(
-            label=label, email=f"{prefix}-{tag}-{index}@crosstalk.test",
+            label=label, email=f"{run_prefix}{prefix}-{tag}-{index}@crosstalk.test",
             password=secrets.token_urlsafe(12), canary=f"CANARY-{label}-{uuid.uuid4().hex[:12]}",
         ))
     return users
@@ -307,73 +313,18 @@ def local_platform_pids(urls: Sequence[str]) -> list[int]:
                    and c.laddr and c.laddr.port in ports})
 
 
-class ResourceSampler:
-    """Samples CPU and memory of the platform's processes (and their children) in a daemon thread."""
-
-    def __init__(self, pids: Sequence[int], interval: float = 0.5):
-        self.pids = list(pids)
-        self.interval = interval
-        self.cores = psutil.cpu_count() or 1
-        self.cpu_seconds = 0.0
-        self.cpu_samples: list[float] = []
-        self.memory_peak = 0
-        self.generator_memory_peak = 0
-        self._last: dict[int, float] = {}
-        self._procs: dict[int, psutil.Process] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._main, name="crosstalk-sampler", daemon=True)
-
-    def start(self) -> ResourceSampler:
-        self._sample(baseline=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
-        self._sample()
-
-    def _main(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def _processes(self) -> list[psutil.Process]:
-        found: dict[int, psutil.Process] = {}
-        for pid in self.pids:
-            try:
-                proc = self._procs.get(pid) or psutil.Process(pid)
-                found[pid] = proc
-                for child in proc.children(recursive=True):
-                    found[child.pid] = self._procs.get(child.pid, child)
-            except psutil.Error:
-                continue
-        self._procs = found
-        return list(found.values())
-
-    def _sample(self, baseline: bool = False) -> None:
-        started = time.monotonic()
-        delta, rss = 0.0, 0
-        for proc in self._processes():
-            try:
-                times = proc.cpu_times()
-                rss += proc.memory_info().rss
-            except psutil.Error:
-                continue
-            total = times.user + times.system
-            previous = self._last.get(proc.pid)
-            # a process first seen mid-run (a new postgres backend) counts from its start
-            delta += total - previous if previous is not None else (0.0 if baseline else total)
-            self._last[proc.pid] = total
-        self.memory_peak = max(self.memory_peak, rss)
-        with contextlib.suppress(psutil.Error):
-            self.generator_memory_peak = max(self.generator_memory_peak, psutil.Process().memory_info().rss)
-        if not baseline:
-            self.cpu_seconds += delta
-            elapsed = getattr(self, "_last_at", None)
-            if elapsed is not None:
-                self.cpu_samples.append(100.0 * delta / max(started - elapsed, 1e-3) / self.cores)
-        self._last_at = started
+def start_resource_sampler(
+    platform_pids: Sequence[int], metrics_urls: Sequence[str] = ()
+) -> BackgroundSampler | None:
+    """Samples the platform and the generator over the load window (see resources_sampler): the
+    platform from its Prometheus endpoints when ``metrics_urls`` are given, else its local processes."""
+    if metrics_urls:
+        platform = prometheus_source(metrics_urls)
+    elif platform_pids:
+        platform = psutil_source(platform_pids)
+    else:
+        return None
+    return BackgroundSampler({"platform": platform, "generator": generator_source()}).start()
 
 
 # -------------------------------------------------------------------- the run
@@ -496,11 +447,15 @@ async def run_load(
     platform_pids: Sequence[int] = (),
     run: LoadRun | None = None,
     previous: LoadRun | None = None,
+    metrics_urls: Sequence[str] = (),
+    platform_cores: int | None = None,
 ) -> LoadRun:
     """Drive one load run on the engine loop; the connections stay open (``run.close()``).
 
     With ``previous``, its users and their open connections carry on into this
-    run (a new round of a sustained test), measured in fresh metrics.
+    run (a new round of a sustained test), measured in fresh metrics.  With
+    ``metrics_urls`` the platform's CPU and memory come from its Prometheus
+    endpoints; CPU percentages then need ``platform_cores`` (else not measured).
     """
     config.validate()
     metrics = run.metrics if run else LoadMetrics(config.name, config.scenario or None)
@@ -526,7 +481,8 @@ async def run_load(
 
     frozen = False
     gc_watch = GcWatch()  # from the first message on: the collections whose pauses reach the latencies
-    sampler = ResourceSampler(platform_pids).start() if platform_pids else None
+    sampler = start_resource_sampler(platform_pids, metrics_urls)
+    remote = (list(metrics_urls), platform_cores) if metrics_urls else None
     cpu_process, cpu_engine, wall = time.process_time(), time.thread_time(), time.monotonic()
     metrics.started_mono = wall
     metrics.started_at = time.time()
@@ -560,10 +516,16 @@ async def run_load(
         metrics.finish()
         _settle_latency_basis(config, metrics)
         run.set_phase("done")
-        if sampler:
+        spent = (time.process_time() - cpu_process, time.thread_time() - cpu_engine, time.monotonic() - wall)
+    if sampler:
+        # the resource window is at least sampler.min_window long: wait for it without blocking the loop
+        try:
+            await asyncio.sleep(sampler.remaining())
+        finally:
             sampler.stop()
-        _record_resources(metrics, sampler, platform_pids, time.process_time() - cpu_process,
-                          time.thread_time() - cpu_engine, time.monotonic() - wall)
+            _record_resources(metrics, sampler, platform_pids, *spent, remote=remote)
+    else:
+        _record_resources(metrics, sampler, platform_pids, *spent, remote=remote)
     return run
 
 
@@ -665,21 +627,31 @@ def foreign_canaries(run: LoadRun) -> list[str]:
     return examples[:count]
 
 
-def _record_resources(metrics: LoadMetrics, sampler: ResourceSampler | None, pids: Sequence[int],
-                      process_cpu: float, engine_cpu: float, wall: float) -> None:
+def _record_resources(metrics: LoadMetrics, sampler: BackgroundSampler | None, pids: Sequence[int],
+                      process_cpu: float, engine_cpu: float, wall: float,
+                      remote: tuple[list[str], int | None] | None = None) -> None:
     res = metrics.resources
     res.cores = psutil.cpu_count() or 1
-    res.platform_pids = list(pids)
+    res.platform_pids = [] if remote else list(pids)
     res.generator_cpu_seconds = process_cpu
     res.engine_cpu_seconds = engine_cpu
     res.generator_core_pct = 100.0 * engine_cpu / wall if wall > 0 else None
+    if remote is not None:
+        res.platform_source = f"Prometheus: {', '.join(remote[0])}"
+    elif pids:
+        res.platform_source = f"local processes {', '.join(map(str, pids))} (psutil)"
     if sampler is not None:
-        res.platform_cpu_seconds = sampler.cpu_seconds
-        res.platform_memory_peak = sampler.memory_peak or None
-        res.generator_memory_peak = sampler.generator_memory_peak or None
-        res.samples = len(sampler.cpu_samples)
-        res.platform_cpu_mean_pct = 100.0 * sampler.cpu_seconds / wall / res.cores if wall > 0 else None
-        res.platform_cpu_peak_pct = max(sampler.cpu_samples) if sampler.cpu_samples else None
+        if remote is not None:
+            res.cores = remote[1] or 1  # the platform's machine, not this one
+        record_series(res, sampler)
+        if remote is not None and not remote[1]:
+            # a CPU % needs the platform's core count: without it there is no CPU verdict
+            res.platform_cpu_mean_pct = res.platform_cpu_p90_pct = res.platform_cpu_peak_pct = None
+            metrics.info["platform_cpu"] = "not measured: set PLATFORM_CORES to the platform's core count"
+        if remote is not None and sampler.series["platform"].failures:
+            metrics.warnings.append(
+                f"{sampler.series['platform'].failures} Prometheus scrape(s) failed: "
+                f"{sampler.series['platform'].last_error}")
     if metrics.completed:
         metrics.info["generator_cpu_ms_per_message"] = round(1000.0 * process_cpu / metrics.completed, 4)
     if res.generator_core_pct is not None and res.generator_core_pct > GENERATOR_BUSY_PCT:

@@ -16,7 +16,9 @@ A threshold is a one-line expression ``<metric> <op> <value>[unit]``::
     throughput > 2            completed messages per second
     success_rate >= 99.5%     completed / sent
     platform_memory < 4GB     peak resident memory of the platform's processes
-    platform_cpu < 80%        mean CPU of the platform, in % of the whole machine
+    platform_cpu < 80%        mean CPU of the platform over the load window (at least 2 s,
+                              sampled every 0.25 s), in % of the whole machine
+    platform_cpu_p90 < 90%    90th percentile of the 0.25 s CPU samples of that window
     generator_cpu < 80%       mean CPU of the load generator's engine thread, in % of one core
 """
 
@@ -204,9 +206,15 @@ class UserStats:
 
 @dataclass
 class ResourceUsage:
-    """CPU and memory of the platform's processes and of the generator, sampled with psutil."""
+    """CPU and memory of the platform's processes and of the generator: statistics of a sampled series.
+
+    ``platform_cpu_mean_pct`` (judged as ``platform_cpu``) is the mean over the load
+    window, at least 2 s long, sampled every 0.25 s; ``platform_memory_peak`` the peak
+    summed RSS.  See ``crosstalk.resources_sampler``.
+    """
 
     platform_pids: list[int] = field(default_factory=list)
+    platform_source: str = ""  # where platform figures come from: local processes or Prometheus endpoints
     platform_cpu_seconds: float = 0.0
     platform_cpu_mean_pct: float | None = None  # % of the whole machine
     platform_cpu_peak_pct: float | None = None
@@ -217,6 +225,12 @@ class ResourceUsage:
     generator_memory_peak: int | None = None
     cores: int = 1
     samples: int = 0
+    # the series behind the figures (crosstalk.resources_sampler): interval, window, judged statistic
+    platform_cpu_p90_pct: float | None = None  # p90 of the per-interval CPU %
+    sample_interval_s: float | None = None
+    window_s: float | None = None
+    statistic: str = ""
+    sample_failures: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {key: (round(value, 4) if isinstance(value, float) else value)
@@ -465,9 +479,12 @@ class LoadMetrics:
                            f"isolation and contract violations {dict(self.violations) or '{}'}"),
             "foreign_canaries": (float(self.violations.get("foreign_canary", 0)), "number",
                                  "frames carrying another user's canary"),
-            "platform_memory": (self.resources.platform_memory_peak, "bytes", "platform peak memory (RSS)"),
+            "platform_memory": (self.resources.platform_memory_peak, "bytes",
+                                f"platform peak memory (RSS) over {self._window()}"),
             "platform_cpu": (self.resources.platform_cpu_mean_pct, "percent",
-                             "platform mean CPU (% of the machine)"),
+                             f"platform mean CPU over {self._window()} (% of the machine)"),
+            "platform_cpu_p90": (self.resources.platform_cpu_p90_pct, "percent",
+                                 f"platform p90 CPU of {self._window()} (% of the machine)"),
             "platform_cpu_peak": (self.resources.platform_cpu_peak_pct, "percent",
                                   "platform peak CPU (% of the machine)"),
             "generator_cpu": (self.resources.generator_core_pct, "percent",
@@ -491,13 +508,20 @@ class LoadMetrics:
         basis = f" ({self.latency_basis})" if histogram in CORRECTED else ""
         return value, "duration", f"{HISTOGRAMS[histogram]} {stat}{basis}"
 
+    def _window(self) -> str:
+        """The sampled window behind the resource figures, e.g. ``a 2.00 s window, 9 samples at 0.25 s``."""
+        res = self.resources
+        if res.window_s is None or res.sample_interval_s is None:
+            return "the load window"
+        return f"a {res.window_s:.2f} s window, {res.samples} samples at {res.sample_interval_s:g} s"
+
     @staticmethod
     def _unknown(metric: str) -> str:
         return (
             f"Unknown metric '{metric}': use p50/p95/p99/p999/max/mean (optionally prefixed with "
             f"{', '.join(h + '.' for h in HISTOGRAMS)}), fairness, errors, errors.KIND, throughput, "
             "success_rate, routing_accuracy, dropped, collisions, violations, foreign_canaries, "
-            "platform_memory, platform_cpu, generator_cpu."
+            "platform_memory, platform_cpu, platform_cpu_p90, platform_cpu_peak, generator_cpu."
         )
 
     def check(self, expression: str) -> ThresholdResult:

@@ -29,6 +29,7 @@ import redis
 import requests
 from websockets.sync.client import ClientConnection, connect
 
+from . import context
 from .model import TestUser, Tokens
 from .secrets import mask_url
 
@@ -184,12 +185,15 @@ def _json_or_text(reply: requests.Response) -> Any:
 
 
 def new_user(target: Target, label: str) -> TestUser:
-    email = f"{label}-{uuid.uuid4().hex[:10]}@race.example.test"
+    ctx = context.current()
+    email = ctx.email(label)
     user = TestUser(label, email, PASSWORD, canary=f"CANARY-{label}-{uuid.uuid4().hex[:8]}")
     reply = _post(target.auth_url, "/auth/register", {"email": email, "password": PASSWORD}, label)
     if reply.status_code != 201:
         raise RaceError(f"registering {label} ({email}) answered {reply.status_code}: {_json_or_text(reply)}")
     user.user_id = reply.json()["user_id"]
+    if target.auth_url.rstrip("/") == ctx.get("AUTH_URL").rstrip("/"):
+        ctx.record_user(user)  # not users of a platform started for one failure injection: it is gone
     login(target, user)
     return user
 

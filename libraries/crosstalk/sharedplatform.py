@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -84,6 +85,39 @@ def wait_healthy(backend_url: str, timeout: float) -> None:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.3)
+
+
+SERVICE_NAMES = {"auth": "auth service", "backend": "backend service", "postgres": "embedded PostgreSQL",
+                 "redis": "embedded Redis", "launcher": "launcher"}
+_EXIT_LINE = re.compile(r"(auth service|backend service|embedded Redis|embedded PostgreSQL)[^\n]*?"
+                        r"(exited with code -?\d+|is no longer running)")
+
+
+def describe_death(state: dict, log_file: str | os.PathLike | None) -> str:
+    """'' while every reference service of ``state`` runs; else which died, its exit code if logged, the log.
+
+    Example:
+        describe_death(state, "results/.platform/default/platform.log")
+        # 'the reference platform's backend service (pid 4242) died: exited with code -9 (log: ...)'
+    """
+    pids = state.get("pids") or {}
+    dead = [name for name in ("backend", "auth", "postgres", "redis", "launcher")
+            if pids.get(name) and not pid_alive(pids.get(name))]
+    if not dead:
+        return ""
+    how = ""
+    if log_file:
+        try:
+            text = Path(log_file).read_text(errors="replace")[-20000:]
+        except OSError:
+            text = ""
+        found = _EXIT_LINE.findall(text)
+        if found:
+            how = f": {found[-1][0]} {found[-1][1]}"
+    name = dead[0]
+    also = f" (also down: {', '.join(SERVICE_NAMES[n] for n in dead[1:])})" if dead[1:] else ""
+    return (f"the reference platform's {SERVICE_NAMES[name]} (pid {pids[name]}) died{how}{also}; "
+            f"log: {log_file}")
 
 
 @contextlib.contextmanager
@@ -239,6 +273,7 @@ class SharedPlatform:
             str(self.state_file),
             "--jwt-private-key",
             str(self._fresh_signing_key()),
+            "--test-hooks",  # started by Crosstalk itself: the failure-injection hook is on
         ]
         with open(self.log_file, "wb") as log:  # one start per log: the last line is the reason
             process = subprocess.Popen(

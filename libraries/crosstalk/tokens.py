@@ -41,6 +41,10 @@ class Forgery(Enum):
     HS256_CONFUSION = "hs256_confusion"  # HS256 with the public key PEM as HMAC secret
 
 
+# signed with the platform's own key, these break one claim rule only
+CLAIM_FORGERIES = frozenset(
+    {Forgery.EXPIRED, Forgery.MISSING_EXP, Forgery.WRONG_ISSUER, Forgery.WRONG_AUDIENCE}
+)
 UNSIGNED_ALGS = {
     Forgery.ALG_NONE: "none",
     Forgery.ALG_NONE_CAPITALIZED: "None",

@@ -4,7 +4,14 @@
     robot --variablefile resources/env/local.py --outputdir results suites/
 
 The database and Redis URLs are printed by the launcher (embedded servers get
-free ports); set them in the environment when a suite reads the stores.
+free ports); set them in the environment when a suite reads the stores (tests that
+need a store you did not give are skipped with the variable's name).
+
+Better, let the launcher write its state and attach to it as the reference
+platform (stores, signing key, limits and faults included):
+
+    python -m reference_platform --state-file results/platform.json
+    robot --variable REFERENCE_STATE:results/platform.json --outputdir results suites/
 """
 
 import os

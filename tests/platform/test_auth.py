@@ -101,5 +101,20 @@ def test_logout_revokes_the_token_on_rest_handshake_and_open_sockets(platform):
     assert handshake_status(platform, user.access_token) == 401
 
 
+def test_logout_ends_the_session_but_not_the_users_other_logins(platform):
+    user = register_and_login(platform, "session")
+    other_login = post(platform, "/auth/login", {"email": user.email, "password": PASSWORD}).json()
+    rotated = post(platform, "/auth/refresh", {"refresh_token": user.refresh_token})
+    assert rotated.status_code == 200, rotated.text
+    pair = rotated.json()
+    assert jwt.decode(pair["access_token"], options={"verify_signature": False})["sid"] == \
+        jwt.decode(user.access_token, options={"verify_signature": False})["sid"], "refresh left the session"
+    assert post(platform, "/auth/logout", {}, token=pair["access_token"]).status_code == 204
+    after = post(platform, "/auth/refresh", {"refresh_token": pair["refresh_token"]})
+    assert after.status_code == 401, f"refresh after logout answered {after.status_code}: session alive"
+    other = post(platform, "/auth/refresh", {"refresh_token": other_login["refresh_token"]})
+    assert other.status_code == 200, f"logout ended another login of the same user: {other.status_code}"
+
+
 def test_logout_needs_a_token(platform):
     assert post(platform, "/auth/logout", {}).status_code == 401

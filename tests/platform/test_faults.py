@@ -29,9 +29,9 @@ from tests.platform.chatclient import (
     send_message,
 )
 
-GROUP_A = ["bola_rest", "bola_ws", "logout_no_revoke", "refresh_reuse", "jwt_alg_none", "jwt_hs256_confusion",
-           "jwt_accept_expired", "ws_origin_unchecked", "session_leak", "connection_leak", "no_rate_limit",
-           "no_frame_limit"]
+GROUP_A = ["bola_rest", "bola_ws", "logout_no_revoke", "logout_keeps_refresh", "refresh_reuse",
+           "jwt_alg_none", "jwt_hs256_confusion", "jwt_accept_expired", "ws_origin_unchecked", "session_leak",
+           "connection_leak", "no_rate_limit", "no_frame_limit"]
 
 
 GROUPS = [tuple(sorted(GROUP_A)), ("crosstalk",), ("shared_context", "sql_concat"),
@@ -89,6 +89,15 @@ def test_logout_no_revoke_keeps_the_token_valid(group_a):
     logout = requests.post(f"{group_a.auth_url}/auth/logout", headers=user.headers, timeout=TIMEOUT)
     assert logout.status_code == 204
     after = requests.get(f"{group_a.backend_url}/threads", headers=user.headers, timeout=TIMEOUT)
+    assert after.status_code == 200
+
+
+def test_logout_keeps_refresh_lets_the_session_mint_new_tokens(group_a):
+    user = register_and_login(group_a, "lk")
+    logout = requests.post(f"{group_a.auth_url}/auth/logout", headers=user.headers, timeout=TIMEOUT)
+    assert logout.status_code == 204
+    after = requests.post(f"{group_a.auth_url}/auth/refresh", json={"refresh_token": user.refresh_token},
+                          timeout=TIMEOUT)
     assert after.status_code == 200
 
 

@@ -70,3 +70,18 @@ def test_health_and_metrics(platform):
     metrics = requests.get(f"{platform.backend_url}/metrics", timeout=TIMEOUT).json()
     assert metrics["pid"] == platform.pids["backend"]
     assert {"active_websockets", "tracked_connections", "runs_in_flight", "rss_bytes"} <= set(metrics)
+
+
+def test_only_one_authorization_header_authenticates(platform):
+    from crosstalk.integrity import raw_request
+
+    user = register_and_login(platform, "single-header")
+    good = ("Authorization", f"Bearer {user.access_token}")
+    bad = ("Authorization", "Bearer x" + user.access_token[1:])
+    assert raw_request(platform.backend_url, "/threads", [good]).status == 200
+    assert raw_request(platform.backend_url, "/ws", [good], upgrade=True).status == 101
+    for headers in ([good, bad], [bad, good], [good, good]):
+        assert raw_request(platform.backend_url, "/threads", headers).status == 401
+        assert raw_request(platform.backend_url, "/ws", headers, upgrade=True).status == 401
+    query = f"/ws?access_token={user.access_token}"
+    assert raw_request(platform.backend_url, query, [], upgrade=True).status == 401

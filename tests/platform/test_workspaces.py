@@ -77,23 +77,64 @@ def test_workspace_refuses_bad_names_and_missing_tokens(platform):
     assert stores(platform, user) == (0, 0, 0)
 
 
+def create_injected(platform, user, injection, name="ws"):
+    return requests.post(
+        f"{platform.backend_url}/workspaces",
+        json={"name": name},
+        headers={**user.headers, "X-Crosstalk-Inject": injection},
+        timeout=TIMEOUT,
+    )
+
+
 @pytest.mark.parametrize(
     "injection,step", [("workspace_backend_fail", "backend"), ("workspace_analytics_fail", "analytics")]
 )
-def test_injected_failure_rolls_every_store_back(platform_factory, injection, step):
-    broken = platform_factory(faults=[injection])
-    user = register_and_login(broken, "ws")
-    reply = create(broken, user)
+def test_injected_failure_rolls_every_store_back(platform, injection, step):
+    user = register_and_login(platform, "ws")
+    reply = create_injected(platform, user, injection)
     assert reply.status_code == 503, reply.text
     assert reply.json()["failed_step"] == step
+    assert stores(platform, user) == (0, 0, 0)
+    assert _value(platform.state["auth_database_url"], "SELECT count(*) FROM pg_prepared_xacts") == 0
+
+
+@pytest.mark.parametrize("injection", ["workspace_backend_fail", "workspace_analytics_fail"])
+def test_injection_switch_breaks_every_request(platform_factory, injection):
+    broken = platform_factory(faults=[injection])
+    user = register_and_login(broken, "ws")
+    assert create(broken, user).status_code == 503
     assert stores(broken, user) == (0, 0, 0)
-    assert _value(broken.state["auth_database_url"], "SELECT count(*) FROM pg_prepared_xacts") == 0
+
+
+def test_unknown_injection_is_refused_and_nothing_is_written(platform):
+    user = register_and_login(platform, "ws")
+    reply = create_injected(platform, user, "workspace_everything_fail")
+    assert reply.status_code == 400
+    assert reply.json()["error"] == "unknown_injection"
+    assert "workspace_backend_fail" in reply.json()["message"]
+    assert stores(platform, user) == (0, 0, 0)
+
+
+def test_health_advertises_the_injections_when_test_hooks_are_on(platform):
+    health = requests.get(f"{platform.backend_url}/health", timeout=TIMEOUT).json()
+    assert health["capabilities"]["fault_injection"] == ["workspace_analytics_fail", "workspace_backend_fail"]
+    assert platform.state["test_hooks"] is True
+
+
+def test_without_test_hooks_the_header_is_ignored_and_nothing_is_advertised(platform_factory):
+    plain = platform_factory(extra_args=["--no-test-hooks"])
+    health = requests.get(f"{plain.backend_url}/health", timeout=TIMEOUT).json()
+    assert health["capabilities"]["fault_injection"] == []
+    user = register_and_login(plain, "ws")
+    assert create_injected(plain, user, "workspace_backend_fail").status_code == 201
+    assert create_injected(plain, user, "no_such_injection").status_code == 201
+    assert stores(plain, user) == (2, 2, 2)
 
 
 def test_no_rollback_leaves_the_earlier_steps_applied(platform_factory):
-    broken = platform_factory(faults=["no_rollback", "workspace_analytics_fail"])
+    broken = platform_factory(faults=["no_rollback"])
     user = register_and_login(broken, "ws")
-    assert create(broken, user).status_code == 503
+    assert create_injected(broken, user, "workspace_analytics_fail").status_code == 503
     assert stores(broken, user) == (1, 1, 0)
 
 

@@ -1,0 +1,726 @@
+"""Conformance rules of the platform contract, each checked over real HTTP and WebSocket connections.
+
+Every rule has the id used in ``reference_platform/README.md`` (``AUTH-1`` ...), a
+level (MUST or SHOULD) and a check that returns evidence or raises
+:class:`RuleBroken`.  Every JSON answer is also validated against
+``docs/contract/openapi.yaml`` and every frame against ``docs/contract/asyncapi.yaml``,
+so a rule fails when the platform answers with the right status but the wrong shape.
+
+Example::
+
+    results = run_rules(Target(auth_url, backend_url, ws_url, prefix="ct-"), "auth")
+    [r for r in results if not r.ok]
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import requests
+from websockets.exceptions import InvalidStatus, WebSocketException
+from websockets.sync.client import ClientConnection, connect
+
+from .contract import FrameContract, describe_error, openapi_validator
+from .secrets import mask_body, mask_text
+
+TIMEOUT = 10.0
+PASSWORD = "Conformance-pw-1"
+FOREIGN_ORIGIN = "https://evil.example"
+
+
+def _canonical(frame: dict) -> dict:
+    """The frame in the contract's default names when a target profile renames them (``crosstalk.profile``,
+    where present); unchanged otherwise."""
+    try:
+        from crosstalk import profile as target_profile  # the target profile, when that module exists
+    except ImportError:
+        return frame
+    return target_profile.current().canonical_event(frame)
+
+
+class RuleBroken(AssertionError):
+    """The platform does not meet a rule; the message is the evidence."""
+
+
+@dataclass
+class Target:
+    auth_url: str
+    backend_url: str
+    ws_url: str
+    prefix: str = "ct-"
+    frames: FrameContract | None = None
+    users: list[dict] = field(default_factory=list)
+    # called with each user created (email, password, user_id, tokens): the run's cleanup ledger
+    on_user: Callable[[Any], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.auth_url = self.auth_url.rstrip("/")
+        self.backend_url = self.backend_url.rstrip("/")
+
+
+@dataclass
+class Rule:
+    rule_id: str
+    level: str  # MUST or SHOULD
+    text: str
+    check: Callable[[Target, dict], str]
+
+
+@dataclass
+class Result:
+    rule: Rule
+    ok: bool
+    evidence: str
+    seconds: float
+
+
+# ---------------------------------------------------------------------- helpers
+def _conform(reply: requests.Response, path: str, method: str, expected: int | tuple[int, ...]) -> Any:
+    """The JSON body after checking status and shape against openapi.yaml; RuleBroken otherwise."""
+    statuses = (expected,) if isinstance(expected, int) else expected
+    what = f"{method.upper()} {path}"
+    if reply.status_code not in statuses:
+        raise RuleBroken(
+            f"{what} answered HTTP {reply.status_code}, expected "
+            f"{' or '.join(map(str, statuses))}: {mask_body(reply.text)[:200]}"
+        )
+    validator = openapi_validator(path, method, str(reply.status_code))
+    if validator is None:
+        return None
+    try:
+        body = reply.json()
+    except ValueError:
+        raise RuleBroken(
+            f"{what} answered {reply.status_code} with a body that is not JSON: "
+            f"{mask_text(reply.text)[:120]!r}"
+        ) from None
+    errors = sorted(validator.iter_errors(body), key=lambda e: str(list(e.absolute_path)))
+    if errors:
+        raise RuleBroken(
+            f"{what} -> {reply.status_code}: the body breaks openapi.yaml at "
+            f"{'; '.join(describe_error(e) for e in errors[:3])}"
+        )
+    return body
+
+
+def _bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def new_user(target: Target, label: str) -> dict:
+    email = f"{target.prefix}conf-{label}-{uuid.uuid4().hex[:8]}@example.test"
+    reply = requests.post(
+        f"{target.auth_url}/auth/register", json={"email": email, "password": PASSWORD}, timeout=TIMEOUT
+    )
+    body = _conform(reply, "/auth/register", "post", 201)
+    login = requests.post(
+        f"{target.auth_url}/auth/login", json={"email": email, "password": PASSWORD}, timeout=TIMEOUT
+    )
+    tokens = _conform(login, "/auth/login", "post", 200)
+    user = {"email": email, "user_id": body["user_id"], **tokens}
+    target.users.append(user)
+    if target.on_user is not None:
+        target.on_user(
+            SimpleNamespace(
+                email=email,
+                password=PASSWORD,
+                user_id=body["user_id"],
+                tokens=SimpleNamespace(access_token=tokens["access_token"]),
+            )
+        )
+    return user
+
+
+def _user(target: Target, state: dict, key: str = "alice") -> dict:
+    if key not in state:
+        state[key] = new_user(target, key)
+    return state[key]
+
+
+def _socket(target: Target, token: str | None, origin: str | None = None) -> ClientConnection:
+    headers = _bearer(token) if token else {}
+    return connect(
+        target.ws_url,
+        additional_headers=headers,
+        origin=origin,  # type: ignore[arg-type]
+        open_timeout=TIMEOUT,
+        close_timeout=2,
+        compression=None,
+    )
+
+
+def _receive(target: Target, ws: ClientConnection, what: str, timeout: float = TIMEOUT) -> dict:
+    try:
+        raw = ws.recv(timeout=timeout)
+    except TimeoutError:
+        raise RuleBroken(f"no frame within {timeout:g} s while waiting for {what}") from None
+    except WebSocketException as exc:
+        raise RuleBroken(f"the socket closed while waiting for {what}: {exc}") from None
+    text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+    try:
+        frame = json.loads(text)
+    except ValueError:
+        frame = None
+    if isinstance(frame, dict):
+        frame = _canonical(frame)
+    if target.frames is not None:
+        problem = target.frames.check(frame if isinstance(frame, dict) else None, text)
+        if problem:
+            raise RuleBroken(problem)
+    if not isinstance(frame, dict):
+        raise RuleBroken(
+            f"a frame that is not a JSON object arrived while waiting for {what}: {text[:120]!r}"
+        )
+    return frame
+
+
+def _run(target: Target, ws: ClientConnection, content: str, thread_id: str | None = None) -> list[dict]:
+    cmid = f"cm-{uuid.uuid4().hex}"
+    message = {"type": "user_message", "content": content, "client_message_id": cmid}
+    if thread_id:
+        message["thread_id"] = thread_id
+    ws.send(json.dumps(message))
+    frames: list[dict] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        frame = _receive(
+            target,
+            ws,
+            f"the run of {content!r} (so far {[f['type'] for f in frames]})",
+            max(deadline - time.monotonic(), 0.1),
+        )
+        if frame.get("client_message_id") != cmid:
+            continue
+        frames.append(frame)
+        if frame["type"] in ("agent_completed", "agent_error", "error"):
+            return frames
+    raise RuleBroken(f"the run of {content!r} did not end within 30 s: got {[f['type'] for f in frames]}")
+
+
+def _chat(target: Target, state: dict) -> list[dict]:
+    """One run of alice's (cached): the evidence several rules share."""
+    if "run" not in state:
+        user = _user(target, state)
+        with _socket(target, user["access_token"]) as ws:
+            state["run"] = _run(target, ws, "How much does the plan cost?")
+    return state["run"]
+
+
+# ---------------------------------------------------------------------- auth rules
+def auth_register(target: Target, state: dict) -> str:
+    user = _user(target, state)
+    return f"registered {user['email']}: user_id {user['user_id']}"
+
+
+def auth_register_errors(target: Target, state: dict) -> str:
+    user = _user(target, state)
+    url = f"{target.auth_url}/auth/register"
+    _conform(
+        requests.post(url, json={"email": user["email"], "password": PASSWORD}, timeout=TIMEOUT),
+        "/auth/register",
+        "post",
+        409,
+    )
+    _conform(
+        requests.post(url, json={"email": "not-an-email", "password": PASSWORD}, timeout=TIMEOUT),
+        "/auth/register",
+        "post",
+        422,
+    )
+    _conform(
+        requests.post(
+            url, json={"email": f"{target.prefix}short@example.test", "password": "short"}, timeout=TIMEOUT
+        ),
+        "/auth/register",
+        "post",
+        422,
+    )
+    return "duplicate email 409, bad email 422, short password 422"
+
+
+def auth_login_identical_failures(target: Target, state: dict) -> str:
+    user = _user(target, state)
+    url = f"{target.auth_url}/auth/login"
+    wrong = requests.post(url, json={"email": user["email"], "password": "wrong-password"}, timeout=TIMEOUT)
+    unknown = requests.post(
+        url,
+        json={"email": f"nobody-{uuid.uuid4().hex[:8]}@example.test", "password": "wrong-password"},
+        timeout=TIMEOUT,
+    )
+    _conform(wrong, "/auth/login", "post", 401)
+    _conform(unknown, "/auth/login", "post", 401)
+    if wrong.content != unknown.content:
+        raise RuleBroken(
+            f"wrong password and unknown email answer different bodies "
+            f"({wrong.text[:80]!r} vs {unknown.text[:80]!r}): accounts can be enumerated"
+        )
+    return "401 with byte-identical bodies"
+
+
+def auth_refresh_rotates(target: Target, state: dict) -> str:
+    user = new_user(target, "refresh")
+    url = f"{target.auth_url}/auth/refresh"
+    first = _conform(
+        requests.post(url, json={"refresh_token": user["refresh_token"]}, timeout=TIMEOUT),
+        "/auth/refresh",
+        "post",
+        200,
+    )
+    if first["refresh_token"] == user["refresh_token"]:
+        raise RuleBroken("refresh returned the same refresh token: it must rotate")
+    _conform(
+        requests.post(url, json={"refresh_token": user["refresh_token"]}, timeout=TIMEOUT),
+        "/auth/refresh",
+        "post",
+        401,
+    )
+    after = requests.post(url, json={"refresh_token": first["refresh_token"]}, timeout=TIMEOUT)
+    _conform(after, "/auth/refresh", "post", 401)
+    return "new pair once; the used token and (after reuse) its family answer 401"
+
+
+def auth_me(target: Target, state: dict) -> str:
+    user = _user(target, state)
+    me = _conform(
+        requests.get(f"{target.auth_url}/auth/me", headers=_bearer(user["access_token"]), timeout=TIMEOUT),
+        "/auth/me",
+        "get",
+        200,
+    )
+    if str(me["user_id"]) != str(user["user_id"]):
+        raise RuleBroken(f"/auth/me names user {me['user_id']}, the token belongs to {user['user_id']}")
+    _conform(requests.get(f"{target.auth_url}/auth/me", timeout=TIMEOUT), "/auth/me", "get", 401)
+    return "200 with the caller's id; 401 without a token"
+
+
+def auth_jwks(target: Target, state: dict) -> str:
+    import jwt
+
+    user = _user(target, state)
+    jwks = _conform(
+        requests.get(f"{target.auth_url}/.well-known/jwks.json", timeout=TIMEOUT),
+        "/.well-known/jwks.json",
+        "get",
+        200,
+    )
+    header = jwt.get_unverified_header(user["access_token"])
+    kids = [k.get("kid") for k in jwks["keys"]]
+    if header.get("alg") != "RS256":
+        raise RuleBroken(f"access tokens are signed with {header.get('alg')}, the contract says RS256")
+    if header.get("kid") not in kids:
+        raise RuleBroken(f"the access token's kid {header.get('kid')!r} is not in the JWKS ({kids})")
+    claims = jwt.decode(user["access_token"], options={"verify_signature": False})
+    missing = [c for c in ("sub", "iat", "exp", "jti", "iss", "aud") if c not in claims]
+    if missing:
+        raise RuleBroken(f"access token lacks the claim(s) {', '.join(missing)}")
+    return f"RS256, kid {header.get('kid')} in the JWKS, claims sub iat exp jti iss aud"
+
+
+def auth_logout_revokes(target: Target, state: dict) -> str:
+    user = new_user(target, "logout")
+    headers = _bearer(user["access_token"])
+    _conform(
+        requests.post(f"{target.auth_url}/auth/logout", headers=headers, timeout=TIMEOUT),
+        "/auth/logout",
+        "post",
+        204,
+    )
+    _conform(
+        requests.get(f"{target.auth_url}/auth/me", headers=headers, timeout=TIMEOUT), "/auth/me", "get", 401
+    )
+    _conform(
+        requests.get(f"{target.backend_url}/threads", headers=headers, timeout=TIMEOUT),
+        "/threads",
+        "get",
+        401,
+    )
+    refresh = requests.post(
+        f"{target.auth_url}/auth/refresh", json={"refresh_token": user["refresh_token"]}, timeout=TIMEOUT
+    )
+    try:
+        _conform(refresh, "/auth/refresh", "post", 401)
+    except RuleBroken as exc:
+        raise RuleBroken(f"the session's refresh token still works after logout: {exc}") from None
+    return "204, then 401 on auth and backend, and the session's refresh token is dead"
+
+
+# ---------------------------------------------------------------------- backend rules
+def backend_health(target: Target, state: dict) -> str:
+    body = _conform(requests.get(f"{target.backend_url}/health", timeout=TIMEOUT), "/health", "get", 200)
+    if body.get("status") != "ok":
+        raise RuleBroken(f"/health answered 200 with status {body.get('status')!r}, expected 'ok'")
+    return "200 {status: ok}"
+
+
+def backend_requires_token(target: Target, state: dict) -> str:
+    checked = []
+    for method, path in (("get", "/threads"), ("get", "/workspaces"), ("post", "/workspaces")):
+        reply = requests.request(method, f"{target.backend_url}{path}", json={"name": "x"}, timeout=TIMEOUT)
+        _conform(reply, path, method, 401)
+        checked.append(f"{method.upper()} {path}")
+    return f"401 without a token on {', '.join(checked)}"
+
+
+def backend_www_authenticate(target: Target, state: dict) -> str:
+    reply = requests.get(f"{target.backend_url}/threads", timeout=TIMEOUT)
+    value = reply.headers.get("WWW-Authenticate", "")
+    if not value.lower().startswith("bearer"):
+        raise RuleBroken(f"a 401 carries WWW-Authenticate {value!r}, expected 'Bearer'")
+    return "401 carries WWW-Authenticate: Bearer"
+
+
+def backend_threads(target: Target, state: dict) -> str:
+    user = _user(target, state)
+    run = _chat(target, state)
+    thread = run[-1]["thread_id"]
+    headers = _bearer(user["access_token"])
+    listed = _conform(
+        requests.get(f"{target.backend_url}/threads", headers=headers, timeout=TIMEOUT),
+        "/threads",
+        "get",
+        200,
+    )
+    if thread not in [t["thread_id"] for t in listed]:
+        raise RuleBroken(f"GET /threads does not list the thread {thread} the chat created")
+    _conform(
+        requests.get(f"{target.backend_url}/threads/{thread}", headers=headers, timeout=TIMEOUT),
+        "/threads/{thread_id}",
+        "get",
+        200,
+    )
+    messages = _conform(
+        requests.get(f"{target.backend_url}/threads/{thread}/messages", headers=headers, timeout=TIMEOUT),
+        "/threads/{thread_id}/messages",
+        "get",
+        200,
+    )
+    roles = [m["role"] for m in messages]
+    if roles[:2] != ["user", "agent"]:
+        raise RuleBroken(
+            f"the thread's messages have roles {roles}, expected the user's message then the answer"
+        )
+    return f"thread {thread} listed and readable, messages {roles}"
+
+
+def backend_not_found_is_uniform(target: Target, state: dict) -> str:
+    _chat(target, state)
+    thread = state["run"][-1]["thread_id"]
+    mallory = _user(target, state, "mallory")
+    headers = _bearer(mallory["access_token"])
+    bodies = {}
+    for label, tid in (
+        ("another user's", thread),
+        ("unknown", str(uuid.uuid4())),
+        ("malformed", "not-an-id"),
+    ):
+        for method, path in (
+            ("get", "/threads/{thread_id}"),
+            ("get", "/threads/{thread_id}/messages"),
+            ("delete", "/threads/{thread_id}"),
+        ):
+            reply = requests.request(
+                method, f"{target.backend_url}{path.format(thread_id=tid)}", headers=headers, timeout=TIMEOUT
+            )
+            try:
+                _conform(reply, path, method, 404)
+            except RuleBroken as exc:
+                raise RuleBroken(f"{label} thread: {exc}") from None
+            bodies.setdefault(reply.content, []).append(f"{method.upper()} {label}")
+    if len(bodies) > 1:
+        raise RuleBroken(f"404 bodies differ ({len(bodies)} kinds): existence of another user's thread leaks")
+    return "404 with one body for another user's, unknown and malformed ids (GET, GET messages, DELETE)"
+
+
+def backend_notes(target: Target, state: dict) -> str:
+    user = _user(target, state)
+    _chat(target, state)
+    thread = state["run"][-1]["thread_id"]
+    headers = _bearer(user["access_token"])
+    before = _conform(
+        requests.get(f"{target.backend_url}/threads/{thread}", headers=headers, timeout=TIMEOUT),
+        "/threads/{thread_id}",
+        "get",
+        200,
+    )["message_count"]
+    added = _conform(
+        requests.post(
+            f"{target.backend_url}/threads/{thread}/messages",
+            json={"content": "note"},
+            headers=headers,
+            timeout=TIMEOUT,
+        ),
+        "/threads/{thread_id}/messages",
+        "post",
+        201,
+    )
+    if added["message_count"] != before + 1:
+        raise RuleBroken(f"message_count went from {before} to {added['message_count']} for one note")
+    _conform(
+        requests.post(
+            f"{target.backend_url}/threads/{thread}/messages", json={}, headers=headers, timeout=TIMEOUT
+        ),
+        "/threads/{thread_id}/messages",
+        "post",
+        422,
+    )
+    return f"201 with message_count {before} -> {added['message_count']}; 422 without content"
+
+
+def backend_workspaces(target: Target, state: dict) -> str:
+    user = _user(target, state)
+    headers = _bearer(user["access_token"])
+    made = _conform(
+        requests.post(
+            f"{target.backend_url}/workspaces",
+            json={"name": f"{target.prefix}conf"},
+            headers=headers,
+            timeout=TIMEOUT,
+        ),
+        "/workspaces",
+        "post",
+        201,
+    )
+    listed = _conform(
+        requests.get(f"{target.backend_url}/workspaces", headers=headers, timeout=TIMEOUT),
+        "/workspaces",
+        "get",
+        200,
+    )
+    if made["workspace_id"] not in [w["workspace_id"] for w in listed]:
+        raise RuleBroken(f"GET /workspaces does not list the workspace {made['workspace_id']} just created")
+    for name in ("", "x" * 101):
+        _conform(
+            requests.post(
+                f"{target.backend_url}/workspaces", json={"name": name}, headers=headers, timeout=TIMEOUT
+            ),
+            "/workspaces",
+            "post",
+            422,
+        )
+    return "201 and listed; 422 for an empty or a 101-character name"
+
+
+def backend_delete(target: Target, state: dict) -> str:
+    user = new_user(target, "delete")
+    with _socket(target, user["access_token"]) as ws:
+        thread = _run(target, ws, "a thread to delete")[-1]["thread_id"]
+    headers = _bearer(user["access_token"])
+    _conform(
+        requests.delete(f"{target.backend_url}/threads/{thread}", headers=headers, timeout=TIMEOUT),
+        "/threads/{thread_id}",
+        "delete",
+        204,
+    )
+    _conform(
+        requests.get(f"{target.backend_url}/threads/{thread}", headers=headers, timeout=TIMEOUT),
+        "/threads/{thread_id}",
+        "get",
+        404,
+    )
+    return "204, then 404"
+
+
+# ---------------------------------------------------------------------- WebSocket rules
+def ws_handshake(target: Target, state: dict) -> str:
+    user = _user(target, state)
+    outcomes = []
+    for label, token, origin, expected in (
+        ("no token", None, None, 401),
+        ("a foreign Origin", user["access_token"], FOREIGN_ORIGIN, 403),
+    ):
+        try:
+            with _socket(target, token, origin):
+                raise RuleBroken(f"the handshake with {label} was accepted, expected HTTP {expected}")
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status != expected:
+                raise RuleBroken(
+                    f"the handshake with {label} was refused with HTTP {status}, expected {expected}"
+                ) from None
+            outcomes.append(f"{label}: {status}")
+    return "; ".join(outcomes)
+
+
+def ws_run_grammar(target: Target, state: dict) -> str:
+    user = _user(target, state)
+    frames = _chat(target, state)
+    types = [f["type"] for f in frames]
+    if types[0] != "agent_started" or types[-1] != "agent_completed" or "agent_thinking" not in types:
+        raise RuleBroken(
+            f"the run's events are {types}: expected agent_started, agent_thinking..., "
+            "tool pairs, agent_completed"
+        )
+    seqs = [f["seq"] for f in frames]
+    if seqs != list(range(1, len(frames) + 1)):
+        raise RuleBroken(f"seq runs {seqs}, expected 1..{len(frames)}")
+    open_calls: list[str] = []
+    for frame in frames:
+        call = frame["payload"].get("tool_call_id")
+        if frame["type"] == "tool_executing":
+            open_calls.append(call)
+        elif frame["type"] == "tool_completed":
+            if call not in open_calls:
+                raise RuleBroken(f"tool_completed {call} has no earlier tool_executing")
+            open_calls.remove(call)
+    if open_calls:
+        raise RuleBroken(f"tool call(s) {open_calls} never completed")
+    foreign = {f["user_id"] for f in frames} - {str(user["user_id"])}
+    if foreign:
+        raise RuleBroken(
+            f"events carry user_id(s) {sorted(foreign)}, not the socket owner's {user['user_id']}"
+        )
+    if len({f["run_id"] for f in frames}) != 1:
+        raise RuleBroken("one message's events carry several run ids")
+    return f"{' -> '.join(types)}; every frame validated against asyncapi.yaml"
+
+
+def ws_errors(target: Target, state: dict) -> str:
+    _chat(target, state)
+    thread = state["run"][-1]["thread_id"]
+    mallory = _user(target, state, "mallory")
+    cases = (
+        ("not json", "invalid_json"),
+        ("[1, 2]", "invalid_frame"),
+        (json.dumps({"type": "nonsense", "client_message_id": "c1"}), "unknown_type"),
+        (json.dumps({"type": "user_message", "client_message_id": "c2"}), "missing_field"),
+        (
+            json.dumps(
+                {"type": "user_message", "content": "hi", "client_message_id": "c3", "thread_id": thread}
+            ),
+            "thread_not_found",
+        ),
+    )
+    seen = []
+    with _socket(target, mallory["access_token"]) as ws:
+        for raw, code in cases:
+            ws.send(raw)
+            frame = _receive(target, ws, f"the error answering {raw[:40]!r}")
+            if frame.get("type") != "error" or frame.get("code") != code:
+                raise RuleBroken(
+                    f"{raw[:40]!r} was answered with {frame.get('type')} "
+                    f"{frame.get('code', '')}, expected error {code}"
+                )
+            seen.append(code)
+        # the socket stays usable
+        run = _run(target, ws, "still there?")
+    if run[-1]["type"] != "agent_completed":
+        raise RuleBroken(f"after the errors the socket's next run ended with {run[-1]['type']}")
+    return f"error codes {', '.join(seen)}; the socket stayed usable"
+
+
+RULES: dict[str, list[Rule]] = {
+    "auth": [
+        Rule("AUTH-1", "MUST", "POST /auth/register creates a user: 201 {user_id}", auth_register),
+        Rule(
+            "AUTH-2",
+            "MUST",
+            "duplicate email 409; bad email or password under 8 characters 422; Error bodies",
+            auth_register_errors,
+        ),
+        Rule(
+            "AUTH-3",
+            "MUST",
+            "wrong password and unknown email: 401 with byte-identical bodies",
+            auth_login_identical_failures,
+        ),
+        Rule(
+            "AUTH-4",
+            "MUST",
+            "refresh tokens rotate and are single-use; reuse revokes the family",
+            auth_refresh_rotates,
+        ),
+        Rule("AUTH-5", "MUST", "GET /auth/me names the token's user; 401 without a token", auth_me),
+        Rule(
+            "AUTH-6",
+            "MUST",
+            "access tokens are RS256 with a kid from the JWKS and the claims sub iat exp jti iss aud",
+            auth_jwks,
+        ),
+        Rule(
+            "AUTH-7",
+            "MUST",
+            "logout ends the session: the access token at once on auth and backend, and its refresh token",
+            auth_logout_revokes,
+        ),
+    ],
+    "backend": [
+        Rule("API-1", "MUST", "GET /health answers 200 {status: ok}", backend_health),
+        Rule(
+            "API-2",
+            "MUST",
+            "every backend endpoint but /health needs a Bearer token: 401 otherwise",
+            backend_requires_token,
+        ),
+        Rule("API-3", "SHOULD", "a 401 carries WWW-Authenticate: Bearer", backend_www_authenticate),
+        Rule(
+            "API-4",
+            "MUST",
+            "a chat's thread is listed, readable, and holds the user's message and the answer",
+            backend_threads,
+        ),
+        Rule(
+            "API-5",
+            "MUST",
+            "another user's, unknown and malformed thread ids: 404 with one body",
+            backend_not_found_is_uniform,
+        ),
+        Rule(
+            "API-6",
+            "MUST",
+            "POST /threads/{id}/messages adds a note: 201, message_count + 1; 422 without content",
+            backend_notes,
+        ),
+        Rule(
+            "API-7",
+            "MUST",
+            "POST /workspaces creates and lists a workspace; 422 for a bad name",
+            backend_workspaces,
+        ),
+        Rule("API-8", "MUST", "DELETE /threads/{id} answers 204, then the thread is 404", backend_delete),
+    ],
+    "websocket": [
+        Rule(
+            "WS-1",
+            "MUST",
+            "the handshake refuses a missing token (401) and a foreign Origin (403)",
+            ws_handshake,
+        ),
+        Rule(
+            "WS-2",
+            "MUST",
+            "a message streams agent_started .. agent_completed, seq 1..n, tool pairs, the "
+            "owner's user_id, valid frames",
+            ws_run_grammar,
+        ),
+        Rule(
+            "WS-3",
+            "MUST",
+            "bad frames get error frames with the contract's codes; the socket stays usable",
+            ws_errors,
+        ),
+    ],
+}
+
+
+def run_rules(target: Target, area: str) -> list[Result]:
+    """Check every rule of ``area`` (auth, backend, websocket); later rules reuse earlier evidence."""
+    if area not in RULES:
+        raise ValueError(f"unknown rule area {area!r}: choose one of {', '.join(RULES)}")
+    state: dict = {}
+    results = []
+    for rule in RULES[area]:
+        started = time.monotonic()
+        try:
+            evidence, ok = rule.check(target, state), True
+        except RuleBroken as exc:
+            evidence, ok = str(exc), False
+        except (requests.RequestException, WebSocketException, OSError, TimeoutError) as exc:
+            evidence, ok = f"{type(exc).__name__}: {exc}"[:300], False
+        results.append(Result(rule, ok, mask_text(evidence), time.monotonic() - started))
+    return results
