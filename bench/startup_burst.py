@@ -66,7 +66,8 @@ def main() -> int:
         command = [sys.executable, "-m", "robot", "--outputdir", str(outputdir),
                    "--variablefile", "resources/env/external.py",
                    "--variablefile", "resources/env/load_5000.py",
-                   "--variable", f"USERS:{args.users}", "--variable", f"MIN_IN_FLIGHT:{args.users}",
+                   "--variable", f"STARTUP_USERS:{args.users}",
+                   "--variable", f"STARTUP_MIN_IN_FLIGHT:{args.users}",
                    "--variable", f"LOAD_RESULTS_DIR:{outputdir / 'load'}",
                    "suites/concurrent_agent_startup.robot"]
         print("+ " + " ".join(command), flush=True)

@@ -14,7 +14,7 @@ backend Redis pool (``--redis-pool-size``, 1,000 by default) is sized for it: a 
 burst kept all 400 connections of a 400 pool busy (Redis connected_clients peaked at 407).
 """
 
-USERS = 5000
+STARTUP_USERS = 5000
 # every message is sent at once: the last answers wait behind 4,999 others on a 2-core machine
 STARTUP_TIMEOUT = "300s"
 STARTUP_P95 = "240s"
@@ -23,7 +23,7 @@ COMPLETION_P95 = "280s"
 PLATFORM_MEMORY_LIMIT = "8GB"
 PLATFORM_CPU_LIMIT = "101%"
 # a burst this size is served in arrival order: the first answers come long before the last
-FAIRNESS_FLOOR = "0.3"
-MIN_SUCCESS_RATE = "100%"
+STARTUP_FAIRNESS_FLOOR = "0.3"
+STARTUP_MIN_SUCCESS_RATE = "100%"
 # all 5,000 runs must have been in flight together
-MIN_IN_FLIGHT = 5000
+STARTUP_MIN_IN_FLIGHT = 5000
