@@ -43,6 +43,7 @@ import requests
 from websockets.exceptions import ConnectionClosed
 
 from . import context
+from . import profile as target_profile
 from .connection import UserConnection
 from .httpretry import pooled_session
 from .loadcore import TOPICS, ChatUserCore, FrameTail, Pending, RecentSet
@@ -198,8 +199,8 @@ class LoadConnection(UserConnection):
                 parsed = json.loads(raw)
             except ValueError:
                 parsed = None
-            data = parsed if isinstance(parsed, dict) else None
-            self.load_user.on_frame(raw, data, mono)
+            data = target_profile.current().canonical_event(parsed) if isinstance(parsed, dict) else None
+            self.load_user.on_frame(raw, data, mono, canonical=True)
         if self.frames.maxlen:
             self.frames.record(direction, at, mono, raw, self.label)  # type: ignore[attr-defined]
             if self.user.frames is not self.frames:

@@ -141,6 +141,9 @@ class FrameTail:
         except ValueError:
             parsed = None
         data = parsed if isinstance(parsed, dict) else None
+        if data is not None and direction == "in":
+            # the same canonical shape as a chat connection's frames (raw keeps the platform's names)
+            data = target_profile.current().canonical_event(data)
         return Frame(direction, at, mono, raw, data, connection)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[Frame]:
@@ -228,12 +231,15 @@ class ChatUserCore:
         return number.isdigit() and 0 < int(number) <= self.sent_count
 
     # ---------------------------------------------------------------- frames
-    def on_frame(self, raw: str, data: dict[str, Any] | None, mono: float) -> None:
-        """Check one incoming frame and fold it into the sink; call for every frame, in arrival order."""
+    def on_frame(self, raw: str, data: dict[str, Any] | None, mono: float, canonical: bool = False) -> None:
+        """Check one incoming frame and fold it into the sink; call for every frame, in arrival order.
+
+        ``canonical``: ``data`` already carries the contract's names (the target profile applied).
+        """
         # every canary in the frame is this user's own (the common case, two C-speed scans) or it is scanned
         if "CANARY-" in raw and raw.count("CANARY-") != raw.count(self.user.canary):
             self._scan_canaries(raw, data)
-        if data is not None:
+        if data is not None and not canonical:
             # one canonical shape for every check below (the target profile's names → the contract's)
             data = target_profile.current().canonical_event(data)
         if data is None:
@@ -292,7 +298,9 @@ class ChatUserCore:
         if kind not in TERMINAL_TYPES:
             return
         if pending.suspect or pending.open_call is not None or not _grammar_ok(events):
-            problems = check_run_events(events) or ["the run broke the contract"]
+            # the fast checks only flag a run for the full check (parallel tool calls trip them);
+            # the verdict is the full check's
+            problems = check_run_events(events)
         else:
             problems = []
         if problems:
@@ -316,8 +324,8 @@ class ChatUserCore:
         own = self.user.canary
         for found in CANARY_RE.findall(raw):
             base = canary_base(found)
-            if base == own:
-                continue
+            if base == own or own.startswith(found):
+                continue  # the user's own canary, or a cut-off quote of it (a tool's preview of the message)
             owner = self.canary_owners.get(base)
             who = f"{owner}'s canary" if owner else f"a foreign canary {base}"
             kind = (data or {}).get("type") or "non-JSON"
