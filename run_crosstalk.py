@@ -1,198 +1,29 @@
 #!/usr/bin/env python3
-"""Run the Crosstalk load suites: a thin front end over robot / pabot.
+"""Run the Crosstalk load suites: ``crosstalk run`` for a checkout without the package installed.
 
-It only turns options into a robot (or pabot) command line - tags, variables,
-output directory - prints that command and runs it.  Everything else (the
-platform, the load, the thresholds) lives in the suites.
+    python run_crosstalk.py --quick              # the same as: crosstalk run --quick
 
-    python run_crosstalk.py                      # full profile: 100 users
-    python run_crosstalk.py --quick              # quick profile: 20 users
-    python run_crosstalk.py --performance-only --users 200
-    python run_crosstalk.py --isolation-only
-    python run_crosstalk.py --verbose --report-file results.json
-    python run_crosstalk.py --processes 2        # pabot: suites in parallel on one shared platform
-    python run_crosstalk.py --soak 1000          # also hold 1,000 users from one process
+Everything lives in ``crosstalk.runner`` (libraries/crosstalk/runner.py); see ``crosstalk run --help``.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
-import json
-import os
-import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-LOAD_SUITES = ("suites/concurrent_agent_startup.robot", "suites/sustained_performance.robot")
-FULL_USERS = 100
-QUICK_USERS = 20
+sys.path.insert(0, str(ROOT / "libraries"))
 
+from crosstalk.runner import (  # noqa: E402
+    build_command,
+    build_parser,
+    by_scenario,
+    environment_problem,
+    main,
+    merge_summaries,
+)
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Run the Crosstalk load suites (concurrent agent startup, sustained performance) "
-        "with robot, or pabot with --processes. Extra arguments after -- go to robot/pabot.",
-    )
-    parser.add_argument("--users", type=int, default=None,
-                        help=f"users for agent startup (default {FULL_USERS}; --quick: {QUICK_USERS})")
-    parser.add_argument("--quick", action="store_true", help=f"quick profile: {QUICK_USERS} users")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--performance-only", action="store_true",
-                       help="every test tagged 'performance', in every suite unless suites are given")
-    group.add_argument("--isolation-only", action="store_true",
-                       help="every test tagged 'isolation', in every suite unless suites are given")
-    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                        help="wait at most this long for each agent run, and stop the whole run after "
-                        "ten times as long (default: the suites' own timeouts)")
-    parser.add_argument("--report-file", type=Path, default=None,
-                        help="write one JSON report here: outcome and every load run's summary")
-    parser.add_argument("--verbose", action="store_true", help="DEBUG log level and verbose console")
-    parser.add_argument("--processes", type=int, default=1,
-                        help="run the suites in parallel with pabot (default 1: plain robot)")
-    parser.add_argument("--soak", type=int, default=0, metavar="USERS",
-                        help="also run the soak test holding this many users from one process (e.g. 1000)")
-    parser.add_argument("--outputdir", type=Path, default=None,
-                        help="robot output directory (default results/run-<time>)")
-    parser.add_argument("suites", nargs="*",
-                        help=f"suite files (default: {' '.join(LOAD_SUITES)}; with --isolation-only or "
-                        "--performance-only: every suite)")
-    return parser
-
-
-def build_command(args: argparse.Namespace, outputdir: Path, summaries: Path) -> list[str]:
-    users = args.users if args.users is not None else (QUICK_USERS if args.quick else FULL_USERS)
-    if users < 1:
-        raise SystemExit(f"--users must be at least 1 (got {users}).")
-    if args.processes < 1:
-        raise SystemExit(f"--processes must be at least 1 (got {args.processes}).")
-    if args.processes > 1:
-        # pabot and the robot processes it starts run on this interpreter, whatever PATH says;
-        # PabotLib on a free port, so two runs on one machine do not fight over 8270
-        command = [sys.executable, "-m", "pabot.pabot", "--processes", str(args.processes),
-                   "--pabotlibport", "0", "--command", sys.executable, "-m", "robot", "--end-command"]
-    else:
-        command = [sys.executable, "-m", "robot"]
-    command += ["--outputdir", str(outputdir), "--variable", f"STARTUP_USERS:{users}",
-                "--variable", f"LOAD_RESULTS_DIR:{summaries}"]
-    if args.performance_only:
-        command += ["--include", "performance"]
-    if args.isolation_only:
-        command += ["--include", "isolation"]
-    if args.soak:
-        command += ["--variable", f"SOAK_USERS:{args.soak}"]
-    else:
-        command += ["--exclude", "soak"]
-    if args.timeout:
-        command += ["--variable", f"STARTUP_TIMEOUT:{args.timeout:g}s",
-                    "--variable", f"MESSAGE_TIMEOUT:{args.timeout:g}s"]
-    if args.verbose:
-        command += ["--loglevel", "DEBUG", "--console", "verbose"]
-    # suite files are given whole, with suites/__init__.robot starting the platform once;
-    # a tag selection (--isolation-only, --performance-only) runs over every suite
-    tag_only = args.isolation_only or args.performance_only
-    suites = args.suites or ([] if tag_only else list(LOAD_SUITES))
-    for suite in suites:
-        if not (ROOT / suite).exists() and not Path(suite).exists():
-            raise SystemExit(f"Suite file '{suite}' does not exist: give a path like {LOAD_SUITES[0]}.")
-    names = [Path(s).stem for s in suites]
-    for name in names:
-        command += ["--suite", name.replace("_", " ")]
-    command.append(str(ROOT / "suites"))
-    return command
-
-
-def environment_problem(processes: int) -> str | None:
-    """One line naming what this interpreter lacks to run the suites, or None when all is there."""
-    needed = ["robot"] + (["pabot"] if processes > 1 else [])
-    missing = [name for name in needed if importlib.util.find_spec(name) is None]
-    if not missing:
-        return None
-    packages = {"robot": "robotframework", "pabot": "robotframework-pabot"}
-    return (f"Cannot run: {' and '.join(missing)} not importable by {sys.executable}; activate the project's "
-            f"venv (. .venv/bin/activate) or pip install -r requirements.txt "
-            f"({', '.join(packages[m] for m in missing)}).")
-
-
-def combined(encoded: list[dict]) -> dict:
-    """Percentiles over every load run of every (pabot) process, from their merged HDR histograms."""
-    sys.path.insert(0, str(ROOT / "libraries"))
-    from crosstalk.metrics import merged_percentile
-
-    result = {}
-    for key in ("connect", "first_event", "completion", "gap"):
-        parts = [e.get(key) for e in encoded if e.get(key)]
-        if parts:
-            result[key] = {f"p{p:g}_ms": round(merged_percentile(parts, p) * 1e3, 3) for p in (50, 95, 99)}
-    return result
-
-
-def write_report(path: Path, command: list[str], returncode: int, summaries: Path, started: float) -> None:
-    runs, encoded = [], []
-    for file in sorted(summaries.glob("*.json")):
-        try:
-            summary = json.loads(file.read_text())
-        except (OSError, ValueError):
-            continue
-        encoded.append(summary.pop("histograms_encoded", None) or {})
-        summary.pop("per_user", None)
-        runs.append(summary)
-    report = {
-        "command": command, "passed": returncode == 0, "robot_return_code": returncode,
-        "duration_s": round(time.time() - started, 2), "all_runs_combined": combined(encoded),
-        "load_runs": runs,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
-    print(f"Report: {path} ({len(runs)} load runs)")
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        index = argv.index("--")
-        argv, extra = argv[:index], argv[index + 1:]
-    args = build_parser().parse_args(argv)
-    problem = environment_problem(args.processes)
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    outputdir = args.outputdir or ROOT / "results" / f"run-{stamp}"
-    summaries = outputdir / "load"
-    command = build_command(args, outputdir, summaries)
-    command[-1:-1] = extra
-    print("+ " + " ".join(shlex.quote(part) for part in command), flush=True)
-    started = time.time()
-    limit = args.timeout * 10 + 120 if args.timeout else None
-    process = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ))
-    try:
-        returncode = process.wait(limit)
-    except subprocess.TimeoutExpired:
-        print(f"Stopping: the run took longer than {limit:g} s (--timeout {args.timeout:g} x 10 + 120).",
-              file=sys.stderr)
-        process.terminate()
-        try:
-            returncode = process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            returncode = process.wait()
-        returncode = returncode or 124
-    except KeyboardInterrupt:
-        process.terminate()
-        returncode = process.wait()
-    if args.report_file:
-        write_report(args.report_file, command, returncode, summaries, started)
-    written = sorted(summaries.glob("*.json")) if summaries.is_dir() else []
-    if written:
-        print(f"Load summaries: {len(written)} in {summaries}")
-    print(f"Output: {outputdir}")
-    return returncode
-
+__all__ = ["build_command", "build_parser", "by_scenario", "environment_problem", "main", "merge_summaries"]
 
 if __name__ == "__main__":
     sys.exit(main())

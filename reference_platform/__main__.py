@@ -31,11 +31,15 @@ from pathlib import Path
 import psutil
 
 from . import faults, hooks, variant
-from .config import AUDIENCE, ISSUER, Settings
+from .config import AUDIENCE, ISSUER, REDIS_POOL_SIZE, Settings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
-DEFAULT_DATA_ROOT = REPO_ROOT / "results" / "platform-data"
+# a source checkout keeps its data under its own results/; an installed copy under ./results
+# (or $CROSSTALK_RESULTS), never inside site-packages
+_CHECKOUT = all((REPO_ROOT / marker).exists() for marker in ("pyproject.toml", "suites", "libraries"))
+DEFAULT_DATA_ROOT = (Path(os.environ["CROSSTALK_RESULTS"]).resolve() if os.environ.get("CROSSTALK_RESULTS")
+                     else (REPO_ROOT if _CHECKOUT else Path.cwd()) / "results") / "platform-data"
 STARTUP_TIMEOUT = 60.0
 
 
@@ -132,6 +136,12 @@ state file (--state-file), written once both services answer /health:
                         "resources/profiles/variant.yaml")
     parser.add_argument("--variant-seed", type=int, default=0,
                         help="seed of the variant agent's wording, thinking steps and latency (default 0)")
+    parser.add_argument("--redis-pool-size", type=int, default=REDIS_POOL_SIZE,
+                        help="Redis connections of the backend; a request waits up to 10 s for a free one "
+                        "(default %(default)s)")
+    parser.add_argument("--fast-password-hash", action="store_true",
+                        help="benchmarks only: argon2id at 1 MiB and 1 pass instead of the OWASP minimum, so "
+                        "registering thousands of load users takes seconds")
     return parser
 
 
@@ -274,7 +284,8 @@ class Platform:
             rate_limit_per_second=args.rate_limit, rate_limit_burst=args.rate_burst,
             issuer=args.issuer, audience=args.audience, faults=self.fault_names,
             db_pool_size=args.db_pool_size, variant=bool(args.variant), variant_seed=args.variant_seed,
-            analytics_db=args.analytics_db,
+            analytics_db=args.analytics_db, redis_pool_size=args.redis_pool_size,
+            fast_password_hash=args.fast_password_hash,
             test_hooks=bool(args.test_hooks) if args.test_hooks is not None else hooks.from_environment(),
         )
         for name in ("auth", "backend"):

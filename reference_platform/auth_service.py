@@ -242,7 +242,17 @@ def _password_matches(password_hash: str, password: str) -> bool:
         return False
 
 
+def use_fast_password_hash() -> None:
+    """Benchmarks only (``--fast-password-hash``): argon2id at 1 MiB / 1 pass, so registering
+    thousands of load users takes seconds; what the benchmarks measure comes after the logins."""
+    global HASHER, DUMMY_HASH
+    HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    DUMMY_HASH = HASHER.hash("not-a-real-password-0")
+
+
 def create_app(settings: Settings) -> Starlette:
+    if settings.fast_password_hash:
+        use_fast_password_hash()
     service = AuthService(settings)
     return Starlette(
         routes=[

@@ -183,7 +183,7 @@ class BackendService:
         await ensure_schema(self.pool, BACKEND_SCHEMA)
         # A blocking pool waits for a free connection under bursts instead of failing.
         self.redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-            self.settings.redis_url, max_connections=100, timeout=10,
+            self.settings.redis_url, max_connections=self.settings.redis_pool_size, timeout=10,
             # no CLIENT SETINFO: saves two round trips and a package-metadata read per connection
             lib_name=None, lib_version=None))
         self._rate_script = self.redis.register_script(RATE_LIMIT_LUA)

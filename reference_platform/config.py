@@ -16,6 +16,7 @@ SETTINGS_ENV = "REFPLAT_SETTINGS"
 ISSUER = "crosstalk-reference-auth"
 AUDIENCE = "crosstalk-reference-backend"
 REVOCATION_CHANNEL = "revoked-access-tokens"
+REDIS_POOL_SIZE = 1000
 
 
 @dataclass
@@ -42,6 +43,10 @@ class Settings:
     variant: bool = False
     variant_seed: int = 0
     analytics_db: str = "analytics"
+    # the backend's Redis connections; 100 ran dry at ~8,000 simultaneous users (HTTP 500 on
+    # handshakes, agent_error on runs); see docs/load.md for how the default was chosen
+    redis_pool_size: int = REDIS_POOL_SIZE
+    fast_password_hash: bool = False  # benchmarks only: cheap argon2 so thousands of users register fast
     test_hooks: bool = False  # honour X-Crosstalk-Inject (see hooks.py)
 
     def to_env(self) -> str:

@@ -6,7 +6,7 @@ Documentation       Concurrent chat (seed 000): ten users log in, connect and ch
 ...                 isolation oracle finds no data of one user anywhere another user can see.
 ...                 The whole round (first send to last answer) must take less than ${MAX_ROUND_TIME}.
 
-Resource            ../resources/isolation.resource
+Resource            crosstalk/resources/isolation.resource
 
 Suite Setup         Chat Suite Starts
 Suite Teardown      Isolation Suite Ends

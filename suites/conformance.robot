@@ -7,7 +7,7 @@ Documentation       Conformance: does this platform meet the Crosstalk contract?
 ...                 is validated against docs/contract/openapi.yaml and every frame against
 ...                 docs/contract/asyncapi.yaml.  The log holds one table per area.
 
-Resource            ../resources/contract.resource
+Resource            crosstalk/resources/contract.resource
 
 Suite Setup         Start Or Attach Platform
 Suite Teardown      Release Platform

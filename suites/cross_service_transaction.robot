@@ -8,7 +8,7 @@ Documentation       Creating a workspace writes three stores in one all-or-nothi
 ...                 through the contract's optional hook (``X-Crosstalk-Inject``, advertised in
 ...                 ``/health``); a target without it skips the rollback tests (needs:fault-injection).
 
-Resource            ../resources/races.resource
+Resource            crosstalk/resources/races.resource
 
 Suite Setup         Start Or Attach Platform
 Suite Teardown      Release Platform

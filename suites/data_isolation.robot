@@ -7,7 +7,7 @@ Documentation       Real concurrent users with data isolation (seed 001): twelve
 ...                 fairness index of per-user latency are measured and held to thresholds.
 ...                 Override a threshold with e.g. ``--variable MAX_MEAN_LATENCY:2s``.
 
-Resource            ../resources/isolation.resource
+Resource            crosstalk/resources/isolation.resource
 
 Suite Setup         Chat Suite Starts
 Suite Teardown      Isolation Suite Ends

@@ -3,7 +3,7 @@ Documentation       Golden path: one user signs up, signs in, chats with the age
 ...
 ...                 Every step a real user takes, end to end over REST and the WebSocket.
 
-Resource            ../resources/chat.resource
+Resource            crosstalk/resources/chat.resource
 
 Suite Setup         Chat Suite Starts
 Suite Teardown      Chat Suite Ends

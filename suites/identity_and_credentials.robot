@@ -7,7 +7,7 @@ Documentation       Who a request acts for comes from the verified token only, a
 ...                 second Authorization header must never authenticate; login must not tell which
 ...                 emails exist, by its answer or by its timing.
 
-Resource            ../resources/integrity.resource
+Resource            crosstalk/resources/integrity.resource
 
 Suite Setup         Integrity Suite Starts
 Suite Teardown      Chat Suite Ends

@@ -7,7 +7,7 @@ Documentation       Isolation details (seed 004, and test 5 of seed 002): what o
 ...                 no user can read, list, message into or delete another user's thread, over
 ...                 REST or the WebSocket, nor leave a trace of it in the database.
 
-Resource            ../resources/isolation.resource
+Resource            crosstalk/resources/isolation.resource
 
 Suite Setup         Isolation Details Setup
 Suite Teardown      Isolation Suite Ends

@@ -6,7 +6,7 @@ Documentation       Many users and many clients of one user hit the platform at 
 ...                 never go stale or cross users, and the ChatGPT incident of March 2023 (a cancelled
 ...                 Redis read handing the next user the previous user's reply) cannot happen.
 
-Resource            ../resources/races.resource
+Resource            crosstalk/resources/races.resource
 
 Suite Setup         Start Or Attach Platform
 Suite Teardown      Release Platform

@@ -7,7 +7,7 @@ Documentation       Security of a multi-user chat platform, after the OWASP Web 
 ...                 Three users, alice, bob and carol, each own a thread holding their secret canary.
 ...                 Ownership is checked for every ordered pair of them, over REST and over the WebSocket.
 
-Resource            ../resources/security.resource
+Resource            crosstalk/resources/security.resource
 
 Suite Setup         Security Suite Starts
 Suite Teardown      Chat Suite Ends

@@ -1,7 +1,7 @@
 *** Settings ***
 Documentation       Smoke: two users log in and each completes one chat.
 
-Resource            ../resources/chat.resource
+Resource            crosstalk/resources/chat.resource
 
 Suite Setup         Chat Suite Starts
 Suite Teardown      Chat Suite Ends

@@ -7,7 +7,7 @@ Documentation       What the user saw streamed is what the platform stored, and 
 ...                 failed cross-service transaction leaves no prepared transaction or lock; and one user's
 ...                 chat does not slow down as other users' data piles up (seeds 000, 003, 004).
 
-Resource            ../resources/integrity.resource
+Resource            crosstalk/resources/integrity.resource
 
 Suite Setup         Integrity Suite Starts
 Suite Teardown      Chat Suite Ends

@@ -9,7 +9,7 @@ Documentation       Agents that share token budgets race each other in PostgreSQ
 ...                 (40P01) and a retried loser applies exactly once; a pool smaller than the demand
 ...                 queues callers instead of failing them.  Everything runs in a scratch database.
 
-Resource            ../resources/transactions.resource
+Resource            crosstalk/resources/transactions.resource
 
 Suite Setup         Prepare A Scratch Budget Ledger
 Suite Teardown      Remove The Scratch Budget Ledger

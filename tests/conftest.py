@@ -83,6 +83,16 @@ class RunningPlatform:
         return self.process.returncode
 
 
+def pytest_report_header(config) -> str:
+    """Where robot subprocesses find crosstalk/resources: the suites import the installed package."""
+    found = next((Path(p) / "crosstalk" / "resources" for p in sys.path
+                  if p and (Path(p) / "crosstalk" / "resources" / "chat.resource").is_file()), None)
+    if found:
+        return f"robotframework-crosstalk resources: {found}"
+    return ("robotframework-crosstalk is NOT installed here: tests that run the suites fail to import "
+            "crosstalk/resources/*.resource; pip install -e '.[platform]'")
+
+
 def generate_private_key_pem() -> bytes:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa

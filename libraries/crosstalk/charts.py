@@ -41,8 +41,8 @@ def latency_percentiles(metrics: LoadMetrics) -> str | None:
     chart.x_labels = [f"p{p:g}" for p in PERCENTILES] + ["max"]
     drawn = False
     for key in ("connect", "first_event", "completion"):
-        h = metrics.histograms[key]
-        if h.get_total_count() == 0:
+        h = metrics.histograms.get(key)
+        if h is None or h.get_total_count() == 0:
             continue
         values = [h.get_value_at_percentile(p) / 1e3 for p in PERCENTILES] + [h.get_max_value() / 1e3]
         chart.add(HISTOGRAMS[key], values)
@@ -51,8 +51,8 @@ def latency_percentiles(metrics: LoadMetrics) -> str | None:
 
 
 def latency_histogram(metrics: LoadMetrics, key: str = "completion", buckets: int = 20) -> str | None:
-    h = metrics.histograms[key]
-    if h.get_total_count() == 0:
+    h = metrics.histograms.get(key)
+    if h is None or h.get_total_count() == 0:
         return None
     low, high = h.get_min_value(), h.get_max_value()
     width = max((high - low) // buckets + 1, 1)
@@ -100,8 +100,8 @@ def per_user(metrics: LoadMetrics) -> str | None:
 def metrics_table(metrics: LoadMetrics) -> str:
     rows: list[list[str]] = []
     for key, title in HISTOGRAMS.items():
-        h = metrics.histograms[key]
-        if h.get_total_count() == 0:
+        h = metrics.histograms.get(key)
+        if h is None or h.get_total_count() == 0:
             continue
         rows.append([title, str(h.get_total_count())] + [
             format_seconds(metrics.stat(key, name)) for name in ("p50", "p95", "p99", "max")
@@ -113,10 +113,16 @@ def metrics_table(metrics: LoadMetrics) -> str:
     facts = [
         ["users connected", f"{metrics.connected} / {len(metrics.users)}"],
         ["messages completed / sent", f"{metrics.completed} / {metrics.sent} ({metrics.success_rate:.1f}%)"],
+        ["messages in flight at once (peak)", str(metrics.in_flight_peak)],
         ["throughput", f"{metrics.throughput:.1f} messages/s over {metrics.duration:.2f} s"],
         ["errors", ", ".join(f"{k}: {v}" for k, v in sorted(metrics.errors.items())) or "none"],
         ["unique run ids / collisions", f"{len(metrics.run_ids)} / {metrics.run_id_collisions}"],
         ["routing accuracy", f"{metrics.routing_accuracy:.2f}% ({metrics.misrouted} misrouted)"],
+        ["isolation / contract violations (checked on arrival)",
+         ", ".join(f"{k}: {v}" for k, v in sorted(metrics.violations.items())) or "none"],
+        ["latency measured", metrics.latency_basis],
+        ["garbage collections during the run (longest pause)",
+         f"{metrics.info.get('gc_collections', 'n/a')} ({metrics.info.get('gc_max_pause_ms', 'n/a')} ms)"],
         ["fairness (Jain, latency / messages)", f"{metrics.fairness:.3f} / {metrics.fairness_messages:.3f}"],
         ["platform CPU mean / p90 / peak (% of machine)",
          "not measured" if cpu is None else

@@ -44,8 +44,9 @@ from typing import Any
 import requests
 
 from .httpretry import HTTP_TIMEOUT
+from .paths import results_root
 
-LEDGER_DIR = Path(__file__).resolve().parents[2] / "results" / ".crosstalk" / "ledger"
+LEDGER_DIR = results_root() / ".crosstalk" / "ledger"  # the checkout's results/, or ./results
 PARALLEL = 8
 _LOCK = threading.Lock()
 

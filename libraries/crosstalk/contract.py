@@ -32,8 +32,11 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from .errors import CrosstalkError
+from .paths import source_checkout
 
-CONTRACT_DIR = Path(__file__).resolve().parents[2] / "docs" / "contract"
+# docs/contract/ of the checkout; installed, the same documents ship as crosstalk/contract_documents/
+CONTRACT_DIR = (_checkout / "docs" / "contract" if (_checkout := source_checkout())
+                else Path(__file__).resolve().parent / "contract_documents")
 ASYNCAPI = CONTRACT_DIR / "asyncapi.yaml"
 OPENAPI = CONTRACT_DIR / "openapi.yaml"
 OFF = ("off", "none", "false", "0")

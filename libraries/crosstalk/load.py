@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import itertools
+import contextlib
+import gc
 import json
 import os
 import re
@@ -31,7 +32,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -39,23 +40,21 @@ from urllib.parse import urlsplit
 
 import psutil
 import requests
+from websockets.exceptions import ConnectionClosed
 
 from . import context
 from . import profile as target_profile
 from .connection import UserConnection
 from .httpretry import pooled_session
+from .loadcore import TOPICS, ChatUserCore, FrameTail, Pending, RecentSet
 from .metrics import LoadMetrics, UserStats
-from .model import TestUser, Tokens
+from .model import Frame, TestUser, Tokens
 from .resources_sampler import BackgroundSampler, generator_source, psutil_source, record_series
 from .testhooks import prometheus_source
 
-TOPICS = (
-    "What will my billing look like next month",
-    "Is my password storage secure enough",
-    "Why is the dashboard latency so high",
-    "Summarise what we discussed",
-)
+__all__ = ["TOPICS", "LoadConfig", "LoadModel", "LoadRun", "LoadUser", "run_load"]
 GENERATOR_BUSY_PCT = 80.0
+DEFAULT_KEEP_FRAMES = 64
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 
 
@@ -80,7 +79,16 @@ class LoadConfig:
     login_concurrency: int = 16
     same_thread: bool = True
     name: str = "load"
-
+    # frames kept per connection (and per user) for failure messages, transcripts and the oracle;
+    # every frame is checked on arrival whatever this is
+    keep_frames: int = DEFAULT_KEEP_FRAMES
+    # start a new thread after this many messages (0: one thread per user for the whole run); the
+    # reference agent quotes a thread's whole history, so long soaks need short threads
+    messages_per_thread: int = 0
+    # gc.freeze() once users are logged in and connected: full collections then skip the setup's objects
+    freeze_gc: bool = True
+    # the scenario a run belongs to: runs merge (pabot processes) only within one scenario
+    scenario: str = ""
     def validate(self) -> None:
         if self.users < 1:
             raise ValueError(f"users must be at least 1 (got {self.users}).")
@@ -90,98 +98,40 @@ class LoadConfig:
             raise ValueError("The open model needs a rate in messages per second, e.g. rate=50.")
         if min(self.think_time, self.ramp_up) < 0 or self.message_timeout <= 0:
             raise ValueError("think time and ramp-up must be >= 0 and the message timeout > 0.")
+        if self.keep_frames < 0 or self.messages_per_thread < 0:
+            raise ValueError("keep_frames and messages_per_thread must be >= 0 (0: keep none / one thread).")
 
 
-@dataclass(eq=False)
-class _Pending:
-    cmid: str
-    canary: str
-    intended: float
-    future: asyncio.Future
-    last_event: float | None = None
-    run_id: str | None = None
-    thread_id: str | None = None
+class LoadUser(ChatUserCore):
+    """One simulated user on the engine loop: its connection, statistics and messages in flight.
 
+    The protocol logic and every per-frame check live in
+    :class:`crosstalk.loadcore.ChatUserCore`; this class adds the asyncio side
+    (a future per message, one timer per message, the socket).
+    """
 
-class LoadUser:
-    """One simulated user: its TestUser, its connection, its statistics and its messages in flight."""
-
-    def __init__(self, user: TestUser, stats: UserStats, metrics: LoadMetrics):
-        self.user = user
-        self.stats = stats
-        self.metrics = metrics
+    def __init__(self, user: TestUser, stats: UserStats, metrics: LoadMetrics,
+                 canary_owners: dict[str, str] | None = None, messages_per_thread: int = 0):
+        super().__init__(user, metrics, stats, canary_owners, messages_per_thread)
         self.connection: LoadConnection | None = None
-        self.pending: dict[str, _Pending] = {}
-        self.own_cmids: set[str] = set()
-        self.thread_id: str | None = None
         self.closing = False
-        self.counter = itertools.count(1)
+
+    @property
+    def metrics(self) -> LoadMetrics:
+        return self.sink  # type: ignore[return-value]
+
+    @metrics.setter
+    def metrics(self, metrics: LoadMetrics) -> None:
+        self.sink = metrics
 
     # ---------------------------------------------------------------- frames
     def on_event(self, data: dict[str, Any], mono: float) -> None:
-        """Called for every parsed incoming frame, on the engine loop."""
-        metrics = self.metrics
-        cmid = data.get("client_message_id")
-        owner = data.get("user_id")
-        if cmid is None and data.get("type") == "error":
-            self._anonymous_error(data)
-            return
-        if cmid not in self.own_cmids or (owner is not None and owner != self.user.user_id):
-            metrics.misrouted += 1
-            metrics.record_error(
-                "misrouted", f"user '{self.user.label}' received {str(data)[:200]}", self.stats
-            )
-            return
-        metrics.events += 1
-        pending = self.pending.get(cmid)
-        if pending is None:
-            return  # an event after the run ended (timed out earlier): counted, not timed
-        kind = data.get("type")
-        if kind == "error":
-            self._finish(pending, f"error:{data.get('code')}", f"{data.get('code')}: {data.get('message')}")
-            return
-        if pending.last_event is None:
-            metrics.record_first_event(self.stats, mono - pending.intended)
-            run_id = data.get("run_id")
-            if run_id:
-                pending.run_id = str(run_id)
-                metrics.record_run_id(pending.run_id)
-        else:
-            metrics.record_gap(mono - pending.last_event)
-        pending.last_event = mono
-        if data.get("thread_id"):
-            pending.thread_id = str(data["thread_id"])
-        if kind == "agent_completed":
-            response = str((data.get("payload") or {}).get("response", ""))
-            evidence = target_profile.current().answer_evidence(pending.canary, pending.canary)
-            if evidence is not None and evidence not in response:
-                self._finish(pending, "wrong_answer",
-                             f"run {pending.run_id}: answer does not quote the message: {response[:150]}")
-                return
-            metrics.record_completion(self.stats, mono - pending.intended, mono)
-            if self.thread_id is None:
-                self.thread_id = pending.thread_id
-            self._finish(pending, None, "")
-        elif kind == "agent_error":
-            self._finish(pending, "agent_error",
-                         f"run {pending.run_id}: {(data.get('payload') or {}).get('message')}")
+        """An already-parsed frame (tests feed these by hand)."""
+        self.on_frame(json.dumps(data), data, mono)
 
-    def _anonymous_error(self, data: dict[str, Any]) -> None:
-        """An error frame naming no message (e.g. rate_limited): it answers the oldest message not started."""
-        self.metrics.events += 1
-        kind, detail = f"error:{data.get('code')}", f"{data.get('code')}: {data.get('message')}"
-        waiting = [p for p in self.pending.values() if p.last_event is None]
-        if waiting:
-            self._finish(min(waiting, key=lambda p: p.intended), kind, detail)
-        else:
-            self.metrics.record_error(kind, f"user '{self.user.label}' {detail}", self.stats)
-
-    def _finish(self, pending: _Pending, error: str | None, detail: str) -> None:
-        self.pending.pop(pending.cmid, None)
-        if error:
-            self.metrics.record_error(error, f"user '{self.user.label}' {detail}", self.stats)
-        if not pending.future.done():
-            pending.future.set_result(error)
+    def resolved(self, pending: Pending) -> None:
+        if pending.waiter is not None and not pending.waiter.done():
+            pending.waiter.set_result(pending.outcome)
 
     def on_closed(self) -> None:
         if self.closing:
@@ -194,59 +144,94 @@ class LoadUser:
             f"{conn.close_code if conn else None} {conn.close_reason if conn else ''}".strip(),
             self.stats,
         )
-        for pending in list(self.pending.values()):
-            self._finish(pending, "lost_in_drop", f"message {pending.cmid} lost when the connection dropped")
+        self.fail_all("lost_in_drop", "lost when the connection dropped")
 
     # ---------------------------------------------------------------- sending
-    async def send(self, intended: float) -> _Pending:
+    async def send(self, intended: float) -> Pending:
         """Send one message meant to leave at ``intended`` (monotonic).
 
-        The pending message's future resolves to None when the run completed
+        The pending message's waiter resolves to None when the run completed
         correctly, else to the error kind.
         """
         assert self.connection is not None
-        n = next(self.counter)
-        cmid = f"{self.user.label}-{n}-{uuid.uuid4().hex[:8]}"
-        canary = f"{self.user.canary}-m{n}"
-        content = f"{TOPICS[(self.user.serial + n) % len(TOPICS)]} [{canary}]"
-        pending = _Pending(cmid, canary, intended, asyncio.get_running_loop().create_future())
-        self.pending[cmid] = pending
-        self.own_cmids.add(cmid)
-        self.metrics.record_sent(self.stats, intended)
+        pending, text = self.next_message(intended)
+        pending.waiter = asyncio.get_running_loop().create_future()
         try:
-            await self.connection.send_message(content, self.thread_id, cmid, echo_token=canary)
+            await self.connection.send_text(text, self.last_body)
         except AssertionError as exc:
-            self._finish(pending, "send_failed", str(exc))
+            self.finish(pending, "send_failed", str(exc))
         return pending
 
-    async def wait(self, pending: _Pending, timeout: float) -> str | None:
+    async def wait(self, pending: Pending, timeout: float) -> str | None:
         """The message's outcome; ``timeout`` after its intended send time it is recorded as a timeout."""
-        if pending.future.done():
-            return pending.future.result()
+        if pending.done:
+            return pending.outcome
         remaining = max(pending.intended + timeout - time.monotonic(), 0.0)
         # one timer per message instead of wait_for + shield: this runs for every message of every user
-        timer = asyncio.get_running_loop().call_later(remaining, self._expire, pending, timeout)
+        timer = asyncio.get_running_loop().call_later(remaining, self.expire, pending, timeout)
         try:
-            return await pending.future
+            return await pending.waiter
         finally:
             timer.cancel()
 
-    def _expire(self, pending: _Pending, timeout: float) -> None:
-        if pending.future.done():
-            return
-        got = "no event" if pending.last_event is None else f"events of run {pending.run_id} but no end"
-        self._finish(pending, "timeout",
-                     f"waited {timeout:g} s for agent_completed of message {pending.cmid}; got {got}")
-
 
 class LoadConnection(UserConnection):
-    """A UserConnection whose incoming frames also drive the load run's bookkeeping."""
+    """A UserConnection for load: every frame is checked as it arrives, only a bounded tail is kept.
+
+    The last ``keep_frames`` frames of the connection (and of its user) stay
+    for failure messages, transcripts and the isolation oracle; everything
+    else is folded into the run's summaries and histograms on arrival.
+    """
 
     load_user: LoadUser
 
-    def _route(self, frame, data, mono):  # type: ignore[no-untyped-def]
-        super()._route(frame, data, mono)
-        self.load_user.on_event(data, mono)
+    def __init__(self, user: TestUser, label: str, url: str, keep_frames: int = DEFAULT_KEEP_FRAMES):
+        super().__init__(user, label, url)
+        if isinstance(user.frames, FrameTail) and user.frames.maxlen == keep_frames:
+            self.frames = user.frames  # type: ignore[assignment]  # one connection: one tail serves both
+        else:
+            self.frames = FrameTail(keep_frames)  # type: ignore[assignment]
+
+    def _record(self, direction, raw, at, mono):  # type: ignore[no-untyped-def]
+        data = None
+        if direction == "in":
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = None
+            data = target_profile.current().canonical_event(parsed) if isinstance(parsed, dict) else None
+            self.load_user.on_frame(raw, data, mono, canonical=True)
+        if self.frames.maxlen:
+            self.frames.record(direction, at, mono, raw, self.label)  # type: ignore[attr-defined]
+            if self.user.frames is not self.frames:
+                self.user.frames.append(Frame(direction, at, mono, raw, data, self.label))
+            if self.listeners:
+                frame = Frame(direction, at, mono, raw, data if direction == "in" else self._out_data,
+                              self.label)
+                for listener in self.listeners:
+                    listener(frame)
+                return frame
+        return None
+
+    _out_data: dict[str, Any] | None = None
+
+    async def send_text(self, text: str, data: dict[str, Any] | None = None) -> None:
+        """Send one frame (no run handle: the load user keeps its own bookkeeping); ``data`` is its JSON."""
+        if self.ws is None or self.closed:
+            raise AssertionError(
+                f"Connection '{self.label}' of user '{self.user.label}' is closed "
+                f"(code {self.close_code}{', ' + self.close_reason if self.close_reason else ''})."
+            )
+        if self.frames.maxlen:
+            self._out_data = data if data is not None else json.loads(text)
+            self._record("out", text, time.time(), time.monotonic())
+        try:
+            await self.ws.send(text)
+        except ConnectionClosed as exc:
+            raise AssertionError(
+                f"Sending on connection '{self.label}' of user '{self.user.label}' failed: closed "
+                f"with code {exc.rcvd.code if exc.rcvd else None}."
+            ) from None
 
 
 # -------------------------------------------------------------------- HTTP login
@@ -353,6 +338,14 @@ class LoadRun:
     load_users: list[LoadUser] = field(default_factory=list)
     ws_url: str = ""
     phase: str = "starting"
+    # called on the engine loop with each new phase ("connecting", "sending", "done"); e.g. a
+    # benchmark reads the generator's CPU when sending starts; must not block
+    on_phase: Callable[[str], None] | None = None
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        if self.on_phase is not None:
+            self.on_phase(phase)
 
     @property
     def users(self) -> list[TestUser]:
@@ -389,7 +382,7 @@ class LoadRun:
 async def _connect(run: LoadRun, lu: LoadUser, delay: float) -> None:
     if delay:
         await asyncio.sleep(delay)
-    conn = LoadConnection(lu.user, f"{lu.user.label}#load", run.ws_url)
+    conn = LoadConnection(lu.user, f"{lu.user.label}#load", run.ws_url, run.config.keep_frames)
     conn.load_user = lu
     started = time.monotonic()
     try:
@@ -399,7 +392,7 @@ async def _connect(run: LoadRun, lu: LoadUser, delay: float) -> None:
         return
     run.metrics.record_connect(lu.user.label, time.monotonic() - started)
     # the load run resolves runs by callback: no per-frame waiter notification task
-    conn._condition = None
+    conn._condition = None  # type: ignore[assignment]
     lu.connection = conn
     assert conn._reader is not None
     conn._reader.add_done_callback(lambda _task: lu.on_closed())
@@ -418,6 +411,7 @@ async def _closed_user(run: LoadRun, lu: LoadUser, delay: float) -> None:
             await asyncio.sleep(cfg.think_time)
         if not cfg.same_thread:
             lu.thread_id = None
+        # closed model: the message is due now, when the previous one ended (and the think time passed)
         pending = await lu.send(time.monotonic())
         await lu.wait(pending, cfg.message_timeout)
 
@@ -465,7 +459,8 @@ async def run_load(
     endpoints; CPU percentages then need ``platform_cores`` (else not measured).
     """
     config.validate()
-    metrics = run.metrics if run else LoadMetrics(config.name)
+    metrics = run.metrics if run else LoadMetrics(config.name, config.scenario or None)
+    metrics.scenario = config.scenario or metrics.scenario
     run = run or LoadRun(config, metrics)
     run.ws_url = ws_url
     if previous is not None:
@@ -479,23 +474,28 @@ async def run_load(
         prefix = re.sub(r"[^A-Za-z0-9]", "", config.name)[:10] or "load"
         test_users = list(users) if users else new_load_users(config.users, prefix)
         config.users = len(test_users)
-        run.load_users = [LoadUser(u, metrics.user(u.label), metrics) for u in test_users]
-        run.phase = "logging in"
+        owners = {u.canary: u.label for u in test_users}
+        run.load_users = [LoadUser(bounded(u, config.keep_frames), metrics.user(u.label), metrics, owners,
+                                   config.messages_per_thread) for u in test_users]
+        run.set_phase("logging in")
         await _login_all(run, auth_url)
 
+    frozen = False
+    gc_watch = GcWatch()  # from the first message on: the collections whose pauses reach the latencies
     sampler = start_resource_sampler(platform_pids, metrics_urls)
     remote = (list(metrics_urls), platform_cores) if metrics_urls else None
     cpu_process, cpu_engine, wall = time.process_time(), time.thread_time(), time.monotonic()
     metrics.started_mono = wall
     metrics.started_at = time.time()
     try:
-        run.phase = "connecting"
+        run.set_phase("connecting")
         ramp = config.ramp_up
         todo = [lu for lu in run.load_users if lu.connection is None or lu.connection.closed]
         n = max(len(todo), 1)
         if config.start_together or config.model is LoadModel.OPEN:
             await asyncio.gather(*(_connect(run, lu, ramp * i / n) for i, lu in enumerate(todo)))
-            run.phase = "sending"
+            frozen = _freeze(config, gc_watch)
+            run.set_phase("sending")
             if config.model is LoadModel.OPEN:
                 await _open_schedule(run)
             else:
@@ -506,11 +506,17 @@ async def run_load(
                     await _connect(run, lu, delay)
                 await _closed_user(run, lu, 0.0 if lu in todo else delay)
 
-            run.phase = "sending"
+            frozen = _freeze(config, gc_watch)
+            run.set_phase("sending")
             await asyncio.gather(*(user_flow(lu, ramp * i / n) for i, lu in enumerate(run.load_users)))
     finally:
+        gc_watch.__exit__()
+        gc_watch.record(metrics)
+        if frozen:
+            gc.unfreeze()
         metrics.finish()
-        run.phase = "done"
+        _settle_latency_basis(config, metrics)
+        run.set_phase("done")
         spent = (time.process_time() - cpu_process, time.thread_time() - cpu_engine, time.monotonic() - wall)
     if sampler:
         # the resource window is at least sampler.min_window long: wait for it without blocking the loop
@@ -522,6 +528,77 @@ async def run_load(
     else:
         _record_resources(metrics, sampler, platform_pids, *spent, remote=remote)
     return run
+
+
+def bounded(user: TestUser, keep_frames: int) -> TestUser:
+    """Give a load user bounded frame and id stores (the oracle reads them like lists and sets)."""
+    user.frames = FrameTail(keep_frames, user.frames)  # type: ignore[assignment]
+    limit = max(keep_frames, 16)
+    user.run_ids = RecentSet(limit, user.run_ids)  # type: ignore[assignment]
+    user.thread_ids = RecentSet(limit, user.thread_ids)  # type: ignore[assignment]
+    return user
+
+
+class GcWatch:
+    """Times every garbage collection while a run sends (``gc.callbacks``): its pauses land in the tail."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.max_pause = 0.0
+        self.total = 0.0
+        self.counts = [0, 0, 0]
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self.started
+        self.total += pause
+        self.max_pause = max(self.max_pause, pause)
+        self.counts[info.get("generation", 0)] += 1
+
+    def __enter__(self) -> GcWatch:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self)
+
+    def record(self, metrics: LoadMetrics) -> None:
+        metrics.info["gc_collections"] = {f"gen{g}": n for g, n in enumerate(self.counts)}
+        metrics.info["gc_max_pause_ms"] = round(self.max_pause * 1e3, 3)
+        metrics.info["gc_total_pause_ms"] = round(self.total * 1e3, 3)
+
+
+def _freeze(config: LoadConfig, gc_watch: GcWatch) -> bool:
+    """Move everything built during setup to the permanent generation: full collections skip it.
+
+    Then start timing collections (the deliberate full collection here is before any message)."""
+    frozen = False
+    if config.freeze_gc:
+        gc.collect()
+        gc.freeze()
+        frozen = True
+    gc_watch.__enter__()
+    return frozen
+
+
+def _settle_latency_basis(config: LoadConfig, metrics: LoadMetrics) -> None:
+    """Say how latency was measured; correct the closed model for coordinated omission when it can hide."""
+    if config.model is LoadModel.OPEN:
+        metrics.latency_basis = (f"open model: from the intended send time of each message "
+                                 f"({config.rate:g} messages/s), no correction needed")
+    elif config.messages <= 1:
+        metrics.latency_basis = ("one message per user, sent at its intended moment: latency from the "
+                                 "intended send time, nothing to correct")
+    else:
+        median = metrics.percentile("completion", 50.0)
+        if median is None:
+            metrics.latency_basis = "closed model: nothing completed, nothing to correct"
+            return
+        metrics.correct_for_coordinated_omission(config.think_time + median)
+    metrics.info["latency_basis"] = metrics.latency_basis
 
 
 async def _login_all(run: LoadRun, auth_url: str) -> None:
@@ -538,24 +615,17 @@ async def _login_all(run: LoadRun, auth_url: str) -> None:
     run.load_users = [lu for lu in run.load_users if lu.user.tokens is not None]
 
 
-_CANARY_RE = re.compile(r"CANARY-[A-Za-z0-9_-]+")
-
-
 def foreign_canaries(run: LoadRun) -> list[str]:
-    """Every place a user's incoming frames carry another load user's canary (empty: no contamination)."""
-    owners = {lu.user.canary: lu.user.label for lu in run.load_users}
-    found = []
-    for lu in run.load_users:
-        own = lu.user.canary
-        for frame in lu.user.frames:
-            if frame.direction != "in" or "CANARY-" not in frame.raw:
-                continue
-            for canary in _CANARY_RE.findall(frame.raw):
-                base = canary.rsplit("-m", 1)[0]
-                if base != own and base in owners:
-                    found.append(f"user '{lu.user.label}' received {owners[base]}'s canary in a "
-                                 f"{frame.type or 'non-JSON'} frame")
-    return found
+    """Every foreign canary found in the load users' frames (checked on arrival; examples kept).
+
+    Empty when no user received another user's canary.
+    """
+    m = run.metrics
+    count = m.violations.get("foreign_canary", 0)
+    examples = [e for e in m.violation_examples if "canary" in e]
+    if count > len(examples):
+        return [*examples, f"... {count - len(examples)} more"]
+    return examples[:count]
 
 
 def _record_resources(metrics: LoadMetrics, sampler: BackgroundSampler | None, pids: Sequence[int],

@@ -25,6 +25,7 @@ A threshold is a one-line expression ``<metric> <op> <value>[unit]``::
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 import math
 import operator
@@ -47,7 +48,12 @@ HISTOGRAMS = {
     "first_event": "time to first event (agent startup)",
     "completion": "time to completion",
     "gap": "gap between events of a run",
+    # closed model with several messages per user: the histograms above are corrected for
+    # coordinated omission; these keep what was measured before the correction
+    "first_event_uncorrected": "time to first event, before the coordinated-omission correction",
+    "completion_uncorrected": "time to completion, before the coordinated-omission correction",
 }
+CORRECTED = ("first_event", "completion")
 DEFAULT_HISTOGRAM = "first_event"
 PERCENTILES = (50.0, 75.0, 90.0, 95.0, 99.0, 99.9)
 
@@ -70,9 +76,24 @@ def new_histogram() -> HdrHistogram:
 
 
 def record_seconds(histogram: HdrHistogram, seconds: float) -> None:
-    """Record a latency given in seconds (clamped into the histogram's range)."""
-    micros = int(seconds * 1_000_000)
-    histogram.record_value(min(max(micros, LOWEST_US), HIGHEST_US))
+    """Record a latency given in seconds (clamped into the histogram's range).
+
+    The same bucket arithmetic as ``HdrHistogram.record_value`` with ``int.bit_length`` in place of
+    its ``bin()``-string leading-zero count: this runs for every frame of every user.
+    """
+    value = int(seconds * 1_000_000)
+    value = LOWEST_US if value < LOWEST_US else HIGHEST_US if value > HIGHEST_US else value
+    h = histogram
+    bucket = ((value | h.sub_bucket_mask).bit_length() - h.unit_magnitude
+              - h.sub_bucket_half_count_magnitude - 1)
+    index = (((bucket + 1) << h.sub_bucket_half_count_magnitude)
+             + (value >> (bucket + h.unit_magnitude)) - h.sub_bucket_half_count)
+    h.counts[index] += 1
+    h.total_count += 1
+    if value < h.min_value:
+        h.min_value = value
+    if value > h.max_value:
+        h.max_value = value
 
 
 def jain_index(values: Iterable[float]) -> float:
@@ -106,6 +127,48 @@ def format_bytes(size: float | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size} B"  # pragma: no cover
+
+
+class RunIdLedger:
+    """Run ids seen in a run, kept as 64-bit hashes in a sorted list: ~9 bytes per run instead of ~120.
+
+    ``add`` counts a collision when the id was seen before (a 64-bit hash clash
+    between two different ids is about 1 in 10^13 at a million runs).
+    Example: ``ledger.add("r1"); ledger.add("r1")`` leaves ``len(ledger) == 1, ledger.collisions == 1``.
+    """
+
+    def __init__(self) -> None:
+        self._hashes: list[int] = []
+        self._unsorted: list[int] = []
+        self._pending: set[int] = set()
+        self.collisions = 0
+
+    def add(self, run_id: str) -> None:
+        key = hash(run_id)
+        if key in self._pending or self._seen_sorted(key):
+            self.collisions += 1
+            return
+        self._pending.add(key)
+        self._unsorted.append(key)
+        if len(self._unsorted) >= 4096:
+            self._merge()
+
+    def _seen_sorted(self, key: int) -> bool:
+        index = bisect.bisect_left(self._hashes, key)
+        return index < len(self._hashes) and self._hashes[index] == key
+
+    def _merge(self) -> None:
+        self._hashes.extend(self._unsorted)
+        self._hashes.sort()
+        self._unsorted.clear()
+        self._pending.clear()
+
+    def __len__(self) -> int:
+        return len(self._hashes) + len(self._unsorted)
+
+    def __contains__(self, run_id: object) -> bool:
+        key = hash(run_id)
+        return key in self._pending or self._seen_sorted(key)
 
 
 @dataclass
@@ -191,8 +254,10 @@ class ThresholdResult:
 class LoadMetrics:
     """Everything measured in one load run.  Fed from the engine thread, read after the run."""
 
-    def __init__(self, name: str = "load") -> None:
+    def __init__(self, name: str = "load", scenario: str | None = None) -> None:
         self.name = name
+        # runs of one scenario (the same name in several pabot processes) merge; unlike ones never do
+        self.scenario = scenario or name
         self.histograms: dict[str, HdrHistogram] = {key: new_histogram() for key in HISTOGRAMS}
         self.errors: Counter[str] = Counter()
         self.error_examples: dict[str, str] = {}
@@ -201,6 +266,8 @@ class LoadMetrics:
         self.started_mono = time.monotonic()
         self.ended_mono: float | None = None
         self.sent = 0
+        self.in_flight = 0
+        self.in_flight_peak = 0  # messages sent and not yet ended, at the most
         self.completed = 0
         self.events = 0
         self.misrouted = 0
@@ -208,10 +275,13 @@ class LoadMetrics:
         self.completed_per_second: Counter[int] = Counter()
         self.sent_per_second: Counter[int] = Counter()
         self.resources = ResourceUsage()
-        self.run_ids: set[str] = set()
-        self.run_id_collisions = 0
+        self.run_ids = RunIdLedger()
+        self.violations: Counter[str] = Counter()
+        self.violation_examples: list[str] = []
         self.info: dict[str, Any] = {}
         self.warnings: list[str] = []
+        self.verdicts: list[ThresholdResult] = []
+        self.latency_basis = "from the send time"
 
     # ------------------------------------------------------------- recording
     def user(self, label: str) -> UserStats:
@@ -228,6 +298,9 @@ class LoadMetrics:
     def record_sent(self, stats: UserStats, at_mono: float) -> None:
         stats.sent += 1
         self.sent += 1
+        self.in_flight += 1
+        if self.in_flight > self.in_flight_peak:
+            self.in_flight_peak = self.in_flight
         self.sent_per_second[int(at_mono - self.started_mono)] += 1
 
     def record_first_event(self, stats: UserStats, seconds: float) -> None:
@@ -237,11 +310,55 @@ class LoadMetrics:
     def record_gap(self, seconds: float) -> None:
         record_seconds(self.histograms["gap"], seconds)
 
+    def record_finished(self) -> None:
+        """A message ended (answered, failed or timed out): it is no longer in flight."""
+        self.in_flight -= 1
+
     def record_run_id(self, run_id: str) -> None:
-        if run_id in self.run_ids:
-            self.run_id_collisions += 1
-        else:
-            self.run_ids.add(run_id)
+        self.run_ids.add(run_id)
+
+    @property
+    def run_id_collisions(self) -> int:
+        return self.run_ids.collisions
+
+    def record_event(self, stats: UserStats | None = None) -> None:
+        self.events += 1
+
+    def record_violation(self, kind: str, detail: str, stats: UserStats | None = None) -> None:
+        """An isolation or contract violation seen on a frame: counted, kept as an example, an error."""
+        self.violations[kind] += 1
+        if kind == "misrouted":
+            self.misrouted += 1
+        if len(self.violation_examples) < 20:
+            self.violation_examples.append(detail[:300])
+        self.record_error(kind, detail, stats)
+
+    def correct_for_coordinated_omission(self, expected_interval: float) -> None:
+        """HdrHistogram's expected-interval correction of the closed model's latency histograms.
+
+        A closed-loop user waits for each answer before sending the next
+        message, so a stalled server is sampled once per user instead of once
+        per message that should have left meanwhile.  For every recorded value
+        longer than ``expected_interval`` (seconds) the missing samples are
+        back-filled (``record_corrected_value``).  The uncorrected histograms
+        stay available as ``first_event_uncorrected`` / ``completion_uncorrected``.
+        """
+        interval = max(int(expected_interval * 1_000_000), LOWEST_US)
+        for key in CORRECTED:
+            raw = self.histograms[key]
+            corrected = new_histogram()
+            counts = list(raw.counts)  # one C copy; hdrh's recorded-value iterator costs ~1 s per run
+            for index, count in enumerate(counts):
+                if count:
+                    value = raw.get_highest_equivalent_value(raw.get_value_from_index(index))
+                    corrected.record_corrected_value(min(value, HIGHEST_US), interval, count)
+            self.histograms[key + "_uncorrected"] = raw
+            self.histograms[key] = corrected
+        self.latency_basis = (
+            f"closed model, corrected for coordinated omission (HdrHistogram record_corrected_value, "
+            f"expected interval {format_seconds(expected_interval)} = think time + uncorrected median "
+            "completion; a threshold reads the larger of the corrected and uncorrected percentile)"
+        )
 
     def record_completion(self, stats: UserStats, seconds: float, at_mono: float) -> None:
         record_seconds(self.histograms["completion"], seconds)
@@ -319,7 +436,12 @@ class LoadMetrics:
             raise ValueError(name)
         digits = match.group(1)
         pct = {"999": 99.9, "9999": 99.99}.get(digits) or float(digits)
-        return self.percentile(histogram, pct)
+        value = self.percentile(histogram, pct)
+        raw = histogram + "_uncorrected"
+        if value is not None and raw in self.histograms:
+            # back-filled samples are shorter than the one they correct: never report better than measured
+            value = max(value, self.percentile(raw, pct) or 0.0)
+        return value
 
     def throughput_series(self) -> list[tuple[int, int, int]]:
         """(second, sent, completed) for every second of the run."""
@@ -348,9 +470,15 @@ class LoadMetrics:
             "sent": (float(self.sent), "number", "messages sent"),
             "completed": (float(self.completed), "number", "messages completed"),
             "connected": (float(self.connected), "number", "users connected"),
+            "in_flight_peak": (float(self.in_flight_peak), "number",
+                               "messages in flight at once (sent, not yet ended), at the most"),
             "dropped": (float(sum(u.dropped for u in self.users.values())), "number", "connections dropped"),
             "collisions": (float(self.run_id_collisions), "number", "run id collisions"),
             "misrouted": (float(self.misrouted), "number", "events delivered to the wrong user"),
+            "violations": (float(sum(self.violations.values())), "number",
+                           f"isolation and contract violations {dict(self.violations) or '{}'}"),
+            "foreign_canaries": (float(self.violations.get("foreign_canary", 0)), "number",
+                                 "frames carrying another user's canary"),
             "platform_memory": (self.resources.platform_memory_peak, "bytes",
                                 f"platform peak memory (RSS) over {self._window()}"),
             "platform_cpu": (self.resources.platform_cpu_mean_pct, "percent",
@@ -370,12 +498,15 @@ class LoadMetrics:
         histogram, _, stat = name.rpartition(".")
         histogram = histogram or DEFAULT_HISTOGRAM
         if histogram not in self.histograms:
+            if histogram in HISTOGRAMS:
+                return None, "duration", f"{HISTOGRAMS[histogram]} (not measured in this run)"
             raise ValueError(self._unknown(metric))
         try:
             value = self.stat(histogram, stat)
         except ValueError:
             raise ValueError(self._unknown(metric)) from None
-        return value, "duration", f"{HISTOGRAMS[histogram]} {stat}"
+        basis = f" ({self.latency_basis})" if histogram in CORRECTED else ""
+        return value, "duration", f"{HISTOGRAMS[histogram]} {stat}{basis}"
 
     def _window(self) -> str:
         """The sampled window behind the resource figures, e.g. ``a 2.00 s window, 9 samples at 0.25 s``."""
@@ -389,8 +520,8 @@ class LoadMetrics:
         return (
             f"Unknown metric '{metric}': use p50/p95/p99/p999/max/mean (optionally prefixed with "
             f"{', '.join(h + '.' for h in HISTOGRAMS)}), fairness, errors, errors.KIND, throughput, "
-            "success_rate, routing_accuracy, dropped, collisions, platform_memory, platform_cpu, "
-            "platform_cpu_p90, platform_cpu_peak, generator_cpu."
+            "success_rate, routing_accuracy, dropped, collisions, violations, foreign_canaries, "
+            "platform_memory, platform_cpu, platform_cpu_p90, platform_cpu_peak, generator_cpu."
         )
 
     def check(self, expression: str) -> ThresholdResult:
@@ -400,7 +531,9 @@ class LoadMetrics:
         limit_value = convert_limit(limit, kind, expression)
         shown = _show(measured, kind)
         passed = measured is not None and _OPERATORS[op](measured, limit_value)
-        return ThresholdResult(expression.strip(), metric, description, measured, shown, passed)
+        result = ThresholdResult(expression.strip(), metric, description, measured, shown, passed)
+        self.verdicts.append(result)
+        return result
 
     # ------------------------------------------------------------- summary
     def summary(self) -> dict[str, Any]:
@@ -417,11 +550,14 @@ class LoadMetrics:
             latencies[key] = entry
         return {
             "name": self.name,
+            "scenario": self.scenario,
+            "latency_basis": self.latency_basis,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at)),
             "duration_s": round(self.duration, 3),
             "users": len(self.users),
             "connected": self.connected,
             "sent": self.sent,
+            "in_flight_peak": self.in_flight_peak,
             "completed": self.completed,
             "events": self.events,
             "success_rate_pct": round(self.success_rate, 3),
@@ -429,6 +565,13 @@ class LoadMetrics:
             "misrouted": self.misrouted,
             "unique_run_ids": len(self.run_ids),
             "run_id_collisions": self.run_id_collisions,
+            "violations": dict(self.violations),
+            "violation_examples": list(self.violation_examples),
+            "thresholds": [
+                {"expression": v.expression, "measured": v.shown, "passed": v.passed} for v in self.verdicts
+            ],
+            "verdict": ("not checked" if not self.verdicts
+                        else "passed" if all(v.passed for v in self.verdicts) else "failed"),
             "throughput_per_s": round(self.throughput, 3),
             "fairness": round(self.fairness, 4),
             "fairness_messages": round(self.fairness_messages, 4),

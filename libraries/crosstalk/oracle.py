@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from .stats import percentile
 
 MAX_LISTED = 10
 MIN_CANARY_LENGTH = 8
+_CANARY_WORD = re.compile(r"CANARY-[A-Za-z0-9_-]+")
+_CANARY_TOKEN = re.compile(r"(?=(CANARY-[A-Za-z0-9_-]+))")  # every start, even inside a token
 
 
 @dataclass
@@ -237,13 +240,28 @@ def canaries_do_not_leak(users: Sequence[TestUser], obs: Observations | None = N
     """No user's canary appears in a frame, REST body, row or Redis value that belongs to another user."""
     obs = obs or Observations()
     canaries = [(u.label, u.canary) for u in users if u.canary and len(u.canary) >= MIN_CANARY_LENGTH]
+    # canaries shaped CANARY-<word chars> are found by one scan of each text and a dict lookup (thousands
+    # of load users); any other canary is searched for in every text
+    tokened = {c: label for label, c in canaries if _CANARY_WORD.fullmatch(c)}
+    others = [(label, c) for label, c in canaries if c not in tokened]
     violations: list[Violation] = []
     checked = 0
     for user in users:
         for where, text in _owned_texts(user, obs):
             checked += 1
-            for label, canary in canaries:
-                if label != user.label and canary in text:
+            found: set[str] = set()
+            if "CANARY-" in text:
+                for token in _CANARY_TOKEN.findall(text):
+                    # a token is a canary or a canary with a suffix ("-m7"): try each prefix ending before '-'
+                    cut = len(token)
+                    while cut > 0:
+                        label = tokened.get(token[:cut])
+                        if label is not None:
+                            found.add(label)
+                        cut = token.rfind("-", 0, cut)
+            found.update(label for label, canary in others if canary in text)
+            for label in sorted(found):
+                if label != user.label:
                     violations.append(Violation("canaries do not leak", (
                         f"canary of {label} found in {user.label}'s {where}")))
     return RuleResult("canaries do not leak", len(users), checked, violations)

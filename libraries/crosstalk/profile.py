@@ -40,8 +40,11 @@ from typing import Any
 import yaml
 
 from . import context
+from .paths import source_checkout
 
-PROFILES_DIR = Path(__file__).resolve().parents[2] / "resources" / "profiles"
+# resources/profiles/ of the checkout; installed, crosstalk/resources/profiles/ (package data)
+PROFILES_DIR = (_checkout / "resources" / "profiles" if (_checkout := source_checkout())
+                else Path(__file__).resolve().parent / "resources" / "profiles")
 DEFAULT_PROFILE = "reference"
 ENV_VAR = "CROSSTALK_PROFILE"
 CANONICAL_TYPES = (

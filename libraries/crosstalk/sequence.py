@@ -11,6 +11,7 @@ same ``run_id``.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -32,6 +33,7 @@ CONTRACT_PATTERN = (
 _TOKEN_RE = re.compile(r"\s*([A-Za-z_]+|[()|+*?])")
 
 
+@functools.lru_cache(maxsize=64)
 def compile_pattern(pattern: str) -> re.Pattern[str]:
     """Compile an event-sequence pattern into a regex over space-separated type names.
 

@@ -30,11 +30,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .errors import CrosstalkError
+from .paths import results_root, source_checkout
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 LIBRARIES = Path(__file__).resolve().parents[1]
 DEFAULT_LINGER = float(os.environ.get("CROSSTALK_PLATFORM_LINGER", "3"))
-PLATFORM_ROOT = REPO_ROOT / "results" / ".platform"
+PLATFORM_ROOT = results_root() / ".platform"
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 20.0
 VARIANT_ENV = "REFPLAT_VARIANT"
@@ -268,6 +268,7 @@ class SharedPlatform:
         self.state_file.unlink(missing_ok=True)
         env = dict(os.environ)
         env.pop("AUTH_URL", None)
+        env.setdefault("CROSSTALK_RESULTS", str(results_root()))  # its data next to this state
         if self.faults:
             env["REFPLAT_FAULTS"] = self.faults
         else:
@@ -293,7 +294,7 @@ class SharedPlatform:
         with open(self.log_file, "wb") as log:  # one start per log: the last line is the reason
             process = subprocess.Popen(
                 command,
-                cwd=REPO_ROOT,
+                cwd=source_checkout() or self.directory,  # a checkout's own reference_platform first
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
-from crosstalk.load import LoadConfig, LoadModel, LoadRun, LoadUser, foreign_canaries
+from crosstalk.load import LoadConfig, LoadModel, LoadRun, LoadUser, bounded, foreign_canaries
+from crosstalk.loadcore import RecentSet
 from crosstalk.metrics import LoadMetrics
-from crosstalk.model import Frame, TestUser
+from crosstalk.model import TestUser
 
 
 class FakeConnection:
@@ -20,22 +22,32 @@ class FakeConnection:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str | None, str]] = []
 
-    async def send_message(self, content, thread_id, cmid, echo_token=None):
-        self.sent.append((content, thread_id, cmid))
+    async def send_text(self, text, data=None):
+        body = json.loads(text)
+        self.sent.append((body["content"], body.get("thread_id"), body["client_message_id"]))
 
 
-def _user(label: str, user_id: str) -> LoadUser:
-    metrics = LoadMetrics("unit")
+def _user(label: str, user_id: str, metrics: LoadMetrics | None = None, owners=None) -> LoadUser:
+    metrics = metrics or LoadMetrics("unit")
     user = TestUser(label=label, email=f"{label}@x.test", password="pw-123456789",
                     canary=f"CANARY-{label}-abc", user_id=user_id)
-    lu = LoadUser(user, metrics.user(label), metrics)
+    lu = LoadUser(bounded(user, 8), metrics.user(label), metrics, owners)
     lu.connection = FakeConnection()  # type: ignore[assignment]
     return lu
 
 
-def _event(lu: LoadUser, kind: str, cmid: str, **extra) -> dict:
+def _event(lu: LoadUser, kind: str, cmid: str, seq: int = 1, **extra) -> dict:
     return {"type": kind, "client_message_id": cmid, "user_id": lu.user.user_id, "run_id": "run-1",
-            "thread_id": "thread-1", **extra}
+            "thread_id": "thread-1", "seq": seq, **extra}
+
+
+def _full_run(lu: LoadUser, cmid: str, content: str, start: float, run_id: str = "run-1") -> None:
+    kinds = ["agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed"]
+    for seq, kind in enumerate(kinds, start=1):
+        payload = {"tool_call_id": "c1"} if kind.startswith("tool_") else {}
+        if kind == "agent_completed":
+            payload = {"response": f"You said: {content}"}
+        lu.on_event({**_event(lu, kind, cmid, seq), "run_id": run_id, "payload": payload}, start + 0.01 * seq)
 
 
 def _run(coro):
@@ -48,19 +60,16 @@ def test_a_complete_run_records_first_event_gaps_and_completion():
     async def scenario():
         pending = await lu.send(0.0)
         content, _, cmid = lu.connection.sent[0]
-        lu.on_event(_event(lu, "agent_started", cmid), 0.010)
-        lu.on_event(_event(lu, "agent_thinking", cmid), 0.015)
-        answer = {"response": f"You said: {content}"}
-        lu.on_event(_event(lu, "agent_completed", cmid, payload=answer), 0.030)
+        _full_run(lu, cmid, content, 0.0)
         return await lu.wait(pending, 1.0)
 
     assert _run(scenario()) is None
     m = lu.metrics
-    assert m.completed == 1 and m.error_count == 0 and m.events == 3
+    assert m.completed == 1 and m.error_count == 0 and m.events == 5
     assert m.stat("first_event", "max") == pytest.approx(0.010, rel=0.01)
-    assert m.stat("completion", "max") == pytest.approx(0.030, rel=0.01)
-    assert m.histograms["gap"].get_total_count() == 2
-    assert m.run_ids == {"run-1"} and lu.thread_id == "thread-1"
+    assert m.stat("completion", "max") == pytest.approx(0.050, rel=0.01)
+    assert m.histograms["gap"].get_total_count() == 4
+    assert "run-1" in m.run_ids and len(m.run_ids) == 1 and lu.thread_id == "thread-1"
 
 
 def test_an_answer_without_the_users_message_is_an_error():
@@ -69,7 +78,10 @@ def test_an_answer_without_the_users_message_is_an_error():
     async def scenario():
         pending = await lu.send(0.0)
         cmid = lu.connection.sent[0][2]
-        lu.on_event(_event(lu, "agent_completed", cmid, payload={"response": "someone else's text"}), 0.02)
+        kinds = ("agent_started", "agent_thinking", "tool_executing", "tool_completed")
+        for seq, kind in enumerate(kinds, 1):
+            lu.on_event(_event(lu, kind, cmid, seq, payload={"tool_call_id": "c"}), 0.01)
+        lu.on_event(_event(lu, "agent_completed", cmid, 5, payload={"response": "someone else's text"}), 0.02)
         return await lu.wait(pending, 1.0)
 
     assert _run(scenario()) == "wrong_answer"
@@ -129,14 +141,64 @@ def test_a_dropped_connection_fails_the_messages_in_flight():
     assert lu.stats.dropped and lu.metrics.errors["connection_dropped"] == 1
 
 
-def test_foreign_canaries_are_found_in_incoming_frames():
-    a, b = _user("a", "id-a"), _user("b", "id-b")
-    run = LoadRun(LoadConfig(users=2), a.metrics, [a, b])
+def test_foreign_canaries_are_caught_as_the_frame_arrives():
+    metrics = LoadMetrics("unit")
+    owners = {"CANARY-a-abc": "a", "CANARY-b-abc": "b"}
+    a, b = _user("a", "id-a", metrics, owners), _user("b", "id-b", metrics, owners)
+    run = LoadRun(LoadConfig(users=2), metrics, [a, b])
     leak = f'{{"type":"agent_completed","payload":{{"response":"{b.user.canary}-m1"}}}}'
-    a.user.frames.append(Frame("in", 0.0, 0.0, leak, None, "a#load"))
-    a.user.frames.append(Frame("in", 0.0, 0.0, f"{a.user.canary}-m1", None, "a#load"))
+    a.on_frame(leak, json.loads(leak), 0.0)
+    own = f'{{"type":"agent_thinking","payload":{{"thought":"{a.user.canary}-m1"}}}}'
+    a.on_frame(own, json.loads(own), 0.0)
     found = foreign_canaries(run)
     assert len(found) == 1 and "user 'a' received b's canary" in found[0]
+    assert metrics.violations["foreign_canary"] == 1
+
+
+def test_a_run_out_of_order_is_a_contract_error_caught_on_arrival():
+    lu = _user("u1", "id-1")
+
+    async def scenario():
+        pending = await lu.send(0.0)
+        content, _, cmid = lu.connection.sent[0]
+        lu.on_event(_event(lu, "agent_started", cmid, 1), 0.01)
+        lu.on_event(_event(lu, "tool_completed", cmid, 2, payload={"tool_call_id": "c"}), 0.02)
+        lu.on_event(_event(lu, "agent_completed", cmid, 4, payload={"response": content}), 0.03)
+        return await lu.wait(pending, 1.0)
+
+    assert _run(scenario()) == "contract"
+    assert "seq is not 1..3" in lu.metrics.error_examples["contract"]
+
+
+def test_memory_is_bounded_by_users_not_messages():
+    lu = _user("u1", "id-1")
+
+    async def scenario():
+        for n in range(200):
+            pending = await lu.send(float(n))
+            content, _, cmid = lu.connection.sent[-1]
+            _full_run(lu, cmid, content, float(n), run_id=f"run-{n}")
+            assert await lu.wait(pending, 1.0) is None
+
+    _run(scenario())
+    assert lu.metrics.completed == 200 and len(lu.metrics.run_ids) == 200
+    assert lu.pending == {} and len(lu.user.frames) <= 8
+    assert isinstance(lu.user.run_ids, RecentSet) and len(lu.user.run_ids) <= 16
+    assert {"x"} | lu.user.thread_ids == {"x", "thread-1"}  # set algebra gives plain sets
+
+
+def test_the_closed_model_is_corrected_for_coordinated_omission():
+    m = LoadMetrics("closed")
+    for _ in range(95):
+        m.record_completion(m.user("u"), 0.050, 0.0)
+    for _ in range(5):
+        m.record_completion(m.user("u"), 1.000, 0.0)  # one stalled sample per user
+    assert m.percentile("completion", 95.0) < 0.06
+    m.correct_for_coordinated_omission(0.050)
+    assert m.percentile("completion", 95.0) > 0.5  # the samples the stall held back are back-filled
+    assert m.histograms["completion_uncorrected"].get_total_count() == 100
+    assert "coordinated omission" in m.latency_basis
+    assert "coordinated omission" in m.check("completion.p95 < 1s").description
 
 
 @pytest.mark.parametrize(
@@ -150,3 +212,11 @@ def test_foreign_canaries_are_found_in_incoming_frames():
 def test_bad_configurations_say_what_to_change(config, message):
     with pytest.raises(ValueError, match=message):
         config.validate()
+
+
+def test_a_hostile_frame_is_a_violation_not_a_crash():
+    lu = _user("u1", "id-1")
+    lu.on_frame('{"client_message_id": ["x"], "type": "agent_started"}',
+                {"client_message_id": ["x"], "type": "agent_started"}, 0.0)
+    lu.on_frame("not json", None, 0.0)
+    assert lu.metrics.violations == {"misrouted": 1, "contract": 1}

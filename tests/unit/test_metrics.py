@@ -108,4 +108,32 @@ def test_run_id_collisions_are_counted():
     m = LoadMetrics()
     for run_id in ("r1", "r2", "r1"):
         m.record_run_id(run_id)
-    assert m.run_id_collisions == 1 and len(m.run_ids) == 2
+    assert m.run_id_collisions == 1 and len(m.run_ids) == 2 and "r1" in m.run_ids
+
+
+def test_the_run_id_ledger_finds_collisions_after_it_sorted_its_hashes():
+    from crosstalk.metrics import RunIdLedger
+
+    ledger = RunIdLedger()
+    for n in range(10_000):
+        ledger.add(f"run-{n}")
+    ledger.add("run-7")  # merged into the sorted part long ago
+    ledger.add("run-9999")  # still in the unsorted part
+    assert len(ledger) == 10_000 and ledger.collisions == 2 and "run-42" in ledger
+
+
+def test_the_fast_recorder_fills_the_same_buckets_as_hdrhistogram():
+    import random
+
+    from crosstalk.metrics import new_histogram, record_seconds
+
+    fast, reference = new_histogram(), new_histogram()
+    rng = random.Random(7)
+    for _ in range(5000):
+        seconds = rng.choice([rng.uniform(0, 0.002), rng.uniform(0, 2), rng.uniform(0, 4000)])
+        record_seconds(fast, seconds)
+        reference.record_value(min(max(int(seconds * 1e6), 1), 3_600_000_000))
+    assert list(fast.counts) == list(reference.counts)
+    assert (fast.total_count, fast.min_value, fast.max_value) == (
+        reference.total_count, reference.min_value, reference.max_value)
+    assert fast.get_value_at_percentile(99) == reference.get_value_at_percentile(99)

@@ -243,3 +243,16 @@ def test_single_rule_keyword_fails_on_misrouted_event(users):
     users[0].frames.append(frame("in", event("b", "agent_completed", 5, "bob's answer"), "alice#1"))
     with pytest.raises(AssertionError, match=r"^Isolation violated: alice received bob's event"):
         CrosstalkIsolation().events_should_reach_only_their_user(users)
+
+
+def test_canary_scan_finds_suffixed_and_embedded_canaries_of_many_users():
+    from crosstalk.oracle import canaries_do_not_leak
+
+    users = [TestUser(f"u{i}", f"u{i}@x.test", "pw-123456789", f"CANARY-u{i}-{i:012x}") for i in range(300)]
+    leak = f"x{users[7].canary}-m3 and {users[9].canary}"
+    users[0].frames.append(Frame("in", 0.0, 0.0, leak, None, "u0#1"))
+    users[1].frames.append(Frame("in", 0.0, 0.0, f"{users[1].canary}-m1{users[2].canary}", None, "u1#1"))
+    result = canaries_do_not_leak(users)
+    found = sorted(v.message for v in result.violations)
+    assert len(found) == 3 and any("u7 found in u0" in f for f in found)
+    assert any("u2 found in u1" in f for f in found)

@@ -126,8 +126,48 @@ def test_missing_robot_fails_with_one_line_before_anything_else(tmp_path):
 
 
 def test_environment_problem_names_pabot_only_when_needed(monkeypatch):
-    real = run_crosstalk.importlib.util.find_spec
-    monkeypatch.setattr(run_crosstalk.importlib.util, "find_spec",
+    from crosstalk import runner
+
+    real = runner.importlib.util.find_spec
+    monkeypatch.setattr(runner.importlib.util, "find_spec",
                         lambda name: None if name == "pabot" else real(name))
-    assert run_crosstalk.environment_problem(1) is None
-    assert "pabot not importable" in run_crosstalk.environment_problem(2)
+    assert runner.environment_problem(1) is None
+    assert "pabot not importable" in runner.environment_problem(2)
+
+
+def test_the_report_never_pools_unlike_scenarios():
+    import base64
+
+    from crosstalk.metrics import new_histogram
+
+    from run_crosstalk import by_scenario
+
+    def encoded(ms: int) -> dict:
+        h = new_histogram()
+        h.record_value(ms * 1000)
+        return {"completion": base64.b64encode(h.encode()).decode()}
+
+    runs = [{"scenario": "agent startup", "verdict": "passed", "sent": 1, "completed": 1},
+            {"scenario": "agent startup", "verdict": "passed", "sent": 1, "completed": 1},
+            {"scenario": "open model", "verdict": "failed", "sent": 1, "completed": 1}]
+    result = by_scenario(runs, [encoded(10), encoded(20), encoded(900)])
+    assert set(result) == {"agent startup", "open model"}
+    assert result["agent startup"]["runs"] == 2 and result["agent startup"]["verdict"] == "passed"
+    assert result["agent startup"]["latency"]["completion"]["p99_ms"] < 25  # the open run is not in it
+    assert result["open model"]["verdict"] == "failed"
+
+
+def test_shards_merge_into_one_verdict(tmp_path):
+    import json
+
+    from run_crosstalk import main
+
+    for shard, verdict in (("a", "passed"), ("b", "failed")):
+        (tmp_path / shard).mkdir()
+        (tmp_path / shard / "run.json").write_text(json.dumps(
+            {"name": f"startup {shard}", "scenario": "agent startup", "verdict": verdict}))
+    out = tmp_path / "merged.json"
+    code = main(["--merge-summaries", str(tmp_path / "a"), str(tmp_path / "b"), "--report-file", str(out)])
+    report = json.loads(out.read_text())
+    assert code == 1 and report["passed"] is False
+    assert report["scenarios"]["agent startup"]["runs"] == 2
