@@ -36,13 +36,15 @@ ${SOAK_RAMP_UP}         0s
 *** Test Cases ***
 Every Round Is As Fast And Fair As The First
     [Documentation]    Per-round p95 under the limit, the spread between rounds small, fairness above
-    ...    the floor in each round, no errors, and isolation intact after all rounds.
+    ...    the floor in each round, no errors, isolation intact after all rounds, and what the last round
+    ...    streamed is what was stored.
     ${rounds} =    Users Chat In Rounds    ${SUSTAINED_USERS}    ${SUSTAINED_ROUNDS}    ${SUSTAINED_MESSAGES}
     ...    think_time=${THINK_TIME}    timeout=${MESSAGE_TIMEOUT}
     Load Rounds Should Be Consistent    ${rounds}    max_p95=${ROUND_P95}    max_spread=${ROUND_SPREAD}
     ...    min_fairness=${FAIRNESS_FLOOR}
     Service Levels Should Hold    ${rounds}[-1]    throughput > ${THROUGHPUT_FLOOR}    errors == 0
     No User Saw Another User's Data    ${rounds}[-1]
+    What Was Streamed Should Be What Was Stored    ${rounds}[-1]
 
 A Steady Arrival Rate Is Served On Time
     [Documentation]    Open model: latency counts from when each message was due, so a stall on the
