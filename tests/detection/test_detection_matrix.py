@@ -35,6 +35,8 @@ from pathlib import Path
 import pytest
 from robot.api import ExecutionResult, ResultVisitor
 
+from tests.robotrun import run_robot_process
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "results" / "detection"
 BASELINE = "baseline"
@@ -297,20 +299,14 @@ def run_robot(platform: Platform, tags: list[str], outdir: Path, exclude: list[s
     env = {k: v for k, v in os.environ.items()
            if k not in TARGET_VARIABLES
            and k not in ("REFPLAT_FAULTS", "REFPLAT_VARIANT", "CROSSTALK_PROFILE")}
-    with (outdir / "robot.log").open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        try:
-            process.wait(timeout=ROBOT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-            raise RuntimeError(f"robot did not finish within {ROBOT_TIMEOUT:.0f} s (tags {tags}); "
-                               f"partial output in {outdir}") from None
+    exit_code = run_robot_process(command, ROOT, env, outdir / "robot.log", ROBOT_TIMEOUT)
+    if exit_code is None:
+        raise RuntimeError(f"robot did not finish within {ROBOT_TIMEOUT:.0f} s (tags {tags}); "
+                           f"partial output in {outdir}")
     output = outdir / "output.xml"
     if not output.exists():
         tail = "\n".join((outdir / "robot.log").read_text(errors="replace").splitlines()[-20:])
-        raise RuntimeError(f"robot wrote no {output} (exit code {process.returncode}):\n{tail}")
+        raise RuntimeError(f"robot wrote no {output} (exit code {exit_code}):\n{tail}")
     visitor = _Tests()
     ExecutionResult(str(output)).visit(visitor)
     return visitor.tests

@@ -22,8 +22,6 @@ the pytest run and written to `results/variant/`.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -32,6 +30,7 @@ import pytest
 from robot.api import ExecutionResult, ResultVisitor
 
 from tests.conftest import start_platform
+from tests.robotrun import run_robot_process
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "results" / "variant"
@@ -63,19 +62,13 @@ def run_suites(name: str, variables: dict[str, str], env_extra: dict[str, str]) 
     env = {k: v for k, v in os.environ.items()
            if k not in TARGET_VARIABLES and not k.startswith("CROSSTALK_")}
     env.update(env_extra)
-    with (outdir / "robot.log").open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        try:
-            process.wait(timeout=ROBOT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-            pytest.fail(f"robot did not finish within {ROBOT_TIMEOUT:.0f} s; partial output in {outdir}")
+    exit_code = run_robot_process(command, ROOT, env, outdir / "robot.log", ROBOT_TIMEOUT)
+    if exit_code is None:
+        pytest.fail(f"robot did not finish within {ROBOT_TIMEOUT:.0f} s; partial output in {outdir}")
     output = outdir / "output.xml"
     if not output.exists():
         tail = "\n".join((outdir / "robot.log").read_text(errors="replace").splitlines()[-20:])
-        pytest.fail(f"robot wrote no {output} (exit code {process.returncode}):\n{tail}")
+        pytest.fail(f"robot wrote no {output} (exit code {exit_code}):\n{tail}")
     visitor = _Tests()
     ExecutionResult(str(output)).visit(visitor)
     return visitor.tests
