@@ -407,6 +407,7 @@ class CrosstalkPlatform:
 
     # ------------------------------------------------------------------ listener (API v3)
     def start_test(self, data: Any, result: Any) -> None:
+        registry.REGISTRY.start_test(data.id)  # what opens from here on is this test's to close
         ctx = context.peek()
         if ctx is None:
             return
@@ -424,6 +425,9 @@ class CrosstalkPlatform:
         data.body.create_keyword("BuiltIn.Skip", args=[escape(reason)])
 
     def end_test(self, data: Any, result: Any) -> None:
+        leaked = registry.REGISTRY.end_test(data.id, data.name)
+        if leaked:
+            logger.warn(leaked)
         ctx = context.peek()
         if ctx is None:
             return

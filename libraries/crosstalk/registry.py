@@ -6,9 +6,11 @@ closes it with; the registry then answers two questions no single library can:
 * which users hold an open WebSocket *right now*, whichever library opened it
   (:func:`open_user_ids`) - the isolation oracle's "a session outlives its
   connection" rule asks this, so sockets of Load, Races or Security count too;
-* what a suite left open (:class:`Cleanup`, a library listener): at the end of
-  each suite everything opened while it ran and still open is closed, whatever
-  its teardown did, and reported in one line (the leak report).
+* what a test or a suite left open (:class:`Cleanup`, a library listener): at the
+  end of each test everything the test opened (in its setup, body or teardown) and
+  still open is closed, whatever its teardown did, and reported in one line (the
+  leak report); what a suite opened outside its tests (its setup: deliberately
+  scoped to the suite) lives until the end of that suite and is closed then.
 
 It is process-wide and thread-safe (the engine loop registers from its own
 thread); it never calls Robot's logger itself except from the listener.
@@ -92,20 +94,34 @@ class Registry:
                 if value is entry:
                     del self._entries[key]
 
-    # ------------------------------------------------------------ suite lifecycle
+    # ------------------------------------------------------------ test and suite lifecycle
     def start_suite(self, suite_id: str) -> None:
-        with self._lock:
-            self._markers.setdefault(suite_id, self._last + 1)
-            self._ended.discard(suite_id)
+        self._start(suite_id)
 
     def end_suite(self, suite_id: str, name: str) -> str:
         """Close what was opened since ``suite_id`` started (everything, if its start was not seen);
         returns the leak report, or an empty string when nothing was left open."""
+        return self._end(suite_id, "Suite", name)
+
+    def start_test(self, test_id: str) -> None:
+        self._start(test_id)
+
+    def end_test(self, test_id: str, name: str) -> str:
+        """Close what was opened since test ``test_id`` started (its setup, body and teardown);
+        returns the leak report, or an empty string when the test closed everything it opened."""
+        return self._end(test_id, "Test", name)
+
+    def _start(self, scope_id: str) -> None:
         with self._lock:
-            if suite_id in self._ended:
-                return ""
-            self._ended.add(suite_id)
-            since = self._markers.pop(suite_id, 0)
+            self._markers.setdefault(scope_id, self._last + 1)
+            self._ended.discard(scope_id)
+
+    def _end(self, scope_id: str, what: str, name: str) -> str:
+        with self._lock:
+            if scope_id in self._ended:
+                return ""  # another listener of the same test or suite closed and reported already
+            self._ended.add(scope_id)
+            since = self._markers.pop(scope_id, 0)
         left = self.open_entries(since=since)
         failures = []
         for entry in left:
@@ -114,15 +130,15 @@ class Registry:
             except Exception as exc:  # a close that fails must not hide the others
                 failures.append(f"{entry.label}: {type(exc).__name__}: {exc}")
             self._drop(entry)
-        return leak_report(name, left, failures)
+        return leak_report(name, left, failures, what=what)
 
 
-def leak_report(suite: str, left: list[Entry], failures: list[str] | None = None) -> str:
-    """One line naming what a suite left open (and what could not be closed)."""
+def leak_report(scope: str, left: list[Entry], failures: list[str] | None = None, what: str = "Suite") -> str:
+    """One line naming what a test or suite left open (and what could not be closed)."""
     if not left:
         return ""
     shown = ", ".join(str(e) for e in left[:8]) + (f" and {len(left) - 8} more" if len(left) > 8 else "")
-    line = (f"Suite '{suite}' left {len(left)} resource(s) open after its teardown; Crosstalk closed them: "
+    line = (f"{what} '{scope}' left {len(left)} resource(s) open after its teardown; Crosstalk closed them: "
             f"{shown}")
     if failures:
         line += f"; closing failed for {'; '.join(failures[:3])}"
@@ -136,10 +152,12 @@ open_user_ids = REGISTRY.open_user_ids
 
 
 class Cleanup:
-    """Library listener: at the end of each suite, closes what the suite left open and warns once.
+    """Library listener: at the end of each test, and of each suite, closes what it left open and warns once.
 
-    Every library that opens something declares it: ``@library(..., listener=Cleanup())``.  Several
-    libraries listening to the same suite close and report once.
+    What a test opened is closed when the test ends; what a suite opened outside its tests
+    (in its setup) when the suite ends.  Every library that opens something declares it:
+    ``@library(..., listener=Cleanup())``.  Several libraries listening to the same test or
+    suite close and report once.
 
     Example:
         | @library(scope="SUITE", version=VERSION, auto_keywords=False, listener=Cleanup())
@@ -152,5 +170,13 @@ class Cleanup:
 
     def end_suite(self, data: Any, result: Any) -> None:
         report = REGISTRY.end_suite(data.id, data.name)
+        if report:
+            logger.warn(report)
+
+    def start_test(self, data: Any, result: Any) -> None:
+        REGISTRY.start_test(data.id)
+
+    def end_test(self, data: Any, result: Any) -> None:
+        report = REGISTRY.end_test(data.id, data.name)
         if report:
             logger.warn(report)

@@ -47,6 +47,27 @@ def test_end_suite_closes_only_what_the_suite_opened_and_reports_it():
     assert reg.end_suite("s1-s1", "Chat") == ""  # a second listener of the same suite reports nothing
 
 
+def test_end_test_closes_what_the_test_opened_and_keeps_what_the_suite_setup_opened():
+    reg = registry.Registry()
+    reg.start_suite("s1-s1")
+    suite_scoped = Resource()
+    register(reg, suite_scoped, "fixture#1", "u-f")  # opened in the suite setup
+    reg.start_test("s1-s1-t1")
+    leaked, closed_by_teardown = Resource(), Resource()
+    register(reg, leaked, "alice#1", "u-a")
+    register(reg, closed_by_teardown, "bob#1", "u-b")
+    closed_by_teardown.close()
+    report = reg.end_test("s1-s1-t1", "Alice Chats")
+    assert report == ("Test 'Alice Chats' left 1 resource(s) open after its teardown; Crosstalk closed them: "
+                      "alice#1 (Test websocket)")
+    assert not leaked.open and suite_scoped.open
+    assert reg.end_test("s1-s1-t1", "Alice Chats") == ""  # a second listener of the same test reports nothing
+    reg.start_test("s1-s1-t2")
+    assert reg.end_test("s1-s1-t2", "Tidy") == ""  # a test that closed everything reports nothing
+    assert reg.end_suite("s1-s1", "Chat").startswith("Suite 'Chat' left 1 resource(s) open after its teardown")
+    assert not suite_scoped.open
+
+
 def test_a_close_that_fails_is_named_and_does_not_stop_the_others():
     reg = registry.Registry()
     good = Resource()
