@@ -13,7 +13,7 @@ Resource            crosstalk/resources/transactions.resource
 
 Suite Setup         Prepare A Scratch Budget Ledger
 Suite Teardown      Remove The Scratch Budget Ledger
-Test Teardown       Close All Transactions
+Test Teardown       Every Agent Lets Go Of The Database
 Test Tags           transaction    race    needs:db
 
 
@@ -21,59 +21,59 @@ Test Tags           transaction    race    needs:db
 Two Agents Updating The Same Budget Lose An Update Under Read Committed
     [Documentation]    Both agents read 10 and write 11: one top-up silently disappears.
     [Tags]    p4    lost-update
-    Given Both Budgets Hold 10 Tokens
-    ${run}=    When Two Agents Add One Token To Budget 1 From What They Read    READ COMMITTED
-    Then Anomaly Should Have Occurred    ${run}
-    And Budget 1 Should Hold 11 Tokens
+    Both Budgets Hold 10 Tokens
+    ${run}=    Two Agents Add One Token To Budget 1 From What They Read    READ COMMITTED
+    Anomaly Should Have Occurred    ${run}
+    Budget 1 Should Hold 11 Tokens
 
 Repeatable Read Refuses The Second Budget Update With A Serialization Failure
     [Documentation]    The second writer gets 40001 instead of overwriting; the first top-up stands.
     [Tags]    p4    lost-update
-    Given Both Budgets Hold 10 Tokens
-    ${run}=    When Two Agents Add One Token To Budget 1 From What They Read    REPEATABLE READ
-    Then Anomaly Should Have Been Prevented    ${run}    sqlstate=40001    loser=T2
-    And Transaction Should Have Committed    ${run}    T1
-    And Budget 1 Should Hold 11 Tokens
+    Both Budgets Hold 10 Tokens
+    ${run}=    Two Agents Add One Token To Budget 1 From What They Read    REPEATABLE READ
+    Anomaly Should Have Been Prevented    ${run}    sqlstate=40001    loser=T2
+    Transaction Should Have Committed    ${run}    T1
+    Budget 1 Should Hold 11 Tokens
 
 Retrying The Refused Budget Update Keeps Both Top-Ups
     [Documentation]    The refused agent re-reads and writes again: both top-ups count exactly once.
     [Tags]    p4    lost-update    retry
-    Given Both Budgets Hold 10 Tokens
-    ${run}=    When Two Agents Add One Token To Budget 1 From What They Read    REPEATABLE READ    retry=${True}
-    Then Losers Should Have Been Retried    ${run}    sqlstate=40001
-    And Budget 1 Should Hold 12 Tokens
+    Both Budgets Hold 10 Tokens
+    ${run}=    Two Agents Add One Token To Budget 1 From What They Read    REPEATABLE READ    retry=${True}
+    Losers Should Have Been Retried    ${run}    sqlstate=40001
+    Budget 1 Should Hold 12 Tokens
 
 Two Agents Going Off Duty Leave Nobody On Call Under Repeatable Read
     [Documentation]    Each sees a colleague on duty in its snapshot; both commit and nobody is left.
     [Tags]    g2-item    write-skew
-    Given Two Agents Are On Call
-    ${run}=    When Both Agents Go Off Duty After Checking Someone Else Is On Call    REPEATABLE READ
-    Then Anomaly Should Have Occurred    ${run}
-    And Transaction Should Have Committed    ${run}    T2
+    Two Agents Are On Call
+    ${run}=    Both Agents Go Off Duty After Checking Someone Else Is On Call    REPEATABLE READ
+    Anomaly Should Have Occurred    ${run}
+    Transaction Should Have Committed    ${run}    T2
 
 Serializable Refuses The Second Agent Going Off Duty
     [Documentation]    SSI sees the read/write dependency cycle; the second commit fails with 40001.
     [Tags]    g2-item    write-skew
-    Given Two Agents Are On Call
-    ${run}=    When Both Agents Go Off Duty After Checking Someone Else Is On Call    SERIALIZABLE
-    Then Anomaly Should Have Been Prevented    ${run}    sqlstate=40001    loser=T2
-    And Invariant Should Hold    ${run}
+    Two Agents Are On Call
+    ${run}=    Both Agents Go Off Duty After Checking Someone Else Is On Call    SERIALIZABLE
+    Anomaly Should Have Been Prevented    ${run}    sqlstate=40001    loser=T2
+    Invariant Should Hold    ${run}
 
 An Auditor Sees Tokens Appear Out Of Nowhere Under Read Committed
     [Documentation]    Each statement sees the latest commit, so a transfer between two reads skews the sum.
     [Tags]    g-single    read-skew
-    Given Both Budgets Hold 10 Tokens
-    ${run}=    When An Auditor Sums Both Budgets While An Agent Moves Five Tokens    READ COMMITTED
-    Then Anomaly Should Have Occurred    ${run}
-    And Transaction Should Have Committed    ${run}    T2
+    Both Budgets Hold 10 Tokens
+    ${run}=    An Auditor Sums Both Budgets While An Agent Moves Five Tokens    READ COMMITTED
+    Anomaly Should Have Occurred    ${run}
+    Transaction Should Have Committed    ${run}    T2
 
 An Auditor Sees A Consistent Snapshot Under Repeatable Read
     [Documentation]    The snapshot hides the concurrent transfer; no transaction has to be refused.
     [Tags]    g-single    read-skew
-    Given Both Budgets Hold 10 Tokens
-    ${run}=    When An Auditor Sums Both Budgets While An Agent Moves Five Tokens    REPEATABLE READ
-    Then Anomaly Should Have Been Prevented    ${run}
-    And Transaction Should Have Committed    ${run}    T1
+    Both Budgets Hold 10 Tokens
+    ${run}=    An Auditor Sums Both Budgets While An Agent Moves Five Tokens    REPEATABLE READ
+    Anomaly Should Have Been Prevented    ${run}
+    Transaction Should Have Committed    ${run}    T1
 
 An Agent Never Sees Another Agent's Aborted Budget Change
     [Documentation]    No isolation level shows a write that is uncommitted or rolled back.
@@ -86,50 +86,50 @@ An Agent Never Sees Another Agent's Aborted Budget Change
 Transfers In Opposite Order Deadlock And The Retried Loser Applies Exactly Once
     [Documentation]    PostgreSQL breaks the lock cycle with 40P01; retrying the loser applies every transfer once.
     [Tags]    deadlock    retry
-    Given Both Budgets Hold 100 Tokens
-    ${run}=    When Two Agents Move Tokens Between Budgets In Opposite Order
-    Then Losers Should Have Been Retried    ${run}    sqlstate=40P01
-    And Invariant Should Hold    ${run}
+    Both Budgets Hold 100 Tokens
+    ${run}=    Two Agents Move Tokens Between Budgets In Opposite Order
+    Losers Should Have Been Retried    ${run}    sqlstate=40P01
+    Invariant Should Hold    ${run}
 
 A Second Top-Up Waits For The Row Lock And Both Top-Ups Count
     [Documentation]    Atomic increments queue behind the row lock instead of losing an update.
     [Tags]    row-lock
-    Given Both Budgets Hold 10 Tokens
-    And Open Transactions    T1    T2    isolation=READ COMMITTED
-    When Agent T1 Tops Up Budget 1 By One
-    And Agent T2 Starts Topping Up Budget 1 By One
-    Then Agent T2 Should Be Waiting For The Row Lock Of Agent T1
-    When Commit Transaction    T1
-    And Agent T2 Finishes
-    Then Budget 1 Should Hold 12 Tokens
+    Both Budgets Hold 10 Tokens
+    Agents T1 And T2 Open Transactions Under READ COMMITTED
+    Agent T1 Tops Up Budget 1 By One
+    Agent T2 Starts Topping Up Budget 1 By One
+    Agent T2 Should Be Waiting For The Row Lock Of Agent T1
+    Agent T1 Commits
+    Agent T2 Finishes
+    Budget 1 Should Hold 12 Tokens
 
 Twenty Agents Share Five Database Connections And Every Write Lands
     [Documentation]    Demand is four times the pool; fifteen callers queue and every write succeeds.
     [Tags]    pool
-    Given Agents Share A Pool Of 5 Connections
-    ${report}=    When 20 Agents Write To The Database At Once
-    Then Every Write Should Have Landed After Queueing    ${report}    expected_waits=${15}
-    ${again}=    When 20 Agents Write To The Database At Once
-    Then Pool Should Have Recovered    ${again}
+    Agents Share A Pool Of 5 Connections
+    ${report}=    20 Agents Write To The Database At Once
+    Every Write Should Have Landed After Queueing    ${report}    expected_waits=${15}
+    ${again}=    20 Agents Write To The Database At Once
+    Pool Should Have Recovered    ${again}
 
 Twenty Agents Topping Up One Budget At Once Keep Every Token After Retries
     [Documentation]    Under REPEATABLE READ concurrent writers of one row are refused (40001); retried, all count.
     [Tags]    pool    retry    lost-update
-    Given Both Budgets Hold 10 Tokens
-    And Agents Share A Pool Of 5 Connections
-    ${report}=    When 20 Agents Top Up Budget 1 By One At Once Under REPEATABLE READ
-    Then Pool Success Rate Should Be At Least    ${report}    100
-    And Concurrent Operations Should Have Been Retried    ${report}    sqlstate=40001
-    And Budget 1 Should Hold 30 Tokens
+    Both Budgets Hold 10 Tokens
+    Agents Share A Pool Of 5 Connections
+    ${report}=    20 Agents Top Up Budget 1 By One At Once Under REPEATABLE READ
+    Pool Success Rate Should Be At Least    ${report}    100
+    Concurrent Operations Should Have Been Retried    ${report}    sqlstate=40001
+    Budget 1 Should Hold 30 Tokens
 
 An Exhausted Pool Without A Queue Refuses Callers And Then Recovers
     [Documentation]    The bare pool refuses the fifteen callers beyond its size; the next small batch is fully served.
     [Tags]    pool
-    Given Agents Share A Pool Of 5 Connections Without A Queue
-    ${report}=    When 20 Agents Write To The Database At Once
-    Then Pool Exhaustion Should Have Been Detected    ${report}    refused=${15}
-    ${again}=    When 5 Agents Write To The Database At Once
-    Then Pool Should Have Recovered    ${again}
+    Agents Share A Pool Of 5 Connections Without A Queue
+    ${report}=    20 Agents Write To The Database At Once
+    Pool Exhaustion Should Have Been Detected    ${report}    refused=${15}
+    ${again}=    5 Agents Write To The Database At Once
+    Pool Should Have Recovered    ${again}
 
 
 *** Keywords ***
@@ -140,4 +140,4 @@ Aborted Budget Change Should Stay Invisible Under
     ${run}=    An Agent Reads Budget 1 While Another Changes It And Aborts    ${isolation}
     Anomaly Should Have Been Prevented    ${run}
     Transaction Should Only Have Read    ${run}    T2    10
-    Close All Transactions
+    Every Agent Lets Go Of The Database
