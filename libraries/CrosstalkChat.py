@@ -7,7 +7,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from crosstalk import context, htmllog
+from crosstalk import context, htmllog, oracle
 from crosstalk import profile as target_profile
 from crosstalk.connection import (
     ConnectionRefused,
@@ -513,6 +513,30 @@ class CrosstalkChat:
             )
         return str((run.events[-1].get("payload") or {}).get("message"))
 
+    def _wait_for_all(self, runs: list[RunHandle], seconds: float) -> list[str]:
+        """Wait for every run at once; what went wrong (time-outs, contract breaks), in run order."""
+
+        async def wait_all() -> list:
+            return await asyncio.gather(
+                *(self._connection_of(run).wait_for_run(run, seconds) for run in runs), return_exceptions=True
+            )
+
+        results = self._run(wait_all(), seconds)
+        return [str(r) for r in results if isinstance(r, BaseException)]
+
+    @staticmethod
+    def _did_not_complete(runs: list[RunHandle], problems: list[str], expected: str = "completed") -> None:
+        problems = problems + [
+            f"Run {run.name} of user '{run.user.label}' ended {run.status}: "
+            f"{describe_frames(run.event_frames)}"
+            for run in runs if run.done and run.status != expected
+        ]
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise AssertionError(
+                f"{len(problems)} of {len(runs)} runs did not complete{more}: " + " | ".join(problems[:3])
+            )
+
     @keyword("Wait For Runs Of All Users")
     def wait_for_runs_of_all_users(
         self, runs: list[RunHandle], timeout: timedelta = timedelta(seconds=60)
@@ -525,28 +549,49 @@ class CrosstalkChat:
         | ${answers} = | Wait For Runs Of All Users | ${runs} | timeout=1 min |
         """
         runs = list(runs)
-        seconds = _seconds(timeout)
-
-        async def wait_all() -> list:
-            return await asyncio.gather(
-                *(self._connection_of(run).wait_for_run(run, seconds) for run in runs), return_exceptions=True
-            )
-
-        results = self._run(wait_all(), seconds)
+        problems = self._wait_for_all(runs, _seconds(timeout))
         self.log_run_timings(runs)
-        problems = [str(r) for r in results if isinstance(r, BaseException)]
-        problems += [
-            f"Run {run.name} of user '{run.user.label}' ended {run.status}: "
-            f"{describe_frames(run.event_frames)}"
-            for run, result in zip(runs, results, strict=False)
-            if not isinstance(result, BaseException) and run.status != "completed"
-        ]
-        if problems:
-            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-            raise AssertionError(
-                f"{len(problems)} of {len(runs)} runs did not complete{more}: " + " | ".join(problems[:3])
-            )
+        self._did_not_complete(runs, problems)
         return [run.answer for run in runs]
+
+    @keyword("Runs Should Complete With Their Own Answers")
+    def runs_should_complete_with_their_own_answers(
+        self,
+        runs: list[RunHandle],
+        timeout: timedelta = timedelta(seconds=60),
+        failing: RunHandle | None = None,
+    ) -> None:
+        """Wait for every run at once: each completes, its events follow the contract and its answer is
+        the answer to its own message; ``failing``, if given, must end in ``agent_error`` meanwhile.
+
+        Whatever the runs did, the events every involved user received are checked first: an event
+        that reached the wrong user is the likelier cause of a run that never completes, so that is
+        the failure reported (``Isolation violated: bob received alice's event: ...``).
+
+        Example:
+        | ${runs} = | Send Message From Each User | ${users} | What does my plan cost? |
+        | Runs Should Complete With Their Own Answers | ${runs} | timeout=20s |
+        | Runs Should Complete With Their Own Answers | ${others} | failing=${broken_run} |
+        """
+        runs = list(runs)
+        everyone = [*runs, failing] if failing is not None else runs
+        problems = self._wait_for_all(everyone, _seconds(timeout))
+        self.log_run_timings(runs)
+        users = list({run.user.serial: run.user for run in everyone}.values())
+        misrouted = oracle.failure_message([oracle.events_reach_only_their_user(users)])
+        if misrouted:
+            unfinished = f" (and {len(problems)} runs did not finish)" if problems else ""
+            raise AssertionError(misrouted + unfinished)
+        if failing is not None and failing.done and failing.status != "failed":
+            raise AssertionError(
+                f"Run {failing.name} of user '{failing.user.label}' ended {failing.status}, expected "
+                f"agent_error: "
+                f"{describe_frames(failing.event_frames) if failing.event_frames else failing.rejection}")
+        self._did_not_complete(runs, problems)
+        for run in runs:
+            self.run_events_should_be_in_order(run)
+            self.answer_should_be_the_askers_own(
+                run, f"The answer to {run.user.label} is not the answer to {run.user.label}'s own message")
 
     @keyword("Log Run Timings")
     def log_run_timings(self, runs: list[RunHandle]) -> None:

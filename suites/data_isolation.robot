@@ -11,6 +11,7 @@ Resource            crosstalk/resources/isolation.resource
 
 Suite Setup         Chat Suite Starts
 Suite Teardown      Isolation Suite Ends
+Test Teardown       Disconnect All
 
 Test Tags           isolation    performance    concurrency
 
@@ -29,7 +30,7 @@ Twelve Users Get Fast, Fair And Isolated Answers
     [Documentation]    One message each, all at once: correct answers, thresholds met, no data crosses.
     ${users} =    Connected Users    ${TENANTS}    prefix=tenant
     ${runs} =    Every User Asks With Their Canary    ${users}    How can I cut the cost of my storage? ${AGENT_PACE}
-    Each User Should Get Their Own Answer    ${users}    ${runs}
+    Each User Should Get Their Own Answer    ${runs}
     Chat Round Should Be Fast And Fair    ${runs}
     No Data Should Cross Between Users    ${users}
     What Was Streamed Should Be What Was Stored    ${users}
@@ -38,10 +39,10 @@ Service Stays Fast, Fair And Isolated Over Consecutive Rounds
     [Documentation]    Three rounds in the same threads: each round meets the thresholds and recalls only own history.
     ${users} =    Connected Users    ${TENANTS}    prefix=steady
     ${first} =    Every User Asks With Their Canary    ${users}    Is my login token setup secure? ${AGENT_PACE}
-    Each User Should Get Their Own Answer    ${users}    ${first}
+    Each User Should Get Their Own Answer    ${first}
     ${second} =    Every User Asks Again In Their Thread    ${first}
     ...    Which of my settings slow things down? ${AGENT_PACE}
-    Each User Should Get Their Own Answer    ${users}    ${second}
+    Each User Should Get Their Own Answer    ${second}
     Answers Should Recall Only Their Own Earlier Message    ${first}    ${second}
     Chat Round Should Be Fast And Fair    ${second}
     No Data Should Cross Between Users    ${users}

@@ -9,8 +9,9 @@ Documentation       Who a request acts for comes from the verified token only, a
 
 Resource            crosstalk/resources/integrity.resource
 
-Suite Setup         Integrity Suite Starts
+Suite Setup         Chat Suite Starts
 Suite Teardown      Chat Suite Ends
+Test Teardown       Disconnect All
 
 Test Tags           security    identity-and-credentials    rest
 

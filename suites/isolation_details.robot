@@ -11,6 +11,7 @@ Resource            crosstalk/resources/isolation.resource
 
 Suite Setup         Isolation Details Setup
 Suite Teardown      Isolation Suite Ends
+Test Teardown       Disconnect All
 
 Test Tags           isolation
 
@@ -21,7 +22,7 @@ Events Reach Only Their User
     [Tags]    events
     ${users} =    Connected Users    4    prefix=events
     ${runs} =    Users Ask At The Same Time In Slow Runs    ${users}    How fast is my pipeline?
-    Each User Should Get Their Own Answer    ${users}    ${runs}
+    Each User Should Get Their Own Answer    ${runs}
     Events Should Reach Only Their User    @{users}
 
 Tool Results Only Draw On The Caller's Data
@@ -29,9 +30,9 @@ Tool Results Only Draw On The Caller's Data
     [Tags]    tools
     ${users} =    Connected Users    3    prefix=tools
     ${firsts} =    Every User Asks With Their Canary    ${users}    My monthly budget is private
-    Each User Should Get Their Own Answer    ${users}    ${firsts}
+    Each User Should Get Their Own Answer    ${firsts}
     ${follow_ups} =    Every User Asks Again In Their Thread    ${firsts}    What budget did I mention?
-    Each User Should Get Their Own Answer    ${users}    ${follow_ups}
+    Each User Should Get Their Own Answer    ${follow_ups}
     Each Tool Result Should Hold Only Its User's Message    ${firsts}    ${follow_ups}
     Canaries Should Not Leak    @{users}
 
@@ -42,7 +43,7 @@ One User's Agent Failure Leaves The Others Complete And Correct
     ${others} =    Connected Users    3    prefix=bystander
     ${failing} =    User Asks    ${unlucky}    Please break [[fail]] ${unlucky.canary}
     ${runs} =    Every User Asks With Their Canary    ${others}    Is my data encrypted?
-    Run Of User Should Fail Alone    ${failing}    ${others}    ${runs}
+    Run Of User Should Fail Alone    ${failing}    ${runs}
     No Data Should Cross Between Users    ${others}
 
 A User Cannot Reach Another User's Thread
@@ -64,7 +65,7 @@ Stored Conversations Belong Only To Their Users
     [Tags]    persistence    needs:db
     ${users} =    Connected Users    3    prefix=state
     ${runs} =    Every User Asks With Their Canary    ${users}    Save my deployment notes
-    Each User Should Get Their Own Answer    ${users}    ${runs}
+    Each User Should Get Their Own Answer    ${runs}
     Each User Should Own Exactly Their Conversation    ${runs}
     Rows Should Stay In Own Threads    @{users}
     Threads Listed Should Be Own Threads    @{users}

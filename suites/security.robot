@@ -11,6 +11,8 @@ Resource            crosstalk/resources/security.resource
 
 Suite Setup         Security Suite Starts
 Suite Teardown      Chat Suite Ends
+Test Setup          Alice, Bob And Carol Are Online
+Test Teardown       Disconnect All
 
 Test Tags           security
 

@@ -5,6 +5,7 @@ Resource            crosstalk/resources/chat.resource
 
 Suite Setup         Chat Suite Starts
 Suite Teardown      Chat Suite Ends
+Test Teardown       Disconnect All
 
 Test Tags           smoke
 

@@ -9,8 +9,9 @@ Documentation       What the user saw streamed is what the platform stored, and 
 
 Resource            crosstalk/resources/integrity.resource
 
-Suite Setup         Integrity Suite Starts
+Suite Setup         Chat Suite Starts
 Suite Teardown      Chat Suite Ends
+Test Teardown       Disconnect All
 
 Test Tags           stored-truth
 

@@ -48,9 +48,10 @@ def _warnings(atest) -> list[str]:
 def test_listener_closes_what_a_test_left_open_at_the_end_of_that_test(atest):
     leaks = [w for w in _warnings(atest) if w.startswith("Test 'Leave A Socket")]
     assert len(leaks) == 1, _warnings(atest)
-    assert leaks[0].startswith("Test 'Leave A Socket, A Scratch Database And A Store Open' left 3 resource(s) open "
-                               "after its teardown; Crosstalk closed them: leaky#1 (UserConnection websocket), "
-                               "crosstalk_atest_leak_"), leaks[0]
+    assert leaks[0].startswith(
+        "Test 'Leave A Socket, A Scratch Database And A Store Open' left 3 resource(s) open after its "
+        "teardown; Crosstalk closed them: leaky#1 (UserConnection websocket), crosstalk_atest_leak_"
+    ), leaks[0]
     assert leaks[0].endswith("(CrosstalkTransactions scratch database), Redis 'leak' (CrosstalkStores store "
                              "connection)"), leaks[0]
     # closed when that test ended: the next test found the socket closed and the test's Redis alias gone

@@ -29,21 +29,21 @@ class _Calls(ModelVisitor):
     def __init__(self) -> None:
         self.calls: list[tuple[int, str]] = []
 
-    def visit_KeywordCall(self, node) -> None:  # noqa: N802 - Robot's visitor naming
+    def visit_KeywordCall(self, node) -> None:
         self.calls.append((node.lineno, node.keyword))
 
     def _fixture(self, node) -> None:
         if node.name and node.name.upper() != "NONE":
             self.calls.append((node.lineno, node.name))
 
-    visit_Setup = visit_Teardown = visit_SuiteSetup = visit_SuiteTeardown = _fixture  # noqa: N815
-    visit_TestSetup = visit_TestTeardown = _fixture  # noqa: N815
+    visit_Setup = visit_Teardown = visit_SuiteSetup = visit_SuiteTeardown = _fixture
+    visit_TestSetup = visit_TestTeardown = _fixture
 
     def _template(self, node) -> None:
         if node.value and node.value.upper() != "NONE":
             self.calls.append((node.lineno, node.value))
 
-    visit_Template = visit_TestTemplate = _template  # noqa: N815
+    visit_Template = visit_TestTemplate = _template
 
 
 def calls_in(path: Path) -> list[tuple[int, str]]:

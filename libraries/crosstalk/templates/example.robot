@@ -9,6 +9,7 @@ Resource            crosstalk/resources/isolation.resource
 
 Suite Setup         Chat Suite Starts
 Suite Teardown      Isolation Suite Ends
+Test Teardown       Disconnect All
 
 Test Tags           starter
 
@@ -30,5 +31,5 @@ Users Chat At Once And No Data Crosses Between Them
     [Tags]    isolation
     ${users} =    Connected Users    ${STARTER_USERS}    prefix=starter
     ${runs} =    Every User Asks With Their Canary    ${users}    What does my cloud plan cost this month?
-    Each User Should Get Their Own Answer    ${users}    ${runs}
+    Each User Should Get Their Own Answer    ${runs}
     No Data Should Cross Between Users    ${users}
