@@ -15,7 +15,7 @@ Test Tags           golden-path
 *** Test Cases ***
 A New User Registers And Logs In
     [Documentation]    The access token verifies against the JWKS and names the new user.
-    ${gina} =    A Registered User    gina
+    ${gina} =    Create Test User    gina
     Log In    ${gina}
     Token Should Identify User    ${gina}
 

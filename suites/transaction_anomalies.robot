@@ -12,7 +12,7 @@ Documentation       Agents that share token budgets race each other in PostgreSQ
 Resource            crosstalk/resources/transactions.resource
 
 Suite Setup         Prepare A Scratch Budget Ledger
-Suite Teardown      Remove The Scratch Budget Ledger
+Suite Teardown      Drop Scratch Database
 Test Teardown       Every Agent Lets Go Of The Database
 Test Tags           transaction    race    needs:db
 
