@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 
 from crosstalk import context, testhooks
-from crosstalk.conformance import RULES, Target, run_rules
+from crosstalk.conformance import Target, run_rules
 from crosstalk.contract import ContractError, frame_contract
 from crosstalk.htmllog import table
 from crosstalk.version import VERSION
@@ -97,12 +97,3 @@ class CrosstalkContract:
             f"available: {', '.join(available) or 'none'}; absent: "
             f"{', '.join(sorted(k for k, v in found.items() if not v)) or 'none'}", append=True)
         return found
-
-    @keyword
-    def contract_rule_ids(self) -> list[str]:
-        """Every rule id this library checks, in order.
-
-        Example:
-        | ${ids} = | Contract Rule Ids |
-        """
-        return [rule.rule_id for rules in RULES.values() for rule in rules]

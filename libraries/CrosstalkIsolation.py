@@ -274,24 +274,6 @@ class CrosstalkIsolation:
         """
         self._check(users, ["events reach only their user"], gather=False)
 
-    @keyword("Thread Ids Should Be Unique Per User")
-    def thread_ids_should_be_unique_per_user(self, *users: TestUser | list) -> None:
-        """Fails if one thread id shows up for two users (runs, REST listings, database owners).
-
-        Example:
-        | Thread Ids Should Be Unique Per User | @{users} |
-        """
-        self._check(users, ["thread ids unique per user"])
-
-    @keyword("Tokens Should Be Unique Per User")
-    def tokens_should_be_unique_per_user(self, *users: TestUser | list) -> None:
-        """Fails if two users share an access token or a ``jti``, or a token's ``sub`` is another user.
-
-        Example:
-        | Tokens Should Be Unique Per User | @{users} |
-        """
-        self._check(users, ["tokens and jti unique"], gather=False)
-
     @keyword("Threads Listed Should Be Own Threads")
     def threads_listed_should_be_own_threads(self, *users: TestUser | list) -> None:
         """Fails if any user's ``GET /threads`` lists a thread of someone else.
@@ -309,15 +291,6 @@ class CrosstalkIsolation:
         | Rows Should Stay In Own Threads | ${alice} | ${bob} |
         """
         self._check(users, ["DB rows stay in own threads"], backend_url="NONE", redis_url="NONE")
-
-    @keyword("Sessions Should Belong To Their User")
-    def sessions_should_belong_to_their_user(self, *users: TestUser | list) -> None:
-        """Fails if a Redis session record of these users names another user or outlives its connection.
-
-        Example:
-        | Sessions Should Belong To Their User | @{users} |
-        """
-        self._check(users, ["sessions belong to their user"], backend_url="NONE", database_url="NONE")
 
     @keyword("Message With Canary")
     def message_with_canary(self, user: TestUser, text: str) -> str:

@@ -205,13 +205,13 @@ def test_incomplete_evidence_turns_pass_into_skip_and_annotates_fail(monkeypatch
         listener = CrosstalkPlatform()
         ctx.incomplete(Capability.METRICS, "platform_cpu < 80%")
         passed = T(status="PASS", message="p95 80 ms (threshold: p95 < 1s)")
-        listener.end_test(T(name="SLA"), passed)
+        listener.end_test(T(name="SLA", id="s1-t1"), passed)
         assert passed.status == "SKIP"
         assert passed.message == ("Passed on the evidence available, but platform_cpu < 80% not checked: "
                                   "needs metrics: set METRICS_URL (CROSSTALK_METRICS_URL)")
         ctx.incomplete(Capability.DB, "database rows")
         failed = T(status="FAIL", message="Isolation violated")
-        listener.end_test(T(name="Leak"), failed)
+        listener.end_test(T(name="Leak", id="s1-t2"), failed)
         assert failed.status == "FAIL"
         assert failed.message.startswith("Isolation violated (also: database rows")
         untouched = T(status="PASS", message="")
