@@ -215,7 +215,7 @@ def test_incomplete_evidence_turns_pass_into_skip_and_annotates_fail(monkeypatch
         assert failed.status == "FAIL"
         assert failed.message.startswith("Isolation violated (also: database rows")
         untouched = T(status="PASS", message="")
-        listener.end_test(T(name="Clean"), untouched)
+        listener.end_test(T(name="Clean", id="s1-t3"), untouched)
         assert untouched.status == "PASS"
     finally:
         context.install(None)
