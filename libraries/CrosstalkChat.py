@@ -332,6 +332,16 @@ class CrosstalkChat:
         )
         return run
 
+    @staticmethod
+    def _fill(content: str, user: TestUser) -> str:
+        try:
+            return content.format(label=user.label, email=user.email, canary=user.canary)
+        except (KeyError, IndexError) as exc:
+            raise ValueError(
+                f"Message template {content!r} has an unknown placeholder {exc}: use {{label}}, {{email}} "
+                "or {canary} (double other braces)."
+            ) from None
+
     @keyword("Send Message From Each User")
     def send_message_from_each_user(self, users: list[TestUser], content: str) -> list:
         """Every user sends one message at the same moment, on their latest connection; returns the runs.
@@ -344,18 +354,36 @@ class CrosstalkChat:
         | Wait For Runs Of All Users | ${runs} |
         """
         connections = [self._resolve(user) for user in users]
-        try:
-            texts = [content.format(label=u.label, email=u.email, canary=u.canary) for u in users]
-        except (KeyError, IndexError) as exc:
-            raise ValueError(
-                f"Message template {content!r} has an unknown placeholder {exc}: use {{label}}, {{email}} "
-                "or {canary} (double other braces)."
-            ) from None
+        texts = [self._fill(content, u) for u in users]
         runs = self._run(
             gather_strict(c.send_message(text) for c, text in zip(connections, texts, strict=True)), 10.0
         )
         logger.info(f"{len(runs)} users sent a message at once: {', '.join(u.label for u in users)}")
         return runs
+
+    @keyword("Send Follow-Up From Each User")
+    def send_follow_up_from_each_user(self, runs: list[RunHandle], content: str) -> list:
+        """Each run's user sends ``content`` into that run's thread, all at once; returns the new runs.
+
+        ``content`` may hold ``{label}``, ``{email}`` and ``{canary}`` like `Send Message From Each User`.
+
+        Example:
+        | ${firsts} = | Send Message From Each User | ${users} | My budget is private {canary} |
+        | ${again} = | Send Follow-Up From Each User | ${firsts} | What budget did I mention? {canary} |
+        """
+        runs = list(runs)
+        missing = [f"{run.user.label}'s run {run.name}" for run in runs if not run.thread_id]
+        if missing:
+            raise AssertionError(f"No thread to continue for {', '.join(missing)}: the server never named "
+                                 "one; wait for the first runs before following up.")
+        connections = [self._resolve(run.user) for run in runs]
+        texts = [self._fill(content, run.user) for run in runs]
+        sends = (c.send_message(text, run.thread_id)
+                 for c, text, run in zip(connections, texts, runs, strict=True))
+        sent = self._run(gather_strict(sends), 10.0)
+        logger.info(f"{len(sent)} users followed up in their threads at once: "
+                    f"{', '.join(run.user.label for run in runs)}")
+        return sent
 
     @keyword("Send Raw Frame")
     def send_raw_frame(self, target: UserConnection | TestUser | str, text: str) -> None:
@@ -771,6 +799,30 @@ class CrosstalkChat:
                 return
         raise AssertionError(message or f"No tool result of {run.user.label}'s run {run.name} holds the "
                              f"earlier message {text[:80]!r}")
+
+    @keyword("Runs Should Recall")
+    def runs_should_recall(self, runs: list[RunHandle], earlier: list[RunHandle]) -> None:
+        """Fail unless each run saw the earlier run of the same position (its user's own earlier message).
+
+        Every pair is checked; the failure lists each run that did not recall its own earlier message.
+
+        Example:
+        | Runs Should Recall | ${follow_ups} | ${firsts} |
+        """
+        runs, earlier = list(runs), list(earlier)
+        if len(runs) != len(earlier):
+            raise ValueError(f"Runs Should Recall pairs runs with earlier runs: got {len(runs)} runs and "
+                             f"{len(earlier)} earlier runs.")
+        problems = []
+        for run, first in zip(runs, earlier, strict=True):
+            try:
+                self.run_should_recall(run, first,
+                                       f"The tool did not find {first.user.label}'s own earlier message")
+            except AssertionError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise AssertionError(f"{len(problems)} of {len(runs)} runs did not recall their own earlier "
+                                 f"message: {' | '.join(problems[:3])}")
 
     @keyword("Run Should Hand Off")
     def run_should_hand_off(self, run: RunHandle, to: str | None = None) -> str:

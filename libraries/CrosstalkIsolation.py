@@ -10,6 +10,7 @@ import psycopg2
 import requests
 from crosstalk import context, htmllog, oracle, registry
 from crosstalk import profile as target_profile
+from crosstalk.connection import RunHandle
 from crosstalk.context import Capability
 from crosstalk.httpretry import HTTP_TIMEOUT, pooled_session
 from crosstalk.metrics import FAIRNESS_LATENCY_FLOOR_S, format_seconds
@@ -215,10 +216,12 @@ class CrosstalkIsolation:
         flat: list[Any] = []
         for item in users:
             flat.extend(item if isinstance(item, (list, tuple)) else [item])
+        # a run stands for its user (Canaries Should Not Leak  @{runs})
+        flat = [item.user if isinstance(item, RunHandle) else item for item in flat]
         bad = [repr(u) for u in flat if not isinstance(u, TestUser)]
         if bad:
             raise ValueError(
-                "Isolation keywords take TestUser objects (from Create Test Users), "
+                "Isolation keywords take TestUser objects (from Create Test Users) or their runs, "
                 f"got {', '.join(bad[:3])}."
             )
         return flat
@@ -257,11 +260,14 @@ class CrosstalkIsolation:
         self._check(users, None, backend_url, database_url, redis_url)
 
     @keyword("Canaries Should Not Leak")
-    def canaries_should_not_leak(self, *users: TestUser | list) -> None:
+    def canaries_should_not_leak(self, *users: TestUser | RunHandle | list) -> None:
         """Fails if any user's canary appears in a frame, REST body, row or Redis value of another user.
+
+        A run stands for its user.
 
         Example:
         | Canaries Should Not Leak | ${alice} | ${bob} |
+        | Canaries Should Not Leak | @{first_runs} |
         """
         self._check(users, ["canaries do not leak"])
 

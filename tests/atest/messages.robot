@@ -66,6 +66,21 @@ Chat Names A Failing Run That Completed Among Others
     Run Keyword And Expect Error    Run * of user 'pair01' ended completed, expected agent_error: *
     ...    Runs Should Complete With Their Own Answers    ${again}[1:]    failing=${again}[0]
 
+Chat Follows Up In Each Thread And Names A Run That Did Not Recall
+    [Documentation]    Follow-ups sent at once land in their own threads and recall them; crossed pairs are named.
+    ${users} =    Create Test Users    2    prefix=recall
+    Log In Users    ${users}
+    Connect Users    ${users}
+    ${firsts} =    Send Message From Each User    ${users}    my budget is {canary}
+    Runs Should Complete With Their Own Answers    ${firsts}
+    ${again} =    Send Follow-Up From Each User    ${firsts}    what was my budget?
+    Runs Should Complete With Their Own Answers    ${again}
+    Should Be Equal    ${again[0].thread_id}    ${firsts[0].thread_id}
+    Runs Should Recall    ${again}    ${firsts}
+    Run Keyword And Expect Error
+    ...    2 of 2 runs did not recall their own earlier message: The tool did not find recall02's own earlier message | The tool did not find recall01's own earlier message
+    ...    Runs Should Recall    ${again}    ${{ $firsts[::-1] }}
+
 Chat Names A Socket That Stayed Open
     [Documentation]    Waiting for a close code on a socket nobody closes times out with user, connection and wait.
     ${alice} =    Create Test User    alice
