@@ -69,3 +69,19 @@ def test_tests_and_suites_that_close_what_they_open_are_not_reported(atest):
     reported = [w for w in _warnings(atest) if " left " in w and "open after its teardown" in w]
     others = [w for w in reported if not w.startswith(("Test 'Leave A Socket", "Suite 'Leaky' left "))]
     assert not others, f"tests or suites that close their own resources were reported as leaking: {others}"
+
+
+def test_platform_names_an_unreachable_backend_in_one_line(tmp_path):
+    """Start Or Attach Platform against a closed port: one line naming the variable and how to set it."""
+    suite = tmp_path / "unreachable.robot"
+    suite.write_text("*** Settings ***\nLibrary    CrosstalkPlatform\n"
+                     "Suite Setup    Start Or Attach Platform\n\n"
+                     "*** Test Cases ***\nNever Runs\n    No Operation\n")
+    command = [sys.executable, "-m", "robot", "--pythonpath", str(ROOT / "libraries"), "--outputdir",
+               str(tmp_path), "--console", "none", "--variable", "AUTH_URL:http://127.0.0.1:1",
+               "--variable", "BACKEND_URL:http://127.0.0.1:1", str(suite)]
+    subprocess.run(command, cwd=tmp_path, timeout=60, check=False)
+    result = ExecutionResult(str(tmp_path / "output.xml"))
+    assert result.suite.message == (
+        "Suite setup failed:\nBACKEND_URL http://127.0.0.1:1 is unreachable (connection refused): start the "
+        "backend or fix --variable BACKEND_URL:... or CROSSTALK_BACKEND_URL.")
