@@ -7,6 +7,7 @@ Resource            crosstalk/resources/load.resource
 
 Suite Setup         Start Or Attach Platform
 Suite Teardown      Load Suite Ends
+Test Teardown       Close Load Users
 
 Test Tags           performance    load
 
