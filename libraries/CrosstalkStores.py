@@ -6,8 +6,9 @@ import html
 import re
 from typing import Any
 
-from crosstalk import htmllog, registry
+from crosstalk import context, htmllog, registry
 from crosstalk import profile as target_profile
+from crosstalk.context import Capability
 from crosstalk.model import TestUser
 from crosstalk.registry import Cleanup
 from crosstalk.secrets import mask_url
@@ -47,6 +48,14 @@ def _label(user: TestUser | str) -> str:
 def _cell(value: Any) -> str:
     text = str(value)
     return text if len(text) <= 200 else text[:200] + "…"
+
+
+# the platform's stores under their usual aliases: alias, capability, the variable giving its URL
+PLATFORM_STORES = (
+    ("backend", Capability.DB, "BACKEND_DATABASE_URL"),
+    ("auth", Capability.AUTH_DB, "AUTH_DATABASE_URL"),
+    ("cache", Capability.REDIS, "REDIS_URL"),
+)
 
 
 @library(scope="GLOBAL", version=VERSION, auto_keywords=False, listener=Cleanup())
@@ -103,6 +112,29 @@ class CrosstalkStores:
                           user_id=None, is_open=lambda: self.stores.redis.get(alias) is client,
                           close=lambda: self.stores.redis.pop(alias).close())
         logger.info(f"Connected Redis alias '{alias}' to {mask_url(url)}")
+
+    @keyword("Connect To The Platform Stores")
+    def connect_to_the_platform_stores(self) -> list[str]:
+        """Connects ``backend``, ``auth`` (PostgreSQL) and ``cache`` (Redis) to the target's stores, each
+        as far as the target gives it; returns the aliases opened.
+
+        A store the target lacks is left out with one log line naming the variable that would add
+        it: tests reading it skip by their ``needs:*`` tag.  A store that is given but unreachable
+        fails here with one line naming the alias and the host.
+
+        Example:
+        | Suite Setup | Connect To The Platform Stores |
+        """
+        ctx = context.current()
+        opened = []
+        for alias, capability, variable in PLATFORM_STORES:
+            if not ctx.has(capability):
+                logger.info(f"Store '{alias}' not opened: {ctx.reason(capability)}")
+                continue
+            connect = self.connect_to_redis if capability is Capability.REDIS else self.connect_to_postgres
+            connect(alias, str(ctx.get(variable)))
+            opened.append(alias)
+        return opened
 
     @keyword("Disconnect From All Stores")
     def disconnect_from_all_stores(self) -> None:

@@ -75,7 +75,7 @@ Stored Conversations Belong Only To Their Users
 Isolation Details Setup
     [Documentation]    The platform is up and its stores are open for the database checks.
     Chat Suite Starts
-    The Platform Stores Are Open
+    Connect To The Platform Stores
 
 Each Tool Result Should Hold Only Its User's Message
     [Documentation]    The follow-up's tool result holds exactly its user's first message.
