@@ -266,7 +266,7 @@ class UserConnection:
     def _record(self, direction: str, raw: str, at: float, mono: float) -> Frame:
         try:
             parsed = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
             parsed = None
         data = parsed if isinstance(parsed, dict) else None
         if data is not None and direction == "in":
@@ -330,8 +330,8 @@ class UserConnection:
         registry.unregister(self)
 
     # ------------------------------------------------------------------ send
-    async def send_raw(self, text: str) -> Frame:
-        """Send text as it is and record it as an outgoing frame."""
+    async def send_raw(self, text: str | bytes) -> Frame:
+        """Send text as it is (bytes as a binary frame) and record it as an outgoing frame."""
         if self.ws is None or self.closed:
             raise AssertionError(
                 f"Connection '{self.label}' of user '{self.user.label}' is closed "
@@ -339,7 +339,8 @@ class UserConnection:
                 "reconnect first."
             )
         at, mono = _now()
-        frame = self._record("out", text, at, mono)
+        shown = text if isinstance(text, str) else text.decode("utf-8", "replace")
+        frame = self._record("out", shown, at, mono)
         try:
             await self.ws.send(text)
         except ConnectionClosed as exc:

@@ -18,6 +18,7 @@ import psycopg2.extensions
 import psycopg2.extras
 import redis
 
+from . import profile as target_profile
 from .errors import CrosstalkError
 from .secrets import mask_url
 
@@ -118,6 +119,11 @@ def finish(conn: psycopg2.extensions.connection, commit: bool) -> None:
 
 def scan_keys(client: redis.Redis, pattern: str = "*") -> list[str]:
     return sorted(set(client.scan_iter(match=pattern, count=SCAN_COUNT)))
+
+
+def session_keys(client: redis.Redis, user_id: str) -> list[str]:
+    """The user's session records: keys matching the target profile's ``redis.session`` pattern."""
+    return scan_keys(client, target_profile.current().session_pattern(user_id))
 
 
 def read_value(client: redis.Redis, key: str) -> tuple[str, Any]:

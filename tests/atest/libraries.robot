@@ -73,13 +73,26 @@ Stores Name A URL That Is Not Postgres
     Run Keyword And Expect Error    Postgres alias 'db': URL 'redis://*' is not a postgresql:// URL*
     ...    Connect To Postgres    db    redis://localhost:1/0
 
-Security Words A Handshake That Was Accepted
-    [Documentation]    No token is refused; a valid token makes the refusal check fail with what was received.
+Chat Refuses A Handshake Without Credentials
+    [Documentation]    No Authorization header is refused; the refusal check names the missing header when accepted.
     ${alice} =    Create Test User    alice
     Log In    ${alice}
-    Websocket Handshake Should Be Refused    ${WS_URL}    ${EMPTY}
-    Run Keyword And Expect Error    WebSocket handshake with * was accepted (HTTP 101): expected HTTP 401*
-    ...    Websocket Handshake Should Be Refused    ${WS_URL}    ${alice}
+    Connection Should Be Refused    ${alice}    token=${EMPTY}
+    Run Keyword And Expect Error
+    ...    WebSocket of user 'alice' with no Authorization header was refused, but not with HTTP 403: *HTTP 401*
+    ...    Connection Should Be Refused    ${alice}    token=${EMPTY}    status=403
+    [Teardown]    Disconnect All
+
+Security Words Session Records That Stay Behind
+    [Documentation]    An open socket keeps its session record; expecting none names the user and the key found.
+    ${alice} =    Create Test User    alice
+    Log In    ${alice}
+    Connect    ${alice}
+    Session Records Should Number    ${REDIS_URL}    ${alice.user_id}    1
+    Run Keyword And Expect Error
+    ...    Redis holds 1 session record(s) for user ${alice.user_id} after 0.3 s, expected 0: *sessions are not removed*
+    ...    Session Records Should Number    ${REDIS_URL}    ${alice.user_id}    0    timeout=0.3s
+    [Teardown]    Disconnect All
 
 Races Connect Users At Once And Register Their Sockets
     [Documentation]    Simultaneous connects succeed and close at the same instant.
