@@ -28,6 +28,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from .contract import FrameContract, describe_error, openapi_validator
 from .errors import CrosstalkError
+from .httpretry import pooled_session
 from .secrets import mask_body, mask_text
 
 TIMEOUT = 10.0
@@ -59,6 +60,8 @@ class Target:
     users: list[dict] = field(default_factory=list)
     # called with each user created (email, password, user_id, tokens): the run's cleanup ledger
     on_user: Callable[[Any], None] | None = None
+    # the keep-alive session of every REST call (CrosstalkAuth's kind: a stale pooled connection retried once)
+    http: requests.Session = field(default_factory=lambda: pooled_session(pool_maxsize=4), repr=False)
 
     def __post_init__(self) -> None:
         self.auth_url = self.auth_url.rstrip("/")
@@ -114,16 +117,28 @@ def _bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
+def _send(
+    target: Target, method: str, path: str, token: str | None = None, body: Any = None, **ids: str
+) -> requests.Response:
+    """``method path`` (``{thread_id}`` filled from ``ids``) on the service that serves it: ``/auth``
+    and ``/.well-known`` on the auth service, everything else on the backend."""
+    base = target.auth_url if path.startswith(("/auth", "/.well-known")) else target.backend_url
+    return target.http.request(method, base + path.format(**ids), json=body,
+                               headers=_bearer(token) if token else {}, timeout=TIMEOUT)
+
+
+def _call(
+    target: Target, method: str, path: str, expected: int, token: str | None = None, body: Any = None,
+    **ids: str,
+) -> Any:
+    """`_send`, then `_conform`: the JSON body after checking status and shape; RuleBroken otherwise."""
+    return _conform(_send(target, method, path, token, body, **ids), path, method, expected)
+
+
 def new_user(target: Target, label: str) -> dict:
     email = f"{target.prefix}conf-{label}-{uuid.uuid4().hex[:8]}@example.test"
-    reply = requests.post(
-        f"{target.auth_url}/auth/register", json={"email": email, "password": PASSWORD}, timeout=TIMEOUT
-    )
-    body = _conform(reply, "/auth/register", "post", 201)
-    login = requests.post(
-        f"{target.auth_url}/auth/login", json={"email": email, "password": PASSWORD}, timeout=TIMEOUT
-    )
-    tokens = _conform(login, "/auth/login", "post", 200)
+    body = _call(target, "post", "/auth/register", 201, body={"email": email, "password": PASSWORD})
+    tokens = _call(target, "post", "/auth/login", 200, body={"email": email, "password": PASSWORD})
     user = {"email": email, "user_id": body["user_id"], **tokens}
     target.users.append(user)
     if target.on_user is not None:
@@ -221,38 +236,20 @@ def auth_register(target: Target, state: dict) -> str:
 
 def auth_register_errors(target: Target, state: dict) -> str:
     user = _user(target, state)
-    url = f"{target.auth_url}/auth/register"
-    _conform(
-        requests.post(url, json={"email": user["email"], "password": PASSWORD}, timeout=TIMEOUT),
-        "/auth/register",
-        "post",
-        409,
-    )
-    _conform(
-        requests.post(url, json={"email": "not-an-email", "password": PASSWORD}, timeout=TIMEOUT),
-        "/auth/register",
-        "post",
-        422,
-    )
-    _conform(
-        requests.post(
-            url, json={"email": f"{target.prefix}short@example.test", "password": "short"}, timeout=TIMEOUT
-        ),
-        "/auth/register",
-        "post",
-        422,
-    )
+    for email, password, expected in (
+        (user["email"], PASSWORD, 409),
+        ("not-an-email", PASSWORD, 422),
+        (f"{target.prefix}short@example.test", "short", 422),
+    ):
+        _call(target, "post", "/auth/register", expected, body={"email": email, "password": password})
     return "duplicate email 409, bad email 422, short password 422"
 
 
 def auth_login_identical_failures(target: Target, state: dict) -> str:
     user = _user(target, state)
-    url = f"{target.auth_url}/auth/login"
-    wrong = requests.post(url, json={"email": user["email"], "password": "wrong-password"}, timeout=TIMEOUT)
-    unknown = requests.post(
-        url,
-        json={"email": f"nobody-{uuid.uuid4().hex[:8]}@example.test", "password": "wrong-password"},
-        timeout=TIMEOUT,
+    wrong, unknown = (
+        _send(target, "post", "/auth/login", body={"email": email, "password": "wrong-password"})
+        for email in (user["email"], f"nobody-{uuid.uuid4().hex[:8]}@example.test")
     )
     _conform(wrong, "/auth/login", "post", 401)
     _conform(unknown, "/auth/login", "post", 401)
@@ -266,37 +263,20 @@ def auth_login_identical_failures(target: Target, state: dict) -> str:
 
 def auth_refresh_rotates(target: Target, state: dict) -> str:
     user = new_user(target, "refresh")
-    url = f"{target.auth_url}/auth/refresh"
-    first = _conform(
-        requests.post(url, json={"refresh_token": user["refresh_token"]}, timeout=TIMEOUT),
-        "/auth/refresh",
-        "post",
-        200,
-    )
+    first = _call(target, "post", "/auth/refresh", 200, body={"refresh_token": user["refresh_token"]})
     if first["refresh_token"] == user["refresh_token"]:
         raise RuleBroken("refresh returned the same refresh token: it must rotate")
-    _conform(
-        requests.post(url, json={"refresh_token": user["refresh_token"]}, timeout=TIMEOUT),
-        "/auth/refresh",
-        "post",
-        401,
-    )
-    after = requests.post(url, json={"refresh_token": first["refresh_token"]}, timeout=TIMEOUT)
-    _conform(after, "/auth/refresh", "post", 401)
+    for token in (user["refresh_token"], first["refresh_token"]):
+        _call(target, "post", "/auth/refresh", 401, body={"refresh_token": token})
     return "new pair once; the used token and (after reuse) its family answer 401"
 
 
 def auth_me(target: Target, state: dict) -> str:
     user = _user(target, state)
-    me = _conform(
-        requests.get(f"{target.auth_url}/auth/me", headers=_bearer(user["access_token"]), timeout=TIMEOUT),
-        "/auth/me",
-        "get",
-        200,
-    )
+    me = _call(target, "get", "/auth/me", 200, user["access_token"])
     if str(me["user_id"]) != str(user["user_id"]):
         raise RuleBroken(f"/auth/me names user {me['user_id']}, the token belongs to {user['user_id']}")
-    _conform(requests.get(f"{target.auth_url}/auth/me", timeout=TIMEOUT), "/auth/me", "get", 401)
+    _call(target, "get", "/auth/me", 401)
     return "200 with the caller's id; 401 without a token"
 
 
@@ -304,12 +284,7 @@ def auth_jwks(target: Target, state: dict) -> str:
     import jwt
 
     user = _user(target, state)
-    jwks = _conform(
-        requests.get(f"{target.auth_url}/.well-known/jwks.json", timeout=TIMEOUT),
-        "/.well-known/jwks.json",
-        "get",
-        200,
-    )
+    jwks = _call(target, "get", "/.well-known/jwks.json", 200)
     header = jwt.get_unverified_header(user["access_token"])
     kids = [k.get("kid") for k in jwks["keys"]]
     if header.get("alg") != "RS256":
@@ -325,27 +300,12 @@ def auth_jwks(target: Target, state: dict) -> str:
 
 def auth_logout_revokes(target: Target, state: dict) -> str:
     user = new_user(target, "logout")
-    headers = _bearer(user["access_token"])
-    _conform(
-        requests.post(f"{target.auth_url}/auth/logout", headers=headers, timeout=TIMEOUT),
-        "/auth/logout",
-        "post",
-        204,
-    )
-    _conform(
-        requests.get(f"{target.auth_url}/auth/me", headers=headers, timeout=TIMEOUT), "/auth/me", "get", 401
-    )
-    _conform(
-        requests.get(f"{target.backend_url}/threads", headers=headers, timeout=TIMEOUT),
-        "/threads",
-        "get",
-        401,
-    )
-    refresh = requests.post(
-        f"{target.auth_url}/auth/refresh", json={"refresh_token": user["refresh_token"]}, timeout=TIMEOUT
-    )
+    token = user["access_token"]
+    _call(target, "post", "/auth/logout", 204, token)
+    _call(target, "get", "/auth/me", 401, token)
+    _call(target, "get", "/threads", 401, token)
     try:
-        _conform(refresh, "/auth/refresh", "post", 401)
+        _call(target, "post", "/auth/refresh", 401, body={"refresh_token": user["refresh_token"]})
     except RuleBroken as exc:
         raise RuleBroken(f"the session's refresh token still works after logout: {exc}") from None
     return "204, then 401 on auth and backend, and the session's refresh token is dead"
@@ -353,7 +313,7 @@ def auth_logout_revokes(target: Target, state: dict) -> str:
 
 # ---------------------------------------------------------------------- backend rules
 def backend_health(target: Target, state: dict) -> str:
-    body = _conform(requests.get(f"{target.backend_url}/health", timeout=TIMEOUT), "/health", "get", 200)
+    body = _call(target, "get", "/health", 200)
     if body.get("status") != "ok":
         raise RuleBroken(f"/health answered 200 with status {body.get('status')!r}, expected 'ok'")
     return "200 {status: ok}"
@@ -362,14 +322,13 @@ def backend_health(target: Target, state: dict) -> str:
 def backend_requires_token(target: Target, state: dict) -> str:
     checked = []
     for method, path in (("get", "/threads"), ("get", "/workspaces"), ("post", "/workspaces")):
-        reply = requests.request(method, f"{target.backend_url}{path}", json={"name": "x"}, timeout=TIMEOUT)
-        _conform(reply, path, method, 401)
+        _call(target, method, path, 401, body={"name": "x"})
         checked.append(f"{method.upper()} {path}")
     return f"401 without a token on {', '.join(checked)}"
 
 
 def backend_www_authenticate(target: Target, state: dict) -> str:
-    reply = requests.get(f"{target.backend_url}/threads", timeout=TIMEOUT)
+    reply = _send(target, "get", "/threads")
     value = reply.headers.get("WWW-Authenticate", "")
     if not value.lower().startswith("bearer"):
         raise RuleBroken(f"a 401 carries WWW-Authenticate {value!r}, expected 'Bearer'")
@@ -380,27 +339,12 @@ def backend_threads(target: Target, state: dict) -> str:
     user = _user(target, state)
     run = _chat(target, state)
     thread = run[-1]["thread_id"]
-    headers = _bearer(user["access_token"])
-    listed = _conform(
-        requests.get(f"{target.backend_url}/threads", headers=headers, timeout=TIMEOUT),
-        "/threads",
-        "get",
-        200,
-    )
+    token = user["access_token"]
+    listed = _call(target, "get", "/threads", 200, token)
     if thread not in [t["thread_id"] for t in listed]:
         raise RuleBroken(f"GET /threads does not list the thread {thread} the chat created")
-    _conform(
-        requests.get(f"{target.backend_url}/threads/{thread}", headers=headers, timeout=TIMEOUT),
-        "/threads/{thread_id}",
-        "get",
-        200,
-    )
-    messages = _conform(
-        requests.get(f"{target.backend_url}/threads/{thread}/messages", headers=headers, timeout=TIMEOUT),
-        "/threads/{thread_id}/messages",
-        "get",
-        200,
-    )
+    _call(target, "get", "/threads/{thread_id}", 200, token, thread_id=thread)
+    messages = _call(target, "get", "/threads/{thread_id}/messages", 200, token, thread_id=thread)
     roles = [m["role"] for m in messages]
     if roles[:2] != ["user", "agent"]:
         raise RuleBroken(
@@ -413,7 +357,6 @@ def backend_not_found_is_uniform(target: Target, state: dict) -> str:
     _chat(target, state)
     thread = state["run"][-1]["thread_id"]
     mallory = _user(target, state, "mallory")
-    headers = _bearer(mallory["access_token"])
     bodies = {}
     for label, tid in (
         ("another user's", thread),
@@ -425,9 +368,7 @@ def backend_not_found_is_uniform(target: Target, state: dict) -> str:
             ("get", "/threads/{thread_id}/messages"),
             ("delete", "/threads/{thread_id}"),
         ):
-            reply = requests.request(
-                method, f"{target.backend_url}{path.format(thread_id=tid)}", headers=headers, timeout=TIMEOUT
-            )
+            reply = _send(target, method, path, mallory["access_token"], thread_id=tid)
             try:
                 _conform(reply, path, method, 404)
             except RuleBroken as exc:
@@ -442,68 +383,24 @@ def backend_notes(target: Target, state: dict) -> str:
     user = _user(target, state)
     _chat(target, state)
     thread = state["run"][-1]["thread_id"]
-    headers = _bearer(user["access_token"])
-    before = _conform(
-        requests.get(f"{target.backend_url}/threads/{thread}", headers=headers, timeout=TIMEOUT),
-        "/threads/{thread_id}",
-        "get",
-        200,
-    )["message_count"]
-    added = _conform(
-        requests.post(
-            f"{target.backend_url}/threads/{thread}/messages",
-            json={"content": "note"},
-            headers=headers,
-            timeout=TIMEOUT,
-        ),
-        "/threads/{thread_id}/messages",
-        "post",
-        201,
-    )
+    token = user["access_token"]
+    before = _call(target, "get", "/threads/{thread_id}", 200, token, thread_id=thread)["message_count"]
+    notes = "/threads/{thread_id}/messages"
+    added = _call(target, "post", notes, 201, token, {"content": "note"}, thread_id=thread)
     if added["message_count"] != before + 1:
         raise RuleBroken(f"message_count went from {before} to {added['message_count']} for one note")
-    _conform(
-        requests.post(
-            f"{target.backend_url}/threads/{thread}/messages", json={}, headers=headers, timeout=TIMEOUT
-        ),
-        "/threads/{thread_id}/messages",
-        "post",
-        422,
-    )
+    _call(target, "post", notes, 422, token, {}, thread_id=thread)
     return f"201 with message_count {before} -> {added['message_count']}; 422 without content"
 
 
 def backend_workspaces(target: Target, state: dict) -> str:
-    user = _user(target, state)
-    headers = _bearer(user["access_token"])
-    made = _conform(
-        requests.post(
-            f"{target.backend_url}/workspaces",
-            json={"name": f"{target.prefix}conf"},
-            headers=headers,
-            timeout=TIMEOUT,
-        ),
-        "/workspaces",
-        "post",
-        201,
-    )
-    listed = _conform(
-        requests.get(f"{target.backend_url}/workspaces", headers=headers, timeout=TIMEOUT),
-        "/workspaces",
-        "get",
-        200,
-    )
+    token = _user(target, state)["access_token"]
+    made = _call(target, "post", "/workspaces", 201, token, {"name": f"{target.prefix}conf"})
+    listed = _call(target, "get", "/workspaces", 200, token)
     if made["workspace_id"] not in [w["workspace_id"] for w in listed]:
         raise RuleBroken(f"GET /workspaces does not list the workspace {made['workspace_id']} just created")
     for name in ("", "x" * 101):
-        _conform(
-            requests.post(
-                f"{target.backend_url}/workspaces", json={"name": name}, headers=headers, timeout=TIMEOUT
-            ),
-            "/workspaces",
-            "post",
-            422,
-        )
+        _call(target, "post", "/workspaces", 422, token, {"name": name})
     return "201 and listed; 422 for an empty or a 101-character name"
 
 
@@ -511,19 +408,8 @@ def backend_delete(target: Target, state: dict) -> str:
     user = new_user(target, "delete")
     with _socket(target, user["access_token"]) as ws:
         thread = _run(target, ws, "a thread to delete")[-1]["thread_id"]
-    headers = _bearer(user["access_token"])
-    _conform(
-        requests.delete(f"{target.backend_url}/threads/{thread}", headers=headers, timeout=TIMEOUT),
-        "/threads/{thread_id}",
-        "delete",
-        204,
-    )
-    _conform(
-        requests.get(f"{target.backend_url}/threads/{thread}", headers=headers, timeout=TIMEOUT),
-        "/threads/{thread_id}",
-        "get",
-        404,
-    )
+    for method, expected in (("delete", 204), ("get", 404)):
+        _call(target, method, "/threads/{thread_id}", expected, user["access_token"], thread_id=thread)
     return "204, then 404"
 
 
