@@ -31,7 +31,7 @@ from . import profile as target_profile
 from . import registry
 from .errors import CrosstalkError
 from .model import Frame, TestUser
-from .sequence import TERMINAL_TYPES, summarize
+from .sequence import TERMINAL_TYPES, answer_of, summarize
 
 DEFAULT_MAX_SIZE = 2**22
 RECENT_FRAMES = 5
@@ -127,10 +127,7 @@ class RunHandle:
 
     @property
     def answer(self) -> str | None:
-        for event in reversed(self.events):
-            if event.get("type") == "agent_completed":
-                return (event.get("payload") or {}).get("response")
-        return None
+        return answer_of(self.events)
 
     @property
     def time_to_first_event(self) -> float | None:

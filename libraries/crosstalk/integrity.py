@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-TERMINAL = ("agent_completed", "agent_error")
+from .sequence import TERMINAL_TYPES as TERMINAL
+from .sequence import answer_of
+
 # Fields a request might use to name a user or an owner: all must be ignored by the server.
 IDENTITY_FIELDS = ("user_id", "userId", "sub", "owner", "owner_id", "author_id", "created_by", "account_id")
 
@@ -260,10 +262,7 @@ class StreamedRun:
 
     @property
     def answer(self) -> str | None:
-        for event in reversed(self.terminals):
-            if event.get("type") == "agent_completed":
-                return (event.get("payload") or {}).get("response")
-        return None
+        return answer_of(self.events)
 
     @property
     def name(self) -> str:
