@@ -144,6 +144,16 @@ def read_value(client: redis.Redis, key: str) -> tuple[str, Any]:
     return kind, f"<{kind} value not read>"
 
 
+def _by_alias(pool: Mapping[str, Any], alias: str, kind: str) -> Any:
+    try:
+        return pool[alias]
+    except KeyError:
+        known = ", ".join(pool) or "none"
+        raise StoreError(
+            f"No {kind} connection with alias '{alias}' (open: {known}): use Connect To {kind} first."
+        ) from None
+
+
 @dataclass
 class Stores:
     """Open connections by alias."""
@@ -153,22 +163,10 @@ class Stores:
     urls: dict[str, str] = field(default_factory=dict)
 
     def pg(self, alias: str) -> psycopg2.extensions.connection:
-        try:
-            return self.postgres[alias]
-        except KeyError:
-            known = ", ".join(self.postgres) or "none"
-            raise StoreError(
-                f"No Postgres connection with alias '{alias}' (open: {known}): use Connect To Postgres first."
-            ) from None
+        return _by_alias(self.postgres, alias, "Postgres")
 
     def rd(self, alias: str) -> redis.Redis:
-        try:
-            return self.redis[alias]
-        except KeyError:
-            known = ", ".join(self.redis) or "none"
-            raise StoreError(
-                f"No Redis connection with alias '{alias}' (open: {known}): use Connect To Redis first."
-            ) from None
+        return _by_alias(self.redis, alias, "Redis")
 
     def close_all(self) -> Iterator[str]:
         for alias, conn in list(self.postgres.items()):
