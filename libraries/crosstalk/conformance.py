@@ -14,36 +14,27 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import requests
-from websockets.exceptions import InvalidStatus, WebSocketException
-from websockets.sync.client import ClientConnection, connect
 
+from .connection import ConnectionRefused, RunHandle, UserConnection
 from .contract import FrameContract, describe_error, openapi_validator
+from .engine import get_engine
 from .errors import CrosstalkError
 from .httpretry import pooled_session
+from .model import Frame, TestUser, Tokens
 from .secrets import mask_body, mask_text
 
 TIMEOUT = 10.0
 PASSWORD = "Conformance-pw-1"
 FOREIGN_ORIGIN = "https://evil.example"
-
-
-def _canonical(frame: dict) -> dict:
-    """The frame in the contract's default names when a target profile renames them (``crosstalk.profile``,
-    where present); unchanged otherwise."""
-    try:
-        from crosstalk import profile as target_profile  # the target profile, when that module exists
-    except ImportError:
-        return frame
-    return target_profile.current().canonical_event(frame)
 
 
 class RuleBroken(CrosstalkError):
@@ -139,17 +130,13 @@ def new_user(target: Target, label: str) -> dict:
     email = f"{target.prefix}conf-{label}-{uuid.uuid4().hex[:8]}@example.test"
     body = _call(target, "post", "/auth/register", 201, body={"email": email, "password": PASSWORD})
     tokens = _call(target, "post", "/auth/login", 200, body={"email": email, "password": PASSWORD})
-    user = {"email": email, "user_id": body["user_id"], **tokens}
+    who = TestUser(f"conformance-{label}", email, PASSWORD, f"CANARY-conf-{label}-{uuid.uuid4().hex[:8]}",
+                   user_id=str(body["user_id"]),
+                   tokens=Tokens(tokens["access_token"], tokens["refresh_token"]))
+    user = {"email": email, "user_id": body["user_id"], **tokens, "who": who}
     target.users.append(user)
     if target.on_user is not None:
-        target.on_user(
-            SimpleNamespace(
-                email=email,
-                password=PASSWORD,
-                user_id=body["user_id"],
-                tokens=SimpleNamespace(access_token=tokens["access_token"]),
-            )
-        )
+        target.on_user(who)
     return user
 
 
@@ -159,72 +146,68 @@ def _user(target: Target, state: dict, key: str = "alice") -> dict:
     return state[key]
 
 
-def _socket(target: Target, token: str | None, origin: str | None = None) -> ClientConnection:
-    headers = _bearer(token) if token else {}
-    return connect(
-        target.ws_url,
-        additional_headers=headers,
-        origin=origin,  # type: ignore[arg-type]
-        open_timeout=TIMEOUT,
-        close_timeout=2,
-        compression=None,
-    )
+def _on_engine(coro: Coroutine[Any, Any, Any], seconds: float = TIMEOUT) -> Any:
+    """Run a socket coroutine on the one engine; a failed wait (AssertionError) is a broken rule."""
+    try:
+        return get_engine().run(coro, seconds + 5)
+    except (RuleBroken, ConnectionRefused):
+        raise
+    except AssertionError as exc:
+        raise RuleBroken(str(exc)) from None
 
 
-def _receive(target: Target, ws: ClientConnection, what: str, timeout: float = TIMEOUT) -> dict:
-    try:
-        raw = ws.recv(timeout=timeout)
-    except TimeoutError:
-        raise RuleBroken(f"no frame within {timeout:g} s while waiting for {what}") from None
-    except WebSocketException as exc:
-        raise RuleBroken(f"the socket closed while waiting for {what}: {exc}") from None
-    text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
-    try:
-        frame = json.loads(text)
-    except ValueError:
-        frame = None
-    if isinstance(frame, dict):
-        frame = _canonical(frame)
+@contextlib.contextmanager
+def _socket(target: Target, user: dict, origin: str | None = None, with_token: bool = True,
+            ) -> Iterator[UserConnection]:
+    """A `UserConnection` of ``user`` (with its access token unless ``with_token`` is false), every received
+    frame checked against the AsyncAPI contract; ConnectionRefused when the handshake is refused."""
+    connection = UserConnection(user["who"], f"{user['who'].label}#conformance", target.ws_url)
     if target.frames is not None:
-        problem = target.frames.check(frame if isinstance(frame, dict) else None, text)
-        if problem:
-            raise RuleBroken(problem)
-    if not isinstance(frame, dict):
+        frames = target.frames
+        connection.validate = lambda frame: frames.check(frame.data, frame.raw)
+    _on_engine(connection.open(user["access_token"] if with_token else None, origin, TIMEOUT))
+    try:
+        yield connection
+    finally:
+        _on_engine(connection.close())
+
+
+def _next_frame(connection: UserConnection, start: int, what: str) -> dict:
+    """The first frame received after index ``start``, checked against the contract; RuleBroken if none."""
+    def arrived() -> Frame | None:
+        return next((f for f in connection.frames[start:] if f.direction == "in"), None)
+
+    frame = _on_engine(connection.wait_until(arrived, TIMEOUT))
+    if frame is None:
+        closed = f" (the socket closed: {connection.close_code})" if connection.closed else ""
+        raise RuleBroken(f"no frame within {TIMEOUT:g} s while waiting for {what}{closed}")
+    _on_engine(_raise_violations(connection))
+    if frame.data is None:
         raise RuleBroken(
-            f"a frame that is not a JSON object arrived while waiting for {what}: {text[:120]!r}"
-        )
-    return frame
+            f"a frame that is not a JSON object arrived while waiting for {what}: {frame.raw[:120]!r}")
+    return frame.data
 
 
-def _run(target: Target, ws: ClientConnection, content: str, thread_id: str | None = None) -> list[dict]:
-    cmid = f"cm-{uuid.uuid4().hex}"
-    message = {"type": "user_message", "content": content, "client_message_id": cmid}
-    if thread_id:
-        message["thread_id"] = thread_id
-    ws.send(json.dumps(message))
-    frames: list[dict] = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        frame = _receive(
-            target,
-            ws,
-            f"the run of {content!r} (so far {[f['type'] for f in frames]})",
-            max(deadline - time.monotonic(), 0.1),
-        )
-        if frame.get("client_message_id") != cmid:
-            continue
-        frames.append(frame)
-        if frame["type"] in ("agent_completed", "agent_error", "error"):
-            return frames
-    raise RuleBroken(f"the run of {content!r} did not end within 30 s: got {[f['type'] for f in frames]}")
+async def _raise_violations(connection: UserConnection) -> None:
+    connection.raise_violations()
+
+
+def _run(connection: UserConnection, content: str, thread_id: str | None = None) -> list[dict]:
+    """The frames of one run: its events, or the error frame that refused the message."""
+    async def run_to_end() -> RunHandle:
+        run = await connection.send_message(content, thread_id)
+        return await connection.wait_for_run(run, 30)
+
+    run = _on_engine(run_to_end(), 30)
+    return [run.rejection] if run.rejection is not None else list(run.events)
 
 
 def _chat(target: Target, state: dict) -> list[dict]:
     """One run of alice's (cached): the evidence several rules share."""
     if "run" not in state:
         user = _user(target, state)
-        with _socket(target, user["access_token"]) as ws:
-            state["run"] = _run(target, ws, "How much does the plan cost?")
+        with _socket(target, user) as ws:
+            state["run"] = _run(ws, "How much does the plan cost?")
     return state["run"]
 
 
@@ -406,8 +389,8 @@ def backend_workspaces(target: Target, state: dict) -> str:
 
 def backend_delete(target: Target, state: dict) -> str:
     user = new_user(target, "delete")
-    with _socket(target, user["access_token"]) as ws:
-        thread = _run(target, ws, "a thread to delete")[-1]["thread_id"]
+    with _socket(target, user) as ws:
+        thread = _run(ws, "a thread to delete")[-1]["thread_id"]
     for method, expected in (("delete", 204), ("get", 404)):
         _call(target, method, "/threads/{thread_id}", expected, user["access_token"], thread_id=thread)
     return "204, then 404"
@@ -417,15 +400,15 @@ def backend_delete(target: Target, state: dict) -> str:
 def ws_handshake(target: Target, state: dict) -> str:
     user = _user(target, state)
     outcomes = []
-    for label, token, origin, expected in (
-        ("no token", None, None, 401),
-        ("a foreign Origin", user["access_token"], FOREIGN_ORIGIN, 403),
+    for label, with_token, origin, expected in (
+        ("no token", False, None, 401),
+        ("a foreign Origin", True, FOREIGN_ORIGIN, 403),
     ):
         try:
-            with _socket(target, token, origin):
+            with _socket(target, user, origin, with_token):
                 raise RuleBroken(f"the handshake with {label} was accepted, expected HTTP {expected}")
-        except InvalidStatus as exc:
-            status = exc.response.status_code
+        except ConnectionRefused as exc:
+            status = exc.status
             if status != expected:
                 raise RuleBroken(
                     f"the handshake with {label} was refused with HTTP {status}, expected {expected}"
@@ -484,10 +467,11 @@ def ws_errors(target: Target, state: dict) -> str:
         ),
     )
     seen = []
-    with _socket(target, mallory["access_token"]) as ws:
+    with _socket(target, mallory) as ws:
         for raw, code in cases:
-            ws.send(raw)
-            frame = _receive(target, ws, f"the error answering {raw[:40]!r}")
+            start = len(ws.frames)
+            _on_engine(ws.send_raw(raw))
+            frame = _next_frame(ws, start, f"the error answering {raw[:40]!r}")
             if frame.get("type") != "error" or frame.get("code") != code:
                 raise RuleBroken(
                     f"{raw[:40]!r} was answered with {frame.get('type')} "
@@ -495,7 +479,7 @@ def ws_errors(target: Target, state: dict) -> str:
                 )
             seen.append(code)
         # the socket stays usable
-        run = _run(target, ws, "still there?")
+        run = _run(ws, "still there?")
     if run[-1]["type"] != "agent_completed":
         raise RuleBroken(f"after the errors the socket's next run ended with {run[-1]['type']}")
     return f"error codes {', '.join(seen)}; the socket stayed usable"
@@ -607,7 +591,7 @@ def run_rules(target: Target, area: str) -> list[Result]:
             evidence, ok = rule.check(target, state), True
         except RuleBroken as exc:
             evidence, ok = str(exc), False
-        except (requests.RequestException, WebSocketException, OSError, TimeoutError) as exc:
+        except (requests.RequestException, ConnectionRefused, OSError, TimeoutError) as exc:
             evidence, ok = f"{type(exc).__name__}: {exc}"[:300], False
         results.append(Result(rule, ok, mask_text(evidence), time.monotonic() - started))
     return results
