@@ -292,7 +292,7 @@ async def _throw_frames(
         for frame in frames:
             start = len(connection.frames)
             await connection.send_raw(frame.payload)
-            answer = await connection.wait_until(lambda at=start: _first_in(connection.frames[at:]), seconds)
+            answer = await connection.next_frame(start, seconds)
             closed = (f"code {connection.close_code} {connection.close_reason!r}"
                       if connection.closed else None)
             data = _as_object(answer)
@@ -310,10 +310,6 @@ async def _throw_frames(
         return rows, problems
     finally:
         await connection.close()
-
-
-def _first_in(frames: list[Frame]) -> Frame | None:
-    return next((f for f in frames if f.direction == "in"), None)
 
 
 def _as_object(frame: Frame | None) -> dict[str, Any] | None:

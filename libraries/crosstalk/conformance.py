@@ -29,7 +29,7 @@ from .contract import FrameContract, describe_error, openapi_validator
 from .engine import get_engine
 from .errors import CrosstalkError
 from .httpretry import pooled_session
-from .model import Frame, TestUser, Tokens
+from .model import TestUser, Tokens
 from .secrets import mask_body, mask_text
 
 TIMEOUT = 10.0
@@ -174,10 +174,7 @@ def _socket(target: Target, user: dict, origin: str | None = None, with_token: b
 
 def _next_frame(connection: UserConnection, start: int, what: str) -> dict:
     """The first frame received after index ``start``, checked against the contract; RuleBroken if none."""
-    def arrived() -> Frame | None:
-        return next((f for f in connection.frames[start:] if f.direction == "in"), None)
-
-    frame = _on_engine(connection.wait_until(arrived, TIMEOUT))
+    frame = _on_engine(connection.next_frame(start, TIMEOUT))
     if frame is None:
         closed = f" (the socket closed: {connection.close_code})" if connection.closed else ""
         raise RuleBroken(f"no frame within {TIMEOUT:g} s while waiting for {what}{closed}")

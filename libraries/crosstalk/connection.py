@@ -395,6 +395,12 @@ class UserConnection:
         finally:
             self._waiters -= 1
 
+    async def next_frame(self, start: int, timeout: float) -> Frame | None:
+        """The first incoming frame (JSON or not) from index ``start``; None on timeout or close."""
+        return await self.wait_until(
+            lambda: next((f for f in self.frames[start:] if f.direction == "in"), None), timeout
+        )
+
     def find_frame(self, event_type: str | None, fields: Mapping[str, Any], start: int = 0) -> Frame | None:
         for frame in self.frames[start:]:
             if frame_matches(frame, event_type, fields):
