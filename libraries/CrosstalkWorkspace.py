@@ -217,12 +217,12 @@ class CrosstalkWorkspace:
         if expected is not None and state.auth_count != expected:
             raise WorkspaceError(f"{state}: consistent, but {expected} workspaces were expected")
 
-    @keyword
+    @keyword("Every User's Workspaces Should Be Consistent")
     def every_users_workspaces_should_be_consistent(self, users: list[TestUser], expected: int) -> None:
         """For each user, the three stores agree on exactly ``expected`` workspaces.
 
         Example:
-        | Every Users Workspaces Should Be Consistent | ${users} | 2 |
+        | Every User's Workspaces Should Be Consistent | ${users} | 2 |
         """
         for user in users:
             self.workspace_state_should_be_consistent(user, expected)
