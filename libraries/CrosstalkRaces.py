@@ -19,7 +19,9 @@ import json
 import random
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
+from typing import TypeVar
 
 import redis
 import requests
@@ -36,6 +38,8 @@ from crosstalk.version import VERSION
 from robot.api import logger
 from robot.api.deco import keyword, library
 
+T = TypeVar("T")
+
 
 def _seconds(value: timedelta) -> float:
     return value.total_seconds()
@@ -47,6 +51,17 @@ def _log_outcomes(caption: str, outcomes: list[Outcome]) -> None:
 
 def _redis(what: str) -> redis.Redis:
     return connect_redis(what, context.current().get("REDIS_URL"))
+
+
+def _until_none_found(observe: Callable[[redis.Redis], T], timeout: timedelta) -> T:
+    """Observe the session records until ``observe`` finds no problem or ``timeout`` passed (the server
+    writes and removes them just after the handshake and the close); the last observation."""
+    client = _redis("redis (session race)")
+    try:
+        found, _ = poll_until(lambda: observe(client), lambda found: not found, _seconds(timeout))
+    finally:
+        client.close()
+    return found
 
 
 @library(scope="SUITE", version=VERSION, auto_keywords=False, listener=Cleanup())
@@ -135,9 +150,7 @@ class CrosstalkRaces:
         Example:
         | Each User Should Hold Exactly One Own Session | ${users} |
         """
-        client = _redis("redis (session race)")
-
-        def observe() -> list[str]:
+        def observe(client: redis.Redis) -> list[str]:
             problems = []
             for user in users:
                 keys = scan_keys(client, target_profile.current().session_pattern(user.user_id))
@@ -149,10 +162,7 @@ class CrosstalkRaces:
                     problems.append(f"{user.label}'s session holds another user's id {foreign[0]}")
             return problems
 
-        try:
-            problems, _ = poll_until(observe, lambda found: not found, _seconds(timeout))
-        finally:
-            client.close()
+        problems = _until_none_found(observe, timeout)
         if problems:
             raise RaceError(
                 f"session race: {len(problems)} problem(s) {_seconds(timeout):g} s after {len(users)} "
@@ -168,17 +178,12 @@ class CrosstalkRaces:
         Example:
         | No Session Should Remain | ${users} |
         """
-        client = _redis("redis (session race)")
-
-        def observe() -> dict[str, int]:
+        def observe(client: redis.Redis) -> dict[str, int]:
             pattern = target_profile.current().session_pattern
             left = {u.label: len(scan_keys(client, pattern(u.user_id))) for u in users}
             return {label: n for label, n in left.items() if n}
 
-        try:
-            left, _ = poll_until(observe, lambda found: not found, _seconds(timeout))
-        finally:
-            client.close()
+        left = _until_none_found(observe, timeout)
         if left:
             raise RaceError(
                 f"session race: session records left behind {_seconds(timeout):g} s after the "
