@@ -1,13 +1,14 @@
 """What the security suite needs beyond CrosstalkAuth and CrosstalkChat.
 
-Concurrent requests released at one instant, the target's declared limits,
-session records in Redis that must live exactly as long as their socket,
-connection entries the backend keeps after a socket closed (``/metrics``), and
-hostile input.  Nothing here is a client of its own: sockets are Chat's
-`UserConnection` on the one engine (registered, so the cleanup listener and the
-isolation oracle see them), HTTP goes through the keep-alive session of
-`CrosstalkAuth` (``crosstalk.httpretry``), Redis through ``crosstalk.stores``,
-waits through ``crosstalk.poll`` and the barrier is ``crosstalk.races``'.
+The target's declared limits, session records in Redis that must live exactly
+as long as their socket, connection entries the backend keeps after a socket
+closed (``/metrics``), and hostile input.  Nothing here is a client of its own:
+sockets are Chat's `UserConnection` on the one engine (registered, so the cleanup
+listener and the isolation oracle see them), HTTP goes through the keep-alive
+session of `CrosstalkAuth` (``crosstalk.httpretry``), Redis through
+``crosstalk.stores`` and waits through ``crosstalk.poll``.  A refused handshake is
+Chat's `Connection Should Be Refused`; a refresh race is Auth's
+`Refresh Concurrently With One Token`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 import requests
-from crosstalk import context, hostile, htmllog, races, stores, testhooks
+from crosstalk import context, hostile, htmllog, stores, testhooks
 from crosstalk import profile as target_profile
 from crosstalk.connection import ConnectionRefused, UserConnection, describe_frames
 from crosstalk.context import Capability
@@ -42,51 +43,13 @@ def _short(text: str, limit: int = 160) -> str:
 
 @library(scope="SUITE", version=VERSION, doc_format="ROBOT", auto_keywords=False)
 class CrosstalkSecurity:
-    """Security checks the other Crosstalk libraries do not cover: concurrent requests, the
-    target's limits, session records in Redis, connection entries leaked by the backend, hostile
-    input.  A refused handshake is CrosstalkChat's `Connection Should Be Refused`.
+    """Security checks the other Crosstalk libraries do not cover: the target's limits, session
+    records in Redis, connection entries leaked by the backend, hostile input.  A refused handshake
+    is CrosstalkChat's `Connection Should Be Refused`, a refresh race CrosstalkAuth's
+    `Refresh Concurrently With One Token`.
 
     Tokens are never logged in full; users are `TestUser` objects from `CrosstalkAuth`.
     """
-
-    # ------------------------------------------------------------ races
-    @keyword
-    def post_concurrently(
-        self, url: str, body: dict[str, Any], count: int = 8, timeout: timedelta = DEFAULT_TIMEOUT,
-    ) -> list[int]:
-        """Sends ``count`` identical ``POST url`` requests released at the same instant; returns
-        their HTTP status codes (in completion order).
-
-        A check-then-act race (e.g. a refresh token checked "unused", then marked used)
-        lets several of them through; a correct server lets exactly one.
-
-        Example:
-        | ${statuses}= | Post Concurrently | ${AUTH_URL}/auth/refresh | ${body} | count=8 |
-        | Should Be Equal As Integers | ${{ $statuses.count(200) }} | 1 |
-        """
-        seconds = _s(timeout)
-        sessions = [pooled_session(pool_connections=1, pool_maxsize=1) for _ in range(count)]
-        try:
-            # connect and build the requests first, so that the barrier releases bytes on the wire
-            for session in sessions:
-                session.head(url, timeout=seconds)
-            prepared = [s.prepare_request(requests.Request("POST", url, json=body)) for s in sessions]
-            outcomes = races.fire_at_once(
-                [f"POST #{i + 1}" for i in range(count)],
-                lambda i, _actor: sessions[i].send(prepared[i], timeout=seconds),
-                seconds * 3,
-            )
-        finally:
-            for session in sessions:
-                session.close()
-        answered = sorted((o for o in outcomes if o.ok), key=lambda o: o.ended)
-        if len(answered) != count:
-            errors = [o.error for o in outcomes if not o.ok]
-            raise AssertionError(f"{count} concurrent POST {url}: only {len(answered)} answered within "
-                                 f"{seconds:g} s; errors: {'; '.join(errors[:3]) or 'none'}")
-        statuses = [o.status for o in answered]
-        logger.info(f"{count} concurrent POST {url}: statuses {statuses}")
-        return statuses
 
     # ------------------------------------------------------------ limits (target profile)
     @staticmethod
