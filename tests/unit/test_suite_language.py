@@ -24,11 +24,6 @@ ROBOT_ELSEWHERE = sorted(p for p in ROOT.rglob("*.robot") if not {"results", ".g
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")),
         *sorted((ROOT / "libraries" / "crosstalk" / "templates").iterdir())]
 GHERKIN = re.compile(r"^(given|when|then|and|but)\s", re.IGNORECASE)
-# being rewritten on the `races` branch (issue 12): drop each name once its suite is clean - the
-# test below fails as soon as an exempted file no longer needs the exemption
-PENDING = {"platform_races.robot", "cross_service_transaction.robot"}
-# unused, in races.resource that the `races` branch rewrites: drop the entry once it is gone or used
-PENDING_UNUSED = {"races.resource: Workspace Transactions Should Each Finish In Time"}
 
 
 class _Calls(ModelVisitor):
@@ -90,10 +85,7 @@ def _gherkin(paths) -> list[str]:
 
 
 def test_no_suite_or_resource_uses_a_gherkin_prefix():
-    found = _gherkin(p for p in (*SUITES, *RESOURCES, *ATESTS) if p.name not in PENDING)
-    still = {p.name for p in SUITES if p.name in PENDING and _gherkin([p])}
-    assert still == PENDING & {p.name for p in SUITES}, (
-        f"{sorted(PENDING - still)} no longer use Gherkin: remove them from PENDING in {Path(__file__).name}")
+    found = _gherkin((*SUITES, *RESOURCES, *ATESTS))
     assert not found, ("Gherkin prefixes are not used in this project (team decision): write the step as a "
                        "business sentence instead:\n" + "\n".join(found))
 
@@ -107,9 +99,6 @@ def test_the_gherkin_check_sees_prefixed_calls(tmp_path):
 
 
 def test_every_resource_keyword_is_used():
-    found = unused_resource_keywords()
-    assert set(found) >= PENDING_UNUSED, (
-        f"{sorted(PENDING_UNUSED - set(found))} is gone or used now: remove it from PENDING_UNUSED")
-    unused = [name for name in found if name not in PENDING_UNUSED]
+    unused = unused_resource_keywords()
     assert not unused, ("Resource keywords nobody calls (no suite, resource, test or docs example): delete "
                         "them, or use them:\n" + "\n".join(unused))
