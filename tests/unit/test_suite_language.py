@@ -8,8 +8,11 @@ resource, acceptance test or documentation example calls it.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from robot.api import get_model, get_resource_model
 from robot.api.parsing import ModelVisitor
 from robot.running.builder import ResourceFileBuilder
@@ -102,3 +105,14 @@ def test_every_resource_keyword_is_used():
     unused = unused_resource_keywords()
     assert not unused, ("Resource keywords nobody calls (no suite, resource, test or docs example): delete "
                         "them, or use them:\n" + "\n".join(unused))
+
+
+@pytest.mark.parametrize("folder", ["suites", "tests/atest"])
+def test_every_keyword_call_resolves(folder, tmp_path):
+    """Robot's dry run: every keyword a suite calls exists and gets arguments it accepts (a deleted
+    resource keyword that another branch still calls fails here, not in a full run)."""
+    run = subprocess.run([sys.executable, "-m", "robot", "--dryrun", "--output", "NONE", "--report", "NONE",
+                          "--log", "NONE", "--console", "dotted", "--pythonpath", str(ROOT / "libraries"),
+                          str(ROOT / folder)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-1000:]
