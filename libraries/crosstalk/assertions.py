@@ -174,11 +174,13 @@ def _seconds(timeout: timedelta | float | None) -> float:
 
 def check(observe: Callable[[], T], operator: AssertionOperator | None, expected: Any, *,
           what: str, kind: Kind | str = Kind.NUMBER, timeout: timedelta | float | None = None,
-          message: str | None = None, subject: str = "", interval: float = INTERVAL_S) -> Outcome[T]:
+          message: str | None = None, subject: str = "", note: str = "",
+          interval: float = INTERVAL_S) -> Outcome[T]:
     """Observe until the assertion holds or ``timeout`` passed (at least once); never raises on a miss.
 
     ``what`` names the measurement with its owner (``"session records of alice"``);
-    ``subject`` is the short name used in the expression (``p95`` in ``p95 < 250ms``).
+    ``subject`` is the short name used in the expression (``p95`` in ``p95 < 250ms``);
+    ``note`` explains what was measured, after the verdict (`` — time to first event …``).
     Without an operator the first observation is returned as it is.
     A wrong expected value (``2`` for a duration) raises :class:`BadExpectation` at once.
 
@@ -218,18 +220,20 @@ def check(observe: Callable[[], T], operator: AssertionOperator | None, expected
     if message:  # the caller's words (``{value}``/``{expected}`` filled in) say why it matters
         detail += f": {error if error != 'is not measured' else message}"
     waited = (f" (last value seen, polled {tries} times for {seconds:g} s)" if seconds > 0 else "")
-    return Outcome(value, False, expression, shown, f"{_capital(what)} {detail}{waited}")
+    about = f" — {note}" if note else ""
+    return Outcome(value, False, expression, shown, f"{_capital(what)} {detail}{waited}{about}")
 
 
 def assert_that(observe: Callable[[], T], operator: AssertionOperator | None, expected: Any, *,
                 what: str, kind: Kind | str = Kind.NUMBER, timeout: timedelta | float | None = None,
-                message: str | None = None, subject: str = "", interval: float = INTERVAL_S) -> Any:
+                message: str | None = None, subject: str = "", note: str = "",
+                interval: float = INTERVAL_S) -> Any:
     """:func:`check`, raising :class:`CrosstalkError` with the failure line; returns what the getter returns.
 
     Example: ``assert_that(lambda: len(rows()), AssertionOperator["=="], 0, what="rows of alice", timeout=2)``
     """
     outcome = check(observe, operator, expected, what=what, kind=kind, timeout=timeout, message=message,
-                    subject=subject, interval=interval)
+                    subject=subject, note=note, interval=interval)
     if not outcome.passed:
         raise CrosstalkError(outcome.failure)
     return outcome.result

@@ -530,8 +530,8 @@ class LoadMetrics:
         """
         measured, kind, description = self.value_of(metric)
         outcome = assertions.check(lambda: measured, operator, expected, kind=kind, subject=metric,
-                                   what=f"{description} of load run '{self.name}' ({len(self.users)} users)",
-                                   message=message)
+                                   what=f"load run '{self.name}' ({len(self.users)} users): {metric}",
+                                   note=description, message=message)
         if operator is not None:
             self.verdicts.append(ThresholdResult(outcome.expression, metric, description, measured,
                                                  outcome.shown, outcome.passed))

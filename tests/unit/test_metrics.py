@@ -60,8 +60,8 @@ def test_a_broken_threshold_names_the_run_the_measured_value_and_the_threshold()
     m = _metrics([float(v) for v in range(1, 101)])
     outcome = _judge(m, "completion.p95", "<", "10ms")
     assert not outcome.passed
-    assert outcome.failure == ("Time to completion p95 (from the send time) of load run 'unit' (4 users) "
-                               "is 95.0 ms, expected < 10ms")
+    assert outcome.failure == ("Load run 'unit' (4 users): completion.p95 is 95.0 ms, expected < 10ms "
+                               "— time to completion p95 (from the send time)")
     assert outcome.expression == "completion.p95 < 10ms"
     # the verdict lands in the JSON summary, with the measured value
     assert m.summary()["thresholds"] == [
