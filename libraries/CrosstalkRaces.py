@@ -24,7 +24,6 @@ from crosstalk import context, races, testhooks
 from crosstalk import profile as target_profile
 from crosstalk.htmllog import table
 from crosstalk.model import TestUser
-from crosstalk.poll import poll_until
 from crosstalk.races import Outcome, RaceError, Target
 from crosstalk.registry import Cleanup
 from crosstalk.secrets import mask
@@ -435,69 +434,6 @@ class CrosstalkRaces:
         sockets, self._sockets = self._sockets, []
         for ws in sockets:
             ws.close()
-
-    @keyword
-    def each_user_should_hold_exactly_one_own_session(
-        self, users: list[TestUser], timeout: timedelta = timedelta(seconds=5)
-    ) -> None:
-        """In Redis, every user has exactly one ``session:{user}:*`` record, and it names that user.
-
-        The server writes the record just after the handshake, so the check waits
-        up to ``timeout`` for the records to settle and reports the last observation.
-
-        Example:
-        | Each User Should Hold Exactly One Own Session | ${users} |
-        """
-        client = races.redis_client(self.target.redis_url)
-
-        def observe() -> list[str]:
-            problems = []
-            for user in users:
-                pattern = target_profile.current().session_pattern(user.user_id)
-                keys = list(client.scan_iter(pattern, count=1000))
-                owners = [(client.hget(k, "user_id") or b"").decode() for k in keys]
-                if len(keys) != 1:
-                    problems.append(f"{user.label} has {len(keys)} session records (lost or duplicated)")
-                foreign = [o for o in owners if o != user.user_id]
-                if foreign:
-                    problems.append(f"{user.label}'s session holds another user's id {foreign[0]}")
-            return problems
-
-        try:
-            problems, _ = poll_until(observe, lambda found: not found, _seconds(timeout))
-        finally:
-            client.close()
-        if problems:
-            raise RaceError(
-                f"session race: {len(problems)} problem(s) {_seconds(timeout):g} s after {len(users)} "
-                f"simultaneous connects: {'; '.join(problems[:8])}"
-            )
-
-    @keyword
-    def no_session_should_remain(
-        self, users: list[TestUser], timeout: timedelta = timedelta(seconds=5)
-    ) -> None:
-        """Within ``timeout`` after the disconnects, no session record of ``users`` is left in Redis.
-
-        Example:
-        | No Session Should Remain | ${users} |
-        """
-        client = races.redis_client(self.target.redis_url)
-
-        def observe() -> dict[str, int]:
-            pattern = target_profile.current().session_pattern
-            left = {u.label: len(list(client.scan_iter(pattern(u.user_id), count=1000))) for u in users}
-            return {label: n for label, n in left.items() if n}
-
-        try:
-            left, _ = poll_until(observe, lambda found: not found, _seconds(timeout))
-        finally:
-            client.close()
-        if left:
-            raise RaceError(
-                f"session race: session records left behind {_seconds(timeout):g} s after the "
-                f"disconnects, for {len(left)} users: {left}"
-            )
 
     @keyword
     def chat_from_all_sockets_at_once(

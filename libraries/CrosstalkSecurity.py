@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-import redis
 import requests
 from crosstalk import context, hostile, testhooks
 from crosstalk import profile as target_profile
@@ -246,36 +245,6 @@ class CrosstalkSecurity:
         return size
 
     # ------------------------------------------------------------ sessions and server resources
-    @keyword
-    def session_records_should_number(
-        self, redis_url: str, user_id: str, count: int, timeout: timedelta = timedelta(seconds=5),
-    ) -> None:
-        """Waits until Redis holds exactly ``count`` session records for the user.
-
-        The key pattern comes from the target profile (``redis.session``; the
-        reference platform's is ``session:<user_id>:*``).
-
-        ``count=0`` after the user's sockets closed proves sessions are removed on disconnect.
-
-        Example:
-        | Session Records Should Number | ${REDIS_URL} | ${user_id} | 3 |
-        | Session Records Should Number | ${REDIS_URL} | ${user_id} | 0 | timeout=5s |
-        """
-        client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
-        pattern = target_profile.current().session_pattern(user_id)
-        hint = " — sessions are not removed when their socket closes" if count == 0 else ""
-
-        def failure(found: list[str]) -> str:
-            return (f"Redis holds {len(found)} session record(s) for user {user_id} after {_s(timeout):g} s, "
-                    f"expected {count}: {', '.join(found[:5]) or 'none'}{hint}")
-
-        try:
-            keys = wait_until(lambda: sorted(k.decode() for k in client.scan_iter(match=pattern, count=1000)),
-                              lambda found: len(found) == count, _s(timeout), failure)
-            logger.info(f"{len(keys)} session record(s) match {pattern}, as expected.")
-        finally:
-            client.close()
-
     @keyword
     def get_leaked_connection_count(self, backend_url: str) -> int:
         """Returns the connection entries the server still holds for sockets that are already closed:
