@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import os
 import re
@@ -236,23 +237,23 @@ class CrosstalkLoad:
 
     def _once_per_suite(self, config: LoadConfig, timeout: timedelta | None) -> LoadRun:
         """The suite's run of ``config.name``: made now on first use, else the one made before."""
-        from robot.running.context import EXECUTION_CONTEXTS
-
-        suite = EXECUTION_CONTEXTS.current.suite if EXECUTION_CONTEXTS.current else None
-        key = (getattr(suite, "id", ""), getattr(suite, "full_name", ""), config.name)
+        key = (*self._suite_key(), config.name)
         if key in self._shared:
             made, test, run_or_error = self._shared[key]
             if made != config:
+                differ = ", ".join(f"{f.name}={getattr(made, f.name)!r} (now {getattr(config, f.name)!r})"
+                                   for f in dataclasses.fields(made)
+                                   if getattr(made, f.name) != getattr(config, f.name))
                 raise ValueError(
                     f"Run Chat Load: the load run '{config.name}' of this suite was already made by test "
-                    f"'{test}' with other arguments ({made}); give the same arguments or another name.")
+                    f"'{test}' with {differ}; give the same arguments or another name.")
             if isinstance(run_or_error, str):
                 raise AssertionError(f"The load run '{config.name}' of this suite could not be made "
                                      f"(tried by test '{test}'): {run_or_error}")
             logger.info(f"Reusing the load run '{config.name}' made by test '{test}' "
                         f"({len(run_or_error.load_users)} users, sockets still open).")
             return run_or_error
-        test = str(BuiltIn().get_variable_value("${TEST NAME}", "suite setup"))
+        test = self._test_name()
         try:
             run = self._drive(config, timeout)
         except Exception as exc:
@@ -260,6 +261,17 @@ class CrosstalkLoad:
             raise
         self._shared[key] = (config, test, run)
         return run
+
+    @staticmethod
+    def _suite_key() -> tuple[str, str]:
+        from robot.running.context import EXECUTION_CONTEXTS
+
+        suite = EXECUTION_CONTEXTS.current.suite if EXECUTION_CONTEXTS.current else None
+        return str(getattr(suite, "id", "")), str(getattr(suite, "full_name", ""))
+
+    @staticmethod
+    def _test_name() -> str:
+        return str(BuiltIn().get_variable_value("${TEST NAME}", "suite setup"))
 
     @keyword("Run Next Load Round")
     def run_next_load_round(
