@@ -1,9 +1,9 @@
 """What the security suite needs beyond CrosstalkAuth and CrosstalkChat.
 
 A WebSocket handshake with no ``Authorization`` header at all (the chat library
-always sends the user's or a given token), session records in Redis that must
-live exactly as long as their socket, and connection entries the backend keeps
-after a socket closed (``/metrics``).  The handshake uses the synchronous
+always sends the user's or a given token) and connection entries the backend keeps
+after a socket closed (``/metrics``); session records in Redis are counted by
+``CrosstalkStores`` (``Get Session Count``).  The handshake uses the synchronous
 ``websockets`` client: one short-lived socket, no event loop to share.
 """
 
@@ -19,11 +19,11 @@ from datetime import timedelta
 from typing import Any
 
 import requests
-from crosstalk import context, hostile, testhooks
+from assertionengine import AssertionOperator
+from crosstalk import assertions, context, hostile, testhooks
 from crosstalk import profile as target_profile
 from crosstalk.context import Capability
 from crosstalk.model import TestUser
-from crosstalk.poll import wait_until
 from crosstalk.secrets import mask
 from crosstalk.version import VERSION
 from robot.api import logger
@@ -101,7 +101,7 @@ class Probe:
 @library(scope="SUITE", version=VERSION, doc_format="ROBOT", auto_keywords=False)
 class CrosstalkSecurity:
     """Security checks the other Crosstalk libraries do not cover: a handshake without any
-    credentials, session records in Redis, connection entries leaked by the backend.
+    credentials, connection entries leaked by the backend (`Get Leaked Connection Count`).
 
     Tokens are never logged in full; users are `TestUser` objects from `CrosstalkAuth`
     (or raw token strings).
@@ -246,15 +246,34 @@ class CrosstalkSecurity:
 
     # ------------------------------------------------------------ sessions and server resources
     @keyword
-    def get_leaked_connection_count(self, backend_url: str) -> int:
-        """Returns the connection entries the server still holds for sockets that are already closed:
-        ``tracked_connections - active_websockets`` from the reference's ``/metrics`` JSON, else
-        ``crosstalk_connections_tracked - crosstalk_websockets_active`` from the platform's
-        Prometheus endpoint; skips (``needs:metrics``) when neither is served.
+    def get_leaked_connection_count(
+        self,
+        backend_url: str,
+        assertion_operator: AssertionOperator | None = None,
+        assertion_expected: Any = None,
+        message: str | None = None,
+        timeout: timedelta = timedelta(0),
+    ) -> int:
+        """Returns the connection entries the server still holds for sockets that are already closed;
+        with an operator, asserts it, retrying until ``timeout``.
+
+        The count is ``tracked_connections - active_websockets`` from the reference's ``/metrics``
+        JSON, else ``crosstalk_connections_tracked - crosstalk_websockets_active`` from the
+        platform's Prometheus endpoint; skips (``needs:metrics``) when neither is served.
+        Other users' sockets may be opening and closing meanwhile (pabot), so compare with a
+        count taken before yours opened.
 
         Example:
         | ${before} = | Get Leaked Connection Count | ${BACKEND_URL} |
+        | Get Leaked Connection Count | ${BACKEND_URL} | < | ${before + 10} | timeout=5s |
         """
+        return assertions.assert_that(
+            lambda: self._leaked_connections(backend_url), assertion_operator, assertion_expected,
+            what="entries the server holds for closed sockets (tracked_connections - active_websockets)",
+            timeout=timeout, message=message)
+
+    @staticmethod
+    def _leaked_connections(backend_url: str) -> int:
         try:  # the reference platform's JSON counters
             metrics = requests.get(f"{backend_url}/metrics", timeout=10).json()
             return int(metrics["tracked_connections"]) - int(metrics["active_websockets"])
@@ -269,24 +288,6 @@ class CrosstalkSecurity:
                 Capability.METRICS, f"needs metrics: the server's connection entries cannot be read: "
                 f"{source} (contract rule CAP-2: {testhooks.TRACKED} and {testhooks.ACTIVE} gauges)")
         return int(leaked)
-
-    @keyword
-    def closed_connections_should_be_released(
-        self, backend_url: str, before: int, closed: int, timeout: timedelta = timedelta(seconds=5),
-    ) -> None:
-        """Waits until the server holds fewer than ``before + closed`` entries for closed sockets.
-
-        Other users' sockets may be opening and closing meanwhile (pabot), so the check allows
-        for those in flight but not for all ``closed`` of ours staying behind.
-
-        Example:
-        | Closed Connections Should Be Released | ${BACKEND_URL} | ${before} | closed=10 |
-        """
-        leaked = wait_until(
-            lambda: self.get_leaked_connection_count(backend_url), lambda n: n < before + closed, _s(timeout),
-            lambda n: (f"{closed} closed sockets are still held by the server after {_s(timeout):g} s: "
-                       f"tracked_connections - active_websockets = {n} (was {before} before they opened)"))
-        logger.info(f"{leaked} entries for closed sockets on the server (was {before}): released.")
 
     # ------------------------------------------------------------ hostile input
     @keyword
