@@ -366,7 +366,8 @@ class CrosstalkLoad:
         runs = run if isinstance(run, (list, tuple)) else [run]
         if not runs:
             raise ValueError("Get Load Metric got an empty list of runs: run the load first.")
-        outcomes = [self._judge(each, metric, assertion_operator, assertion_expected, message)
+        several = isinstance(run, (list, tuple))
+        outcomes = [self._judge(each, metric, assertion_operator, assertion_expected, message, several)
                     for each in runs]
         failed = [o for o in outcomes if o is not None and not o.passed]
         if failed:
@@ -399,13 +400,18 @@ class CrosstalkLoad:
         spread = max(values) - min(values) if values else None
         per_round = ", ".join(f"{r.metrics.name} {assertions.show(v, kind)}" for r, v, _, _ in measured)
         logger.info(f"{description}: {per_round}; spread {assertions.show(spread, kind)}")
-        return assertions.assert_that(
+        outcome = assertions.check(
             lambda: spread, assertion_operator, assertion_expected, kind=kind, message=message,
             subject=f"{metric} spread",
             what=f"the spread of {description} between {len(rounds)} rounds ({per_round})")
+        if not outcome.passed:
+            raise AssertionError(outcome.failure)
+        if assertion_operator is not None:
+            _sla_message(f"{metric} spread {outcome.shown} (threshold: {outcome.expression})")
+        return outcome.result
 
     def _judge(self, run: LoadRun, metric: str, operator: AssertionOperator | None, expected: Any,
-               message: str | None) -> assertions.Outcome | None:
+               message: str | None, named: bool = False) -> assertions.Outcome | None:
         """One run's verdict on one metric; ``None`` when the target cannot measure it (no verdict)."""
         metrics = run.metrics
         if operator is None:
@@ -433,7 +439,8 @@ class CrosstalkLoad:
         if path is not None:  # the summary carries this run's own verdicts
             _write_summary(metrics, path)
         if outcome.passed:
-            _sla_message(f"{metric} {outcome.shown} (threshold: {outcome.expression})")
+            whose = f"{metrics.name}: " if named else ""
+            _sla_message(f"{whose}{metric} {outcome.shown} (threshold: {outcome.expression})")
         return outcome
 
     @keyword("Every User Should Have Own Unique Runs")
