@@ -402,8 +402,8 @@ class CrosstalkLoad:
         logger.info(f"{description}: {per_round}; spread {assertions.show(spread, kind)}")
         outcome = assertions.check(
             lambda: spread, assertion_operator, assertion_expected, kind=kind, message=message,
-            subject=f"{metric} spread",
-            what=f"the spread of {description} between {len(rounds)} rounds ({per_round})")
+            subject=f"{metric} spread", note=description,
+            what=f"the spread of {metric} between {len(rounds)} rounds ({per_round})")
         if not outcome.passed:
             raise AssertionError(outcome.failure)
         if assertion_operator is not None:
