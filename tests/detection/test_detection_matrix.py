@@ -136,6 +136,8 @@ MATRIX: tuple[Row, ...] = (
         "cost grows with other users' data"),
     Row("event_timestamp_drift", ("smoke",), "Two Users Each Get An Answer To Their Own Question",
         "breaks the platform contract"),
+    Row("unfair_scheduling", ("performanceANDconcurrency",),
+        "Twelve Users Get Fast, Fair And Isolated Answers", "fairness"),
     # failure injections, not bugs: the plain success scenario must notice the broken step
     Row("workspace_backend_fail", ("workspaceNOTrollbackNOTdetectionNOTconcurrency",),
         "A Workspace Is Recorded In All Three Stores", "'failed_step': 'backend'"),
