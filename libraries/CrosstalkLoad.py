@@ -42,17 +42,6 @@ def _seconds(value: timedelta) -> float:
     return value.total_seconds()
 
 
-def _sla_message(text: str) -> None:
-    """Add one met threshold to the running test's message, ``; ``-separated (report.html shows it)."""
-    from robot.running.context import EXECUTION_CONTEXTS
-
-    current = EXECUTION_CONTEXTS.current
-    test = getattr(current, "test", None) if current is not None else None
-    if test is None:
-        return
-    BuiltIn().set_test_message(f"{test.message}; {text}" if test.message else text)
-
-
 @library(scope="GLOBAL", version=VERSION, auto_keywords=False, listener=Cleanup())
 class CrosstalkLoad:
     """Drives N concurrent chat users from this process and asserts SLA thresholds.
@@ -407,7 +396,7 @@ class CrosstalkLoad:
         if not outcome.passed:
             raise AssertionError(outcome.failure)
         if assertion_operator is not None:
-            _sla_message(f"{metric} spread {outcome.shown} (threshold: {outcome.expression})")
+            assertions.report_met(f"{metric} spread {outcome.shown} (threshold: {outcome.expression})")
         return outcome.result
 
     def _judge(self, run: LoadRun, metric: str, operator: AssertionOperator | None, expected: Any,
@@ -440,7 +429,7 @@ class CrosstalkLoad:
             _write_summary(metrics, path)
         if outcome.passed:
             whose = f"{metrics.name}: " if named else ""
-            _sla_message(f"{whose}{metric} {outcome.shown} (threshold: {outcome.expression})")
+            assertions.report_met(f"{whose}{metric} {outcome.shown} (threshold: {outcome.expression})")
         return outcome
 
     @keyword("Every User Should Have Own Unique Runs")

@@ -255,3 +255,22 @@ def _safe(message: str) -> str:
     for name in ("value", "value_type", "expected", "expected_type"):
         escaped = escaped.replace("{{" + name + "}}", "{" + name + "}")
     return escaped
+
+
+def report_met(text: str) -> None:
+    """Add one met threshold to the running test's message, ``; ``-separated (report.html shows it).
+
+    Outside a running test it does nothing.
+
+    Example: ``report_met("p95 212.0 ms (threshold: p95 < 250ms)")``
+    """
+    try:
+        from robot.libraries.BuiltIn import BuiltIn
+        from robot.running.context import EXECUTION_CONTEXTS
+    except ImportError:  # pragma: no cover - robot is a dependency
+        return
+    current = EXECUTION_CONTEXTS.current
+    test = getattr(current, "test", None) if current is not None else None
+    if test is None:
+        return
+    BuiltIn().set_test_message(f"{test.message}; {text}" if test.message else text)
