@@ -219,10 +219,9 @@ class CrosstalkStores:
         if user is None and thread is None:
             raise StoreError(f"Get Row Count: narrow the {view} view with user= or thread= "
                              "(or count a SELECT query).")
-        whose = " of ".join(part for part in (
-            f"{view} rows", None if user is None else _label(user),
-            None if thread is None else f"thread {thread}") if part)
-        return observe, f"{whose} on '{alias}'"
+        whose = "" if user is None else f" of {_label(user)}"
+        where = "" if thread is None else f" in thread {thread}"
+        return observe, f"{view} rows{whose}{where} on '{alias}'"
 
     @keyword("Rows Should Contain")
     def rows_should_contain(self, alias: str, sql: str, expected: dict[str, Any], *params: Any) -> dict:
