@@ -102,6 +102,28 @@ def query(
         return [dict(row) for row in cursor.fetchall()]
 
 
+def fetch(alias: str, url: str, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple]:
+    """One statement on a connection of its own (opened and closed here); rows as tuples.
+
+    ``sql`` is written in the reference platform's table and column names; the target
+    profile translates it to the target's own (``profile.sql``).
+
+    Example:
+        count = fetch("backend", url, "SELECT count(*) FROM threads WHERE user_id = %s", (uid,))[0][0]
+    """
+    from . import profile as target_profile  # the profile reads the target context: import late
+
+    conn = connect_postgres(alias, url)
+    try:
+        with conn.cursor() as cursor:
+            # parameters always given, so '%%' means '%' with or without them
+            cursor.execute(target_profile.current().sql(sql),
+                           dict(params) if isinstance(params, Mapping) else tuple(params))
+            return cursor.fetchall() if cursor.description is not None else []
+    finally:
+        conn.close()
+
+
 def begin(conn: psycopg2.extensions.connection, level: IsolationLevel) -> None:
     conn.autocommit = False
     with conn.cursor() as cursor:

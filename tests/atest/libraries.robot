@@ -9,6 +9,7 @@ Library             CrosstalkRaces
 Library             CrosstalkSecurity
 Library             CrosstalkTransactions
 Library             CrosstalkLoad
+Library             CrosstalkWorkspace
 
 Suite Teardown      Disconnect All
 
@@ -81,13 +82,26 @@ Security Words A Handshake That Was Accepted
     Run Keyword And Expect Error    WebSocket handshake with * was accepted (HTTP 101): expected HTTP 401*
     ...    Websocket Handshake Should Be Refused    ${WS_URL}    ${alice}
 
-Races Connect Users At Once And Register Their Sockets
-    [Documentation]    Simultaneous connects succeed and close at the same instant.
-    ${users} =    Create Test Users    2    prefix=racer
-    Log In Users    ${users}
-    ${sockets} =    Connect All Users At Once    ${users}
-    Length Should Be    ${sockets}    2
-    Disconnect All At Once    ${sockets}
+Races Let Exactly One Writer Win A Redis Key
+    [Documentation]    Writers released at once by the barrier: one SET NX wins and is the stored value.
+    ${alice} =    Create Test User    racer
+    ${winner} =    Race Set If Absent On User Key    ${alice}    4
+    Should Match Regexp    ${winner}    ^writer[1-4]$
+
+Workspace Names The Stores Of A Half-Applied Transaction
+    [Documentation]    A workspace in all three stores passes; a backend-only row is reported as a partially
+    ...    applied transaction naming the stores that hold it.
+    ${alice} =    Create Test User    founder
+    Log In    ${alice}
+    Create Workspace    ${alice}    atest
+    Workspace State Should Be Consistent    ${alice}    expected=1
+    ${half} =    Leave A Half Applied Workspace    ${alice}
+    VAR    ${applied} =    auth (workspace_count=1), backend (2 workspace rows), analytics (1 events)
+    VAR    ${report} =    stores applied: ${applied}; workspaces without event: ?'${half}'?
+    Run Keyword And Expect Error
+    ...    partially applied cross-service transaction for founder: *${report}
+    ...    Workspace State Should Be Consistent    ${alice}
+    [Teardown]    Remove Half Applied Workspace    ${half}
 
 Transactions Need A Scratch Database First
     [Documentation]    Transactions without a scratch database fail with what to call first; the pool opens.
