@@ -48,6 +48,9 @@ from crosstalk.version import VERSION
 from robot.api import logger
 from robot.api.deco import keyword, library
 
+# the rows a thread owns: one table per kind, named <kind>s (threads, messages, runs)
+THREAD_ROW_KINDS = ("thread", "message", "run")
+
 
 class IntegrityError(CrosstalkError):
     """A check of this library failed; the message names who, what and where."""
@@ -93,6 +96,12 @@ class CrosstalkIntegrity:
 
     def _get(self, user: TestUser, path: str) -> requests.Response:
         return self._backend.request("GET", user, path)
+
+    @staticmethod
+    def _thread_rows(select: str, thread: str) -> list[tuple]:
+        """``select`` (``{kind}`` filled in) over the thread, message and run rows of ``thread``."""
+        sql = " UNION ALL ".join(select.format(kind=kind) for kind in THREAD_ROW_KINDS)
+        return fetch("backend", _database_url(), sql, (thread,) * len(THREAD_ROW_KINDS))
 
     def _thread_ids(self, user: TestUser) -> list[str]:
         return [t["thread_id"] for t in self._backend.get_json(user, "/threads")]
@@ -175,13 +184,8 @@ class CrosstalkIntegrity:
         if thread in self._thread_ids(victim):
             problems.append(f"{what}: thread {thread} is in {victim.label}'s thread list")
         if self._rows_available():
-            owners = fetch(
-                "backend", _database_url(),
-                "SELECT 'thread', user_id::text FROM threads WHERE thread_id = %s "
-                "UNION ALL SELECT 'message', user_id::text FROM messages WHERE thread_id = %s "
-                "UNION ALL SELECT 'run', user_id::text FROM runs WHERE thread_id = %s",
-                (thread, thread, thread),
-            )
+            owners = self._thread_rows("SELECT '{kind}', user_id::text FROM {kind}s WHERE thread_id = %s",
+                                       thread)
             wrong = sorted({kind for kind, owner in owners if owner != user.user_id})
             if wrong:
                 problems.append(f"{what}: {', '.join(wrong)} rows of thread {thread} belong to another user")
@@ -591,13 +595,7 @@ class CrosstalkIntegrity:
             if thread in self._thread_ids(user):
                 views.append(f"GET /threads (read {attempt}) still lists it")
         if self._rows_available():
-            rows = fetch(
-                "backend", _database_url(),
-                "SELECT 'threads', count(*) FROM threads WHERE thread_id = %s UNION ALL "
-                "SELECT 'messages', count(*) FROM messages WHERE thread_id = %s UNION ALL "
-                "SELECT 'runs', count(*) FROM runs WHERE thread_id = %s",
-                (thread, thread, thread),
-            )
+            rows = self._thread_rows("SELECT '{kind}s', count(*) FROM {kind}s WHERE thread_id = %s", thread)
             views += [f"{count} {table} row(s) remain" for table, count in rows if count]
         if context.current().get("REDIS_URL"):
             client = connect_redis("redis", context.current().get("REDIS_URL"))

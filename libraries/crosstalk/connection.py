@@ -31,7 +31,7 @@ from . import profile as target_profile
 from . import registry
 from .errors import CrosstalkError
 from .model import Frame, TestUser
-from .sequence import TERMINAL_TYPES, summarize
+from .sequence import TERMINAL_TYPES, answer_of, summarize
 
 DEFAULT_MAX_SIZE = 2**22
 RECENT_FRAMES = 5
@@ -127,10 +127,7 @@ class RunHandle:
 
     @property
     def answer(self) -> str | None:
-        for event in reversed(self.events):
-            if event.get("type") == "agent_completed":
-                return (event.get("payload") or {}).get("response")
-        return None
+        return answer_of(self.events)
 
     @property
     def time_to_first_event(self) -> float | None:
@@ -266,7 +263,7 @@ class UserConnection:
     def _record(self, direction: str, raw: str, at: float, mono: float) -> Frame:
         try:
             parsed = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
             parsed = None
         data = parsed if isinstance(parsed, dict) else None
         if data is not None and direction == "in":
@@ -330,8 +327,8 @@ class UserConnection:
         registry.unregister(self)
 
     # ------------------------------------------------------------------ send
-    async def send_raw(self, text: str) -> Frame:
-        """Send text as it is and record it as an outgoing frame."""
+    async def send_raw(self, text: str | bytes) -> Frame:
+        """Send text as it is (bytes as a binary frame) and record it as an outgoing frame."""
         if self.ws is None or self.closed:
             raise AssertionError(
                 f"Connection '{self.label}' of user '{self.user.label}' is closed "
@@ -339,7 +336,8 @@ class UserConnection:
                 "reconnect first."
             )
         at, mono = _now()
-        frame = self._record("out", text, at, mono)
+        shown = text if isinstance(text, str) else text.decode("utf-8", "replace")
+        frame = self._record("out", shown, at, mono)
         try:
             await self.ws.send(text)
         except ConnectionClosed as exc:
@@ -403,6 +401,12 @@ class UserConnection:
                         return predicate() or None
         finally:
             self._waiters -= 1
+
+    async def next_frame(self, start: int, timeout: float) -> Frame | None:
+        """The first incoming frame (JSON or not) from index ``start``; None on timeout or close."""
+        return await self.wait_until(
+            lambda: next((f for f in self.frames[start:] if f.direction == "in"), None), timeout
+        )
 
     def find_frame(self, event_type: str | None, fields: Mapping[str, Any], start: int = 0) -> Frame | None:
         for frame in self.frames[start:]:

@@ -74,13 +74,28 @@ Stores Name A URL That Is Not Postgres
     Run Keyword And Expect Error    Postgres alias 'db': URL 'redis://*' is not a postgresql:// URL*
     ...    Connect To Postgres    db    redis://localhost:1/0
 
-Security Words A Handshake That Was Accepted
-    [Documentation]    No token is refused; a valid token makes the refusal check fail with what was received.
+Chat Refuses A Handshake Without Credentials
+    [Documentation]    No Authorization header is refused; the refusal check names the missing header when accepted.
     ${alice} =    Create Test User    alice
     Log In    ${alice}
-    Websocket Handshake Should Be Refused    ${WS_URL}    ${EMPTY}
-    Run Keyword And Expect Error    WebSocket handshake with * was accepted (HTTP 101): expected HTTP 401*
-    ...    Websocket Handshake Should Be Refused    ${WS_URL}    ${alice}
+    Connection Should Be Refused    ${alice}    token=${EMPTY}
+    Run Keyword And Expect Error
+    ...    WebSocket of user 'alice' with no Authorization header was refused, but not with HTTP 403: *HTTP 401*
+    ...    Connection Should Be Refused    ${alice}    token=${EMPTY}    status=403
+    [Teardown]    Disconnect All
+
+Stores Word Session Records That Stay Behind
+    [Documentation]    An open socket keeps its session record; expecting none names the user, the key
+    ...    pattern, the last count, how long it was polled and why it matters.
+    ${alice} =    Create Test User    alice
+    Log In    ${alice}
+    Connect    ${alice}
+    Get Session Count    ${alice}    ==    1    timeout=5s
+    Run Keyword And Expect Error
+    ...    Session records of alice in Redis (session:${alice.user_id}:*) is 1, expected == 0: sessions are not removed when their socket closes (last value seen, polled * times for 0.3 s)
+    ...    Get Session Count    ${alice}    ==    0    timeout=0.3s
+    ...    message=sessions are not removed when their socket closes
+    [Teardown]    Disconnect All
 
 Races Let Exactly One Writer Win A Redis Key
     [Documentation]    Writers released at once by the barrier: one SET NX wins and is the stored value.

@@ -86,7 +86,7 @@ MATRIX: tuple[Row, ...] = (
     Row("refresh_reuse", ("revocation",), "Reused Refresh Token Revokes The Whole Family",
         "answered 200, expected 401"),
     Row("refresh_race", ("revocation",), "Concurrent Refreshes Of One Token Have One Winner",
-        "concurrent refreshes with one token succeeded"),
+        "concurrent attempts won, exactly one must"),
     Row("jwt_alg_none", ("authentication",), "Missing And Forged Tokens Are Refused",
         "with the alg none token answered HTTP 200"),
     Row("jwt_hs256_confusion", ("authentication",), "Missing And Forged Tokens Are Refused",
