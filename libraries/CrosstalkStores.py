@@ -328,9 +328,9 @@ class CrosstalkStores:
         users = list(user) if isinstance(user, (list, tuple)) else [user]
         if not users:
             raise StoreError("Get Session Count got an empty list of users.")
-        started = time.monotonic()
         values, failures = [], []
         with self._redis(alias) as client:
+            started = time.monotonic()  # one timeout for all users, from when Redis answers
             for each in users:
                 user_id = _user_id(each)
                 pattern = target_profile.current().session_pattern(user_id)

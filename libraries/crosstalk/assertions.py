@@ -219,7 +219,7 @@ def check(observe: Callable[[], T], operator: AssertionOperator | None, expected
     detail = f"is not measured, {wanted}" if error == "is not measured" else f"is {shown}, {wanted}"
     if message:  # the caller's words (``{value}``/``{expected}`` filled in) say why it matters
         detail += f": {error if error != 'is not measured' else message}"
-    waited = (f" (last value seen, polled {tries} times for {seconds:g} s)" if seconds > 0 else "")
+    waited = (f" (last value seen, polled {tries} times for {round(seconds, 3):g} s)" if seconds > 0 else "")
     about = f" — {note}" if note else ""
     return Outcome(value, False, expression, shown, f"{_capital(what)} {detail}{waited}{about}")
 
