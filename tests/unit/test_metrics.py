@@ -137,15 +137,16 @@ def test_run_id_collisions_are_counted():
     assert m.run_id_collisions == 1 and len(m.run_ids) == 2 and "r1" in m.run_ids
 
 
-def test_the_run_id_ledger_finds_collisions_after_it_sorted_its_hashes():
+def test_the_run_id_ledger_finds_every_repeat_among_many_ids():
     from crosstalk.metrics import RunIdLedger
 
     ledger = RunIdLedger()
-    for n in range(10_000):
+    for n in range(40_000):  # more ids than buckets: buckets hold several
         ledger.add(f"run-{n}")
-    ledger.add("run-7")  # merged into the sorted part long ago
-    ledger.add("run-9999")  # still in the unsorted part
-    assert len(ledger) == 10_000 and ledger.collisions == 2 and "run-42" in ledger
+    ledger.add("run-7")  # an early id
+    ledger.add("run-39999")  # the latest id
+    assert len(ledger) == 40_000 and ledger.collisions == 2
+    assert "run-42" in ledger and "run-40000" not in ledger
 
 
 def test_the_fast_recorder_fills_the_same_buckets_as_hdrhistogram():
