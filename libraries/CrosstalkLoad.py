@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from assertionengine import AssertionOperator
-from crosstalk import assertions, charts, context, testhooks
+from crosstalk import assertions, charts, context, registry, testhooks
 from crosstalk.context import Capability
 from crosstalk.engine import get_engine
 from crosstalk.load import (
@@ -249,6 +249,9 @@ class CrosstalkLoad:
             self._shared[key] = (config, test, str(exc) or type(exc).__name__)
             raise
         self._shared[key] = (config, test, run)
+        for load_user in run.load_users:  # the suite's run: its sockets live until the suite ends
+            if load_user.connection is not None:
+                registry.keep_for_suite(load_user.connection)
         return run
 
     @staticmethod

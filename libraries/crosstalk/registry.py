@@ -60,6 +60,7 @@ class Registry:
         self._last = 0
         self._markers: dict[str, int] = {}
         self._ended: set[str] = set()
+        self._suites: list[str] = []  # suites started and not ended yet, innermost last
 
     def register(self, resource: object, *, owner: str, kind: str, label: str, user_id: str | None,
                  is_open: Callable[[], bool], close: Callable[[], Any]) -> None:
@@ -84,6 +85,16 @@ class Registry:
                 self._drop(entry)
         return found
 
+    def keep_for_suite(self, resource: object) -> None:
+        """Let ``resource`` (opened in a test) live until the end of the current suite, as if the suite
+        setup had opened it: for what a test makes once on behalf of its whole suite (a load run made
+        on first use and shared by the suite's later tests)."""
+        with self._lock:
+            entry = self._entries.get(id(resource))
+            suite = next((self._markers[s] for s in reversed(self._suites) if s in self._markers), None)
+            if entry is not None and suite is not None:
+                entry.seq = suite
+
     def open_user_ids(self) -> set[str]:
         """Users with an open WebSocket, opened by any library."""
         return {e.user_id for e in self.open_entries(WEBSOCKET) if e.user_id}
@@ -97,10 +108,16 @@ class Registry:
     # ------------------------------------------------------------ test and suite lifecycle
     def start_suite(self, suite_id: str) -> None:
         self._start(suite_id)
+        with self._lock:
+            if suite_id not in self._suites:
+                self._suites.append(suite_id)
 
     def end_suite(self, suite_id: str, name: str) -> str:
         """Close what was opened since ``suite_id`` started (everything, if its start was not seen);
         returns the leak report, or an empty string when nothing was left open."""
+        with self._lock:
+            if suite_id in self._suites:
+                self._suites.remove(suite_id)
         return self._end(suite_id, "Suite", name)
 
     def start_test(self, test_id: str) -> None:
@@ -113,7 +130,10 @@ class Registry:
 
     def _start(self, scope_id: str) -> None:
         with self._lock:
-            self._markers.setdefault(scope_id, self._last + 1)
+            if scope_id not in self._markers:
+                # a number of its own, so what is kept for a suite sorts before its tests' markers
+                self._last = next(self._seq)
+                self._markers[scope_id] = self._last
             self._ended.discard(scope_id)
 
     def _end(self, scope_id: str, what: str, name: str) -> str:
@@ -148,6 +168,7 @@ def leak_report(scope: str, left: list[Entry], failures: list[str] | None = None
 REGISTRY = Registry()
 register = REGISTRY.register
 unregister = REGISTRY.unregister
+keep_for_suite = REGISTRY.keep_for_suite
 open_user_ids = REGISTRY.open_user_ids
 
 

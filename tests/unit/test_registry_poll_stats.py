@@ -68,6 +68,20 @@ def test_end_test_closes_what_the_test_opened_and_keeps_what_the_suite_setup_ope
     assert not suite_scoped.open
 
 
+def test_what_a_test_keeps_for_its_suite_lives_until_the_suite_ends():
+    reg = registry.Registry()
+    reg.start_suite("s1-s1")
+    reg.start_test("s1-s1-t1")
+    shared, own = Resource(), Resource()
+    register(reg, shared, "load01#load", "u-1")
+    register(reg, own, "alice#1", "u-a")
+    reg.keep_for_suite(shared)  # made once by the first test, used by the suite's later tests
+    assert "alice#1" in reg.end_test("s1-s1-t1", "First")
+    assert shared.open and not own.open
+    assert "load01#load" in reg.end_suite("s1-s1", "Startup")
+    assert not shared.open
+
+
 def test_a_close_that_fails_is_named_and_does_not_stop_the_others():
     reg = registry.Registry()
     good = Resource()
