@@ -59,8 +59,10 @@ def parse_object(raw: str | bytes) -> dict[str, Any] | None:
     """A frame's JSON object, or None when the text is not JSON or not an object.
 
     orjson decodes a chat frame in about a third of the time ``json`` takes (it runs for
-    every frame of every load user); what orjson refuses and ``json`` accepts (integers
-    past 64 bits, ``NaN``, lone surrogates) is parsed by ``json``, so both accept the same.
+    every frame of every load user); what orjson refuses and ``json`` accepts (``NaN``,
+    lone surrogates) is parsed by ``json``, so both accept the same frames.  One difference:
+    orjson reads an integer past 64 bits as a float (no contract field carries one; a
+    ``seq`` that large fails the order check either way).
     Example: ``parse_object('{"type": "agent_started"}')`` gives the dict; ``parse_object("[1]")`` None.
     """
     try:
