@@ -99,8 +99,11 @@ def main() -> int:
           f"frames kept per user: {args.keep_frames}")
     print(f"generator RSS: connected {connected / mb:.0f} MB, at 10 % {r10 / mb:.0f} MB, at 50 % "
           f"{r50 / mb:.0f} MB, at 100 % {r100 / mb:.0f} MB, peak {peak / mb:.0f} MB")
-    print(f"garbage collections: {m.info.get('gc_collections')}, longest pause "
-          f"{m.info.get('gc_max_pause_ms')} ms (gc.freeze() after setup)")
+    print(f"garbage collections while sending: {m.info.get('gc_collections')}, longest pause "
+          f"{m.info.get('gc_max_pause_ms')} ms; cyclic garbage found after the run: "
+          f"{m.info.get('gc_cyclic_garbage')} ({m.info.get('gc_mode')})")
+    for kind, example in m.error_examples.items():
+        print(f"first {kind}: {example}")
     if growth is not None:
         print(f"growth between 10 % and 100 %: {growth * 1024:.1f} KB per 1,000 messages")
     verdict = "within" if peak / mb <= budget else "OVER"
