@@ -86,3 +86,28 @@ def test_the_guard_collects_when_cyclic_garbage_piles_up():
     asyncio.new_event_loop().run_until_complete(scenario())
     assert metrics.info["gc_guard_collections"] >= 1
     assert metrics.info["gc_collections"]["gen2"] >= 1  # the guard's collection was timed like any other
+
+
+def test_the_fast_coordinated_omission_correction_matches_hdrhistogram():
+    from crosstalk.metrics import new_histogram, record_seconds
+
+    metrics = LoadMetrics("unit")
+    expected = new_histogram()
+    for seconds in (0.05, 0.12, 0.3, 0.31, 1.7, 4.2, 0.09):
+        record_seconds(metrics.histograms["completion"], seconds)
+        value = expected.get_highest_equivalent_value(int(seconds * 1e6))
+        expected.record_corrected_value(value, 250_000)
+    metrics.correct_for_coordinated_omission(0.25)
+    corrected = metrics.histograms["completion"]
+    assert corrected.get_total_count() == expected.get_total_count() > 7
+    for percentile in (50, 90, 99, 100):
+        assert corrected.get_value_at_percentile(percentile) == expected.get_value_at_percentile(percentile)
+
+
+def test_highest_equivalent_value_of_every_bucket_matches_hdrhistogram():
+    from crosstalk.metrics import highest_equivalent_at, new_histogram
+
+    h = new_histogram()
+    for index in [*range(0, 5000, 7), *range(5000, h.counts_len, 997), h.counts_len - 1]:
+        expected = h.get_highest_equivalent_value(h.get_value_from_index(index))
+        assert highest_equivalent_at(h, index) == expected
