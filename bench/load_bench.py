@@ -79,10 +79,21 @@ def say(line: str) -> None:
 
 
 # ------------------------------------------------------------------ generators (child processes)
-def run_crosstalk(users: list[dict], ws_url: str, messages: int, timeout: float) -> dict:
+def run_crosstalk(users: list[dict], ws_url: str, messages: int, timeout: float,
+                  per_message: dict | None = None) -> dict:
     from crosstalk.engine import get_engine
-    from crosstalk.load import LoadConfig, LoadMetrics, LoadRun, run_load
+    from crosstalk.load import LoadConfig, LoadMetrics, LoadRun, LoadUser, run_load
     from crosstalk.model import TestUser, Tokens
+
+    if per_message is not None:  # wire_latency.py: each message's latency as Crosstalk measured it
+        finish = LoadUser.finish
+
+        def finish_and_keep(self, pending, error, detail):  # type: ignore[no-untyped-def]
+            if error is None and pending.last_event is not None:
+                per_message[pending.cmid] = pending.last_event - pending.intended
+            finish(self, pending, error, detail)
+
+        LoadUser.finish = finish_and_keep  # type: ignore[method-assign]
 
     test_users = []
     for u in users:
@@ -105,7 +116,8 @@ def run_crosstalk(users: list[dict], ws_url: str, messages: int, timeout: float)
 
 
 # complexity accepted: the lean generator inlines connect, send and receive to measure the floor cost
-def run_lean(users: list[dict], ws_url: str, messages: int, timeout: float) -> dict:  # noqa: C901
+def run_lean(users: list[dict], ws_url: str, messages: int, timeout: float,  # noqa: C901
+             per_message: dict | None = None) -> dict:
     import asyncio
     import re
 
@@ -139,8 +151,11 @@ def run_lean(users: list[dict], ws_url: str, messages: int, timeout: float) -> d
                 return thread_id
             if kind == "agent_completed":
                 if canary in data["payload"]["response"]:
-                    h.record_value(max(1, int((time.monotonic() - sent) * 1e6)))
+                    took = time.monotonic() - sent
+                    h.record_value(max(1, int(took * 1e6)))
                     done["completed"] += 1
+                    if per_message is not None:
+                        per_message[cmid] = took
                 else:
                     done["errors"] += 1
                 return data.get("thread_id")
@@ -244,7 +259,12 @@ def child(spec_file: str) -> None:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     runner = {"crosstalk": run_crosstalk, "lean": run_lean, "locust": run_locust}[spec["generator"]]
-    result = runner(spec["users"], spec["ws_url"], spec["messages"], spec["timeout"])
+    per_message = {} if spec.get("per_message_file") else None
+    if per_message is not None:
+        result = runner(spec["users"], spec["ws_url"], spec["messages"], spec["timeout"], per_message)
+        Path(spec["per_message_file"]).write_text(json.dumps(per_message))
+    else:
+        result = runner(spec["users"], spec["ws_url"], spec["messages"], spec["timeout"])
     say("RESULT " + json.dumps(result))
 
 
@@ -255,12 +275,16 @@ def k6_binary() -> str | None:
 
 
 def measure(generator: str, users: list[dict], ws_url: str, messages: int, timeout: float, workdir: Path,
-            loop: str) -> dict:
-    """Run one generator in its own process; CPU and wall time between its GO and DONE markers."""
+            loop: str, per_message_file: Path | None = None) -> dict:
+    """Run one generator in its own process; CPU and wall time between its GO and DONE markers.
+
+    With ``per_message_file`` (crosstalk and lean) the child writes each message's latency there as
+    ``{client_message_id: seconds}`` (bench/wire_latency.py matches them with the capture).
+    """
     import psutil
 
     spec = {"generator": generator, "users": users, "ws_url": ws_url, "messages": messages,
-            "timeout": timeout, "loop": loop}
+            "timeout": timeout, "loop": loop, "per_message_file": str(per_message_file or "")}
     spec_file = workdir / f"{generator}.json"
     spec_file.write_text(json.dumps(spec))
     if generator == "k6":

@@ -11,7 +11,11 @@ frames decoded (client frames unmasked) and each message's wire latency taken
 from the packet carrying its ``user_message`` to the packet carrying its
 ``agent_completed``.  The generator's own figures (send -> completion as it
 measured them) minus the wire's figures is what the generator adds: event-loop
-scheduling, parsing, checks, garbage-collector pauses.
+scheduling, parsing, checks, garbage-collector pauses.  Two views of it: the
+reported percentile minus the wire percentile (``added_p99_ms``, the issue's
+definition; the difference of two tails of ~2,000 samples, so it is noisy), and
+the percentiles of the per-message difference, message by message
+(``per_msg_added_p99_ms``, from each generator's own per-message latencies).
 
     python bench/wire_latency.py                                  # 100 users x 20 messages, 3 rounds
     python bench/wire_latency.py --users 4000 --messages 2 --rounds 2
@@ -201,8 +205,8 @@ class Stream:
                 yield unmask(payload, key) if masked else payload
 
 
-def wire_latencies(path: Path, port: int) -> tuple[list[float], dict]:
-    """Seconds from each message's user_message packet to its agent_completed packet."""
+def wire_latencies(path: Path, port: int) -> tuple[dict[str, float], dict]:
+    """Seconds from each message's user_message packet to its agent_completed packet, by message id."""
     streams: dict[tuple, Stream] = {}
     sent: dict[str, int] = {}
     done: dict[str, int] = {}
@@ -236,7 +240,7 @@ def wire_latencies(path: Path, port: int) -> tuple[list[float], dict]:
             elif sport == port and kind == "agent_completed":
                 done.setdefault(cmid, stamp)
         broken += stream.broken and not was_broken
-    latencies = [(done[c] - sent[c]) / 1e9 for c in sent if c in done]
+    latencies = {c: (done[c] - sent[c]) / 1e9 for c in sent if c in done}
     return latencies, {"sent_seen": len(sent), "completed_seen": len(done), "broken_streams": broken}
 
 
@@ -261,8 +265,10 @@ def measured_run(generator: str, users: list[dict], ws_url: str, args: argparse.
     if ready != "READY":
         sniffer.kill()
         return {"generator": generator, "error": f"capture did not start: {ready or sniffer.wait()}"}
+    per_message_file = workdir / f"{generator}-per-message.json"
     try:
-        result = measure(generator, users, ws_url, args.messages, args.timeout, workdir, args.loop)
+        result = measure(generator, users, ws_url, args.messages, args.timeout, workdir, args.loop,
+                         per_message_file)
     finally:
         time.sleep(0.5)  # the last frames reach the capture
         sniffer.send_signal(signal.SIGTERM)
@@ -271,22 +277,26 @@ def measured_run(generator: str, users: list[dict], ws_url: str, args: argparse.
         return result
     wire, seen = wire_latencies(capture, port)
     capture.unlink()
-    row = {"generator": generator, "completed": result["completed"], "wire_matched": len(wire),
+    reported = json.loads(per_message_file.read_text()) if per_message_file.exists() else {}
+    added = [reported[c] - wire[c] for c in wire if c in reported]  # per message: what the generator adds
+    row = {"generator": generator, "completed": result["completed"], "wire_matched": len(added),
            "capture_drops": int(stats[-1]) if len(stats) >= 3 else None, **seen}
     for p in (50, 95, 99):
-        reported = result.get(f"p{p}_ms")
-        on_wire = percentile(wire, p)
-        row[f"p{p}_ms"] = reported
+        on_wire = percentile(list(wire.values()), p)
+        row[f"p{p}_ms"] = result.get(f"p{p}_ms")
         row[f"wire_p{p}_ms"] = None if on_wire is None else round(on_wire * 1e3, 2)
-        row[f"added_p{p}_ms"] = (None if reported is None or on_wire is None
-                                 else round(reported - on_wire * 1e3, 2))
+        row[f"added_p{p}_ms"] = (None if row[f"p{p}_ms"] is None or on_wire is None
+                                 else round(row[f"p{p}_ms"] - on_wire * 1e3, 2))
+        per_message = percentile(added, p)
+        row[f"per_msg_added_p{p}_ms"] = None if per_message is None else round(per_message * 1e3, 2)
     row["gc_max_pause_ms"] = result.get("gc_max_pause_ms")
     return row
 
 
 def report(rounds: list[list[dict]], generators: list[str]) -> list[str]:
     columns = ("p50_ms", "wire_p50_ms", "added_p50_ms", "p95_ms", "wire_p95_ms", "added_p95_ms", "p99_ms",
-               "wire_p99_ms", "added_p99_ms", "wire_matched", "capture_drops")
+               "wire_p99_ms", "added_p99_ms", "per_msg_added_p50_ms", "per_msg_added_p99_ms", "wire_matched",
+               "capture_drops")
     lines = [f"{'generator':>10} {'runs':>4} " + " ".join(f"{c:>13}" for c in columns) + "   (medians)"]
     for name in generators:
         runs = [r for rnd in rounds for r in rnd if r["generator"] == name and "error" not in r]
@@ -299,16 +309,18 @@ def report(rounds: list[list[dict]], generators: list[str]) -> list[str]:
             values = [r.get(key) for r in runs if r.get(key) is not None]
             cells.append(f"{statistics.median(values):>13g}" if values else f"{'':>13}")
         lines.append(f"{name:>10} {len(runs):>4} " + " ".join(cells))
-    ratios = []
-    for rnd in rounds:
-        by = {r["generator"]: r for r in rnd if r.get("added_p99_ms") is not None}
-        if "crosstalk" in by and "lean" in by and by["lean"]["added_p99_ms"] > 0:
-            ratios.append(by["crosstalk"]["added_p99_ms"] / by["lean"]["added_p99_ms"])
-    if ratios:
-        value = statistics.median(ratios)
-        spread = ", ".join(f"{r:.2f}" for r in ratios)
-        lines.append(f"crosstalk / lean added p99: x{value:.2f} (rounds: {spread})"
-                     f"  goal <= 2x: {'met' if value <= 2 else 'NOT met'}")
+    for key, what in (("added_p99_ms", "reported p99 - wire p99"),
+                      ("per_msg_added_p99_ms", "p99 of (reported - wire) per message")):
+        ratios = []
+        for rnd in rounds:
+            by = {r["generator"]: r for r in rnd if r.get(key) is not None}
+            if "crosstalk" in by and "lean" in by and by["lean"][key] > 0:
+                ratios.append(by["crosstalk"][key] / by["lean"][key])
+        if ratios:
+            value = statistics.median(ratios)
+            spread = ", ".join(f"{r:.2f}" for r in ratios)
+            lines.append(f"crosstalk / lean added latency, {what}: x{value:.2f} (rounds: {spread})"
+                         f"  goal <= 2x: {'met' if value <= 2 else 'NOT met'}")
     return lines
 
 

@@ -61,7 +61,7 @@ def test_message_latency_runs_from_the_request_packet_to_the_completion_packet(t
     ]
     _capture(tmp_path / "c.cap", records)
     latencies, seen = wire_latency.wire_latencies(tmp_path / "c.cap", PORT)
-    assert latencies == [0.034]  # from the segment completing the request to the one completing the answer
+    assert latencies == {"m1": 0.034}  # from the segment completing the request to the one completing the answer
     assert seen == {"sent_seen": 1, "completed_seen": 1, "broken_streams": 0}
 
 
@@ -74,7 +74,7 @@ def test_a_lost_segment_makes_the_stream_unreadable_not_wrong(tmp_path):
     ]
     _capture(tmp_path / "c.cap", records)
     latencies, seen = wire_latency.wire_latencies(tmp_path / "c.cap", PORT)
-    assert latencies == [] and seen["broken_streams"] == 1 and seen["completed_seen"] == 0
+    assert latencies == {} and seen["broken_streams"] == 1 and seen["completed_seen"] == 0
 
 
 def test_percentile_is_nearest_rank():
