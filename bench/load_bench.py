@@ -102,6 +102,7 @@ def run_crosstalk(users: list[dict], ws_url: str, messages: int, timeout: float,
         user.tokens = Tokens(u["token"], "")
         test_users.append(user)
     config = LoadConfig(users=len(users), messages=messages, message_timeout=timeout, name="bench",
+                        connect_timeout=30.0,  # as the lean loop's open_timeout
                         keep_frames=int(os.environ.get("CROSSTALK_BENCH_KEEP_FRAMES", "64")))
     run = LoadRun(config, LoadMetrics("bench"))
     run.on_phase = lambda phase: say("GO") if phase == "sending" else say("DONE") if phase == "done" else None
@@ -112,6 +113,7 @@ def run_crosstalk(users: list[dict], ws_url: str, messages: int, timeout: float,
     h = m.histograms.get("completion_uncorrected") or m.histograms["completion"]  # send -> done, as all
     return {"completed": m.completed, "errors": m.error_count - sum(m.violations.values()),
             "violations": sum(m.violations.values()), "gc_max_pause_ms": m.info.get("gc_max_pause_ms"),
+            "first_errors": dict(m.error_examples),
             **percentiles(h)}
 
 

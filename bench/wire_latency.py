@@ -290,6 +290,8 @@ def measured_run(generator: str, users: list[dict], ws_url: str, args: argparse.
         per_message = percentile(added, p)
         row[f"per_msg_added_p{p}_ms"] = None if per_message is None else round(per_message * 1e3, 2)
     row["gc_max_pause_ms"] = result.get("gc_max_pause_ms")
+    row["errors"] = result.get("errors")
+    row["first_errors"] = result.get("first_errors")
     return row
 
 

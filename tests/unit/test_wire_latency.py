@@ -61,7 +61,8 @@ def test_message_latency_runs_from_the_request_packet_to_the_completion_packet(t
     ]
     _capture(tmp_path / "c.cap", records)
     latencies, seen = wire_latency.wire_latencies(tmp_path / "c.cap", PORT)
-    assert latencies == {"m1": 0.034}  # from the segment completing the request to the one completing the answer
+    # from the segment completing the request to the one completing the answer
+    assert latencies == {"m1": 0.034}
     assert seen == {"sent_seen": 1, "completed_seen": 1, "broken_streams": 0}
 
 
