@@ -26,7 +26,9 @@ medians of the per-round ratios, so one noisy run cannot move them much.
     python bench/load_bench.py --users 1000 --messages 3 --only crosstalk   # hold 1,000 users
 
 Numbers are printed, never asserted.  Goals (issue 14): Crosstalk CPU per
-message <= 1.15x the lean floor, <= 0.5x k6, <= 0.35x Locust.
+message <= 1.15x the lean floor, <= 0.5x k6, <= 0.35x Locust.  Figures and how
+they were taken: docs/load.md ("What a message costs the generator");
+bench/wire_latency.py compares the latencies with a packet capture.
 """
 
 from __future__ import annotations
