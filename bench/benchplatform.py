@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "libraries"))
+
+from crosstalk.launcher import Launched, PlatformError, launch  # noqa: E402 - after the path is set
 
 
 class BenchPlatform:
@@ -23,7 +22,7 @@ class BenchPlatform:
         self.faults = faults or []
         self.extra = extra or []
         self.attach = state_file
-        self.process: subprocess.Popen | None = None
+        self.launched: Launched | None = None
         self.state: dict = {}
 
     def __enter__(self) -> dict:
@@ -32,39 +31,21 @@ class BenchPlatform:
             return self.state
         self.workdir.mkdir(parents=True, exist_ok=True)
         name = "-".join(self.faults) or "clean"
-        state_file = self.workdir / f"state-{name}.json"
-        log = open(self.workdir / f"platform-{name}.log", "w")
-        env = dict(os.environ)
-        env.pop("REFPLAT_FAULTS", None)
-        command = [sys.executable, "-m", "reference_platform", "--auth-port", "0", "--backend-port", "0",
-                   "--state-file", str(state_file), "--rate-limit", "100000", "--rate-burst", "100000",
-                   "--fast-password-hash", *self.extra]
-        if self.faults:
-            command += ["--faults", ",".join(self.faults)]
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if state_file.exists():
-                try:
-                    self.state = json.loads(state_file.read_text())
-                    return self.state
-                except ValueError:
-                    pass
-            if self.process.poll() is not None:
-                raise SystemExit(f"The reference platform did not start: see {log.name}")
-            time.sleep(0.2)
-        self.__exit__()
-        raise SystemExit("The reference platform did not write its state file within 180 s.")
+        # no rate limit and a cheap password hash: the bench measures the generator, not argon2
+        self.launched = launch(self.workdir / f"state-{name}.json", self.workdir / f"platform-{name}.log",
+                               faults=self.faults, test_hooks=False, cwd=ROOT,
+                               extra_args=["--rate-limit", "100000", "--rate-burst", "100000",
+                                           "--fast-password-hash", *self.extra])
+        try:
+            self.state = self.launched.wait_until_up(180)
+        except PlatformError as exc:
+            raise SystemExit(str(exc)) from None
+        return self.state
 
     def __exit__(self, *_exc: object) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.launched is not None:
+            with contextlib.suppress(PlatformError):
+                self.launched.stop()
 
 
 def create_users(auth_url: str, count: int, prefix: str = "bench") -> list[dict]:

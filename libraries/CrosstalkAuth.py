@@ -1,18 +1,21 @@
-"""Robot Framework library: test users, login/refresh/logout/me, JWKS validation, forged tokens."""
+"""Robot Framework library: test users, login/refresh/logout/me, refresh races, JWKS validation,
+forged tokens."""
 
 from __future__ import annotations
 
 import secrets
 import string
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import jwt
 import requests
-from crosstalk import context, htmllog
+from crosstalk import context, htmllog, races
 from crosstalk.context import Capability
 from crosstalk.httpretry import HTTP_TIMEOUT, pooled_session
 from crosstalk.model import TestUser, Tokens
+from crosstalk.rest import warm_sessions
 from crosstalk.secrets import MaskedHeaders, mask, mask_password, protect_requests_library_log
 from crosstalk.tokens import CLAIM_FORGERIES, Forgery, forge, public_pem_from_jwk, split
 from crosstalk.version import VERSION
@@ -269,6 +272,102 @@ class CrosstalkAuth:
         if response.status_code != 401:
             what = f"{why} ({mask(token)})" if why else mask(token)
             raise AssertionError(f"Refresh with {what} answered {response.status_code}, expected 401.")
+
+    # ------------------------------------------------------------------ refresh races
+    @keyword("Refresh Concurrently With One Token")
+    def refresh_concurrently_with_one_token(
+        self, user: TestUser, clients: int, rounds: int = 3, timeout: timedelta = timedelta(seconds=20)
+    ) -> dict:
+        """``clients`` clients of ``user`` refresh with the same refresh token at once, ``rounds`` times.
+
+        The clients are released together by a barrier.  Each round after the first
+        starts from a fresh login (a new token family).  The clients' HTTP connections
+        are opened before the barrier, so only the refresh requests themselves race.
+        Returns a race record for `Exactly One Refresh Should Win` and the checks after it.
+
+        Example:
+        | ${race} = | Refresh Concurrently With One Token | ${alice} | 8 |
+        """
+        if clients < 2 or rounds < 1:
+            raise ValueError(
+                f"a refresh race needs at least 2 clients and 1 round, got {clients} and {rounds}"
+            )
+        record: dict = {"user": user, "rounds": []}
+        url = f"{self._auth_url()}/auth/refresh"
+        sessions = warm_sessions(clients, self._auth_url())
+        try:
+            for number in range(1, rounds + 1):
+                if number > 1 or not user.tokens:
+                    self._login(user)
+                token = user.tokens.refresh_token  # type: ignore[union-attr]
+                outcomes = races.fire_at_once(
+                    [f"{user.label}/client{i + 1}" for i in range(clients)],
+                    lambda i, actor, token=token: sessions[i].post(url, json={"refresh_token": token},
+                                                                   timeout=HTTP_TIMEOUT),
+                    timeout.total_seconds(),
+                )
+                logger.info(races.outcomes_table(
+                    f"round {number}: {clients} concurrent refreshes of {user.label} with refresh token "
+                    f"{mask(token)}", outcomes), html=True)
+                record["rounds"].append({"token": token, "outcomes": outcomes})
+        finally:
+            for session in sessions:
+                session.close()
+        return record
+
+    @keyword("Exactly One Refresh Should Win")
+    def exactly_one_refresh_should_win(self, race: dict) -> None:
+        """In every round of `Refresh Concurrently With One Token`, one refresh got 200 and a new token
+        pair; every other got 401.
+
+        Example:
+        | Exactly One Refresh Should Win | ${race} |
+        """
+        for number, round_ in enumerate(race["rounds"], 1):
+            winner = races.exactly_one_winner(
+                round_["outcomes"],
+                f"refresh race of {race['user'].label} with one refresh token (round {number})",
+                lambda o: o.ok and o.status == 200,
+                lambda o: o.ok and o.status == 401,
+                "401",
+            )
+            round_["winner"] = winner.value.json()
+
+    @keyword("No Token Should Be Issued Twice")
+    def no_token_should_be_issued_twice(self, race: dict) -> None:
+        """Access and refresh tokens issued by the race (and the user's earlier ones) are all distinct.
+
+        Example:
+        | No Token Should Be Issued Twice | ${race} |
+        """
+        bodies = [o.value.json() for r in race["rounds"] for o in r["outcomes"] if o.ok and o.status == 200]
+        access = [b["access_token"] for b in bodies] + race["user"].issued_access_tokens
+        refresh = [b["refresh_token"] for b in bodies] + [r["token"] for r in race["rounds"]]
+        twice = races.duplicates(access) + races.duplicates(refresh)
+        if twice:
+            raise races.RaceError(
+                f"refresh race of {race['user'].label}: token(s) issued twice: "
+                f"{', '.join(mask(t) for t in twice)}"
+            )
+
+    @keyword("Reusing The Raced Token Should Revoke The Family")
+    def reusing_the_raced_token_should_revoke_the_family(self, race: dict) -> None:
+        """Replaying the last round's used token gets 401 and revokes the winner's new refresh token.
+
+        Example:
+        | Reusing The Raced Token Should Revoke The Family | ${race} |
+        """
+        label = race["user"].label
+        last = race["rounds"][-1]
+        newest = last.get("winner", {}).get("refresh_token")
+        if newest is None:
+            raise races.RaceError(
+                f"{label}'s refresh race has no winner: run `Exactly One Refresh Should Win` first"
+            )
+        self.refresh_should_be_refused(last["token"], why=f"{label}'s used refresh token, replayed")
+        self.refresh_should_be_refused(
+            newest, why=f"reuse detection did not revoke the family: {label}'s refresh token from the "
+            "winning refresh, after the replay")
 
     @keyword("Log Out")
     def log_out(self, user: TestUser) -> str:

@@ -202,25 +202,29 @@ class CrosstalkChat:
         """Fail unless the WebSocket handshake is refused with HTTP ``status``, or the socket is
         closed with ``close_code`` before any data arrives within ``timeout``.
 
-        Returns a short description of how it was refused.
+        ``token`` defaults to the user's current access token; an empty ``token`` sends
+        no ``Authorization`` header at all.  ``origin`` sets the ``Origin`` header
+        (``null`` is sent as it is).  Returns a short description of how it was refused.
 
         Example:
         | Connection Should Be Refused | ${alice} | token=${revoked} |
+        | Connection Should Be Refused | ${alice} | token=${EMPTY} |
         | Connection Should Be Refused | ${alice} | origin=https://evil.example | status=403 |
         """
         plain = str(getattr(token, "value", token)) if token is not None else user.access_token
         seconds = _seconds(timeout)
         label = f"{user.label}#refused"
         url = self._ws_url()
+        credentials = f"token {mask(plain)}" if plain else "no Authorization header"
 
         async def attempt() -> str:
             try:
-                connection = await UserConnection(user, label, url).open(plain, origin, seconds)
+                connection = await UserConnection(user, label, url).open(plain or None, origin, seconds)
             except ConnectionRefused as refused:
                 if refused.status == status:
                     return f"handshake refused with HTTP {status}"
                 raise AssertionError(
-                    f"WebSocket of user '{user.label}' with token {mask(plain)} was refused, "
+                    f"WebSocket of user '{user.label}' with {credentials} was refused, "
                     f"but not with HTTP "
                     f"{status}: {refused}"
                 ) from None
@@ -231,7 +235,7 @@ class CrosstalkChat:
                 return f"closed with code {close_code} before any data"
             got = f"closed with code {connection.close_code}" if closed else f"still open after {seconds:g} s"
             raise AssertionError(
-                f"WebSocket of user '{user.label}' with token {mask(plain)}"
+                f"WebSocket of user '{user.label}' with {credentials}"
                 f"{' and Origin ' + origin if origin else ''} was accepted: expected HTTP {status} or close "
                 f"code {close_code} before any data, got {got}; frames received: {describe_frames(data)}"
             )

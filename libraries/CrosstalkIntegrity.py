@@ -10,8 +10,8 @@ keywords with one-line failure messages naming user, run and what was found.
 
 from __future__ import annotations
 
-import json
 import random
+import secrets
 import statistics
 import time
 import urllib.parse
@@ -23,11 +23,11 @@ import requests
 from crosstalk import context, races
 from crosstalk import profile as target_profile
 from crosstalk.connection import RunHandle as RunHandleLike
+from crosstalk.connection import exchange, open_blocking, start_thread
 from crosstalk.errors import CrosstalkError
 from crosstalk.httpretry import HTTP_TIMEOUT
 from crosstalk.integrity import (
     IDENTITY_FIELDS,
-    TERMINAL,
     Channel,
     StreamedRun,
     channels_for,
@@ -41,10 +41,15 @@ from crosstalk.integrity import (
 )
 from crosstalk.model import TestUser
 from crosstalk.registry import Cleanup
+from crosstalk.rest import Backend, bearer, json_or_text, service_url, warm_sessions
 from crosstalk.secrets import mask, mask_url
+from crosstalk.stores import connect_redis, fetch
 from crosstalk.version import VERSION
 from robot.api import logger
 from robot.api.deco import keyword, library
+
+# the rows a thread owns: one table per kind, named <kind>s (threads, messages, runs)
+THREAD_ROW_KINDS = ("thread", "message", "run")
 
 
 class IntegrityError(CrosstalkError):
@@ -55,11 +60,21 @@ def _s(value: timedelta | float) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-def _json(reply: requests.Response) -> Any:
-    try:
-        return reply.json()
-    except ValueError:
-        return reply.text[:200]
+def _database_url() -> str:
+    return context.current().get("BACKEND_DATABASE_URL")
+
+
+def _ws() -> str:
+    return service_url("WS_URL")
+
+
+def _throwaway_password() -> str:
+    return f"{secrets.token_urlsafe(18)}-A1!"
+
+
+def _frames_of(run: RunHandleLike) -> list[dict[str, Any]]:
+    """The frames of a run until it ended: its events, or the ``error`` frame that refused it."""
+    return [*run.events, *([run.rejection] if run.rejection else [])]
 
 
 @library(scope="SUITE", version=VERSION, auto_keywords=False, doc_format="ROBOT", listener=Cleanup())
@@ -73,60 +88,32 @@ class CrosstalkIntegrity:
     """
 
     def __init__(self) -> None:
-        self._target: races.Target | None = None
-
-    # ------------------------------------------------------------------ target
-    @property
-    def target(self) -> races.Target:
-        if self._target is None:
-            ctx = context.current()
-            names = ("AUTH_URL", "BACKEND_URL", "WS_URL", "REDIS_URL", "AUTH_DATABASE_URL",
-                     "BACKEND_DATABASE_URL")
-            self._target = races.Target(*(ctx.get(name) for name in names))
-        return self._target
-
-    def _rows_available(self) -> bool:
-        return bool(self.target.backend_database_url)
-
-    def _get(self, user: TestUser, path: str) -> requests.Response:
-        return requests.get(
-            f"{self.target.backend_url}{path}",
-            headers=races.auth_header(user.access_token),
-            timeout=HTTP_TIMEOUT,
-        )
-
-    def _thread_ids(self, user: TestUser) -> list[str]:
-        return [t["thread_id"] for t in races.get_json(self.target, user, "/threads")]
-
-    def _chat(self, user: TestUser, frame: dict[str, Any], timeout: float = 20.0) -> list[dict[str, Any]]:
-        """Send one client frame on a fresh socket of ``user``; the frames of its run until it ends."""
-        with races.open_socket(self.target, user, HTTP_TIMEOUT) as ws:
-            return self._send_and_follow(ws, user, frame, timeout)
+        self._backend = Backend()
 
     @staticmethod
-    def _send_and_follow(
-        ws: Any, user: TestUser, frame: dict[str, Any], timeout: float
-    ) -> list[dict[str, Any]]:
-        ws.send(json.dumps(frame))
-        frames: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout
-        cmid = frame.get("client_message_id")
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise IntegrityError(
-                    f"{user.label}: message {cmid} got no terminal event within {timeout:g} s; "
-                    f"received {[f.get('type') for f in frames]}"
-                )
-            try:
-                data = target_profile.current().canonical_event(json.loads(ws.recv(timeout=left)))
-            except TimeoutError:
-                continue
-            if data.get("client_message_id") != cmid:
-                continue
-            frames.append(data)
-            if data.get("type") in (*TERMINAL, "error"):
-                return frames
+    def _rows_available() -> bool:
+        return bool(_database_url())
+
+    def _get(self, user: TestUser, path: str) -> requests.Response:
+        return self._backend.request("GET", user, path)
+
+    @staticmethod
+    def _thread_rows(select: str, thread: str) -> list[tuple]:
+        """``select`` (``{kind}`` filled in) over the thread, message and run rows of ``thread``."""
+        sql = " UNION ALL ".join(select.format(kind=kind) for kind in THREAD_ROW_KINDS)
+        return fetch("backend", _database_url(), sql, (thread,) * len(THREAD_ROW_KINDS))
+
+    def _thread_ids(self, user: TestUser) -> list[str]:
+        return [t["thread_id"] for t in self._backend.get_json(user, "/threads")]
+
+    @staticmethod
+    def _chat(user: TestUser, frame: dict[str, Any], timeout: float = 20.0) -> list[dict[str, Any]]:
+        """Send one client frame on a fresh socket of ``user``; the frames of its run until it ends."""
+        socket = open_blocking(user, f"{user.label}#integrity", service_url("WS_URL"), HTTP_TIMEOUT)
+        try:
+            return _frames_of(exchange(socket, frame, timeout))
+        finally:
+            socket.close_blocking()
 
     # ------------------------------------------------------------------ identity (point 1)
     @keyword
@@ -140,7 +127,7 @@ class CrosstalkIntegrity:
         Example:
         | Identity Fields In Frames Should Have No Effect | ${alice} | ${bob} |
         """
-        victim_thread = races.start_thread(self.target, victim, f"victim's own {victim.canary}", 20.0)
+        victim_thread = start_thread(victim, _ws(), f"victim's own {victim.canary}", 20.0)
         claims = {name: victim.user_id for name in IDENTITY_FIELDS} | {"email": victim.email}
         problems: list[str] = []
         own_thread = None
@@ -180,7 +167,7 @@ class CrosstalkIntegrity:
             thread = last["thread_id"]
             own_thread = own_thread or thread
             problems += self._owned_only_by(user, victim, thread, f"{case} frame", run_id=last.get("run_id"))
-        victims_messages = races.get_json(self.target, victim, f"/threads/{victim_thread}/messages")
+        victims_messages = self._backend.get_json(victim, f"/threads/{victim_thread}/messages")
         if any(user.canary in m.get("content", "") for m in victims_messages):
             problems.append(f"{user.label}'s message landed in {victim.label}'s thread")
         if problems:
@@ -197,13 +184,8 @@ class CrosstalkIntegrity:
         if thread in self._thread_ids(victim):
             problems.append(f"{what}: thread {thread} is in {victim.label}'s thread list")
         if self._rows_available():
-            owners = races.pg_rows(
-                self.target.backend_database_url,
-                "SELECT 'thread', user_id::text FROM threads WHERE thread_id = %s "
-                "UNION ALL SELECT 'message', user_id::text FROM messages WHERE thread_id = %s "
-                "UNION ALL SELECT 'run', user_id::text FROM runs WHERE thread_id = %s",
-                (thread, thread, thread),
-            )
+            owners = self._thread_rows("SELECT '{kind}', user_id::text FROM {kind}s WHERE thread_id = %s",
+                                       thread)
             wrong = sorted({kind for kind, owner in owners if owner != user.user_id})
             if wrong:
                 problems.append(f"{what}: {', '.join(wrong)} rows of thread {thread} belong to another user")
@@ -220,31 +202,31 @@ class CrosstalkIntegrity:
         | Identity Fields In Bodies Should Have No Effect | ${alice} | ${bob} |
         """
         claims = {name: victim.user_id for name in IDENTITY_FIELDS}
-        headers = races.auth_header(user.access_token)
+        headers = bearer(user.access_token)
         problems: list[str] = []
-        thread = races.start_thread(self.target, user, f"notes of {user.canary}", 20.0)
+        thread = start_thread(user, _ws(), f"notes of {user.canary}", 20.0)
         note = requests.post(
-            f"{self.target.backend_url}/threads/{thread}/messages",
+            f"{self._backend.url}/threads/{thread}/messages",
             json={"content": f"note {user.canary}", **claims},
             headers=headers,
             timeout=HTTP_TIMEOUT,
         )
         if note.status_code != 201:
-            problems.append(f"a note with identity fields answered {note.status_code}: {_json(note)}")
+            problems.append(f"a note with identity fields answered {note.status_code}: {json_or_text(note)}")
         problems += self._owned_only_by(user, victim, thread, "note")
         name = f"workspace {uuid.uuid4().hex[:8]}"
         created = requests.post(
-            f"{self.target.backend_url}/workspaces",
+            f"{self._backend.url}/workspaces",
             json={"name": name, **claims},
             headers=headers,
             timeout=HTTP_TIMEOUT,
         )
         if created.status_code != 201:
             problems.append(
-                f"a workspace with identity fields answered {created.status_code}: {_json(created)}"
+                f"a workspace with identity fields answered {created.status_code}: {json_or_text(created)}"
             )
-        mine = [w["name"] for w in races.get_json(self.target, user, "/workspaces")]
-        theirs = [w["name"] for w in races.get_json(self.target, victim, "/workspaces")]
+        mine = [w["name"] for w in self._backend.get_json(user, "/workspaces")]
+        theirs = [w["name"] for w in self._backend.get_json(victim, "/workspaces")]
         if name in theirs:
             problems.append(
                 f"the workspace {user.label} created with owner fields is listed for {victim.label}"
@@ -252,8 +234,8 @@ class CrosstalkIntegrity:
         if name not in mine:
             problems.append(f"the workspace {user.label} created is not in {user.label}'s own list")
         if self._rows_available():
-            owners = races.pg_rows(
-                self.target.backend_database_url,
+            owners = fetch(
+                "backend", _database_url(),
                 "SELECT user_id::text FROM workspaces WHERE name = %s",
                 (name,),
             )
@@ -269,14 +251,14 @@ class CrosstalkIntegrity:
         import jwt  # PyJWT: only reading claims of tokens the platform just issued
 
         problems = []
-        auth = self.target.auth_url
+        auth = service_url("AUTH_URL")
         login = requests.post(
             f"{auth}/auth/login",
             json={"email": user.email, "password": user.password, **claims},
             timeout=HTTP_TIMEOUT,
         )
         if login.status_code != 200:
-            return [f"login with identity fields answered {login.status_code}: {_json(login)}"]
+            return [f"login with identity fields answered {login.status_code}: {json_or_text(login)}"]
         pair = login.json()
         refreshed = requests.post(
             f"{auth}/auth/refresh",
@@ -293,21 +275,21 @@ class CrosstalkIntegrity:
         email = f"identity-{uuid.uuid4().hex[:10]}@integrity.example.test"
         registered = requests.post(
             f"{auth}/auth/register",
-            json={"email": email, "password": races.PASSWORD, **claims},
+            json={"email": email, "password": _throwaway_password(), **claims},
             timeout=HTTP_TIMEOUT,
         )
-        if registered.status_code != 201 or _json(registered).get("user_id") == victim.user_id:
+        if registered.status_code != 201 or json_or_text(registered).get("user_id") == victim.user_id:
             problems.append(
                 f"registering with {victim.label}'s user_id answered {registered.status_code}: "
-                f"{_json(registered)}"
+                f"{json_or_text(registered)}"
             )
         if refreshed.status_code == 200:  # log out the refreshed session, naming the victim in the body
             spare = refreshed.json()["access_token"]
-            requests.post(f"{auth}/auth/logout", json=claims, headers=races.auth_header(spare),
+            requests.post(f"{auth}/auth/logout", json=claims, headers=bearer(spare),
                           timeout=HTTP_TIMEOUT)
-            victim_me = requests.get(f"{auth}/auth/me", headers=races.auth_header(victim.access_token),
+            victim_me = requests.get(f"{auth}/auth/me", headers=bearer(victim.access_token),
                                      timeout=HTTP_TIMEOUT)
-            spare_me = requests.get(f"{auth}/auth/me", headers=races.auth_header(spare), timeout=HTTP_TIMEOUT)
+            spare_me = requests.get(f"{auth}/auth/me", headers=bearer(spare), timeout=HTTP_TIMEOUT)
             if victim_me.status_code != 200 or spare_me.status_code != 401:
                 problems.append(f"a logout with {victim.label}'s identity fields left {user.label}'s token "
                                 f"answering {spare_me.status_code}, {victim.label}'s {victim_me.status_code}")
@@ -317,12 +299,12 @@ class CrosstalkIntegrity:
     def _probe(self, channel: Channel, where: str) -> int:
         """HTTP status of ``where`` (``rest-backend``, ``rest-auth`` or ``handshake``) with ``channel``."""
         if where == "handshake":
-            parts = urllib.parse.urlsplit(self.target.ws_url)
+            parts = urllib.parse.urlsplit(_ws())
             base, path, upgrade = f"http://{parts.netloc}", parts.path or "/ws", True
         elif where == "rest-auth":
-            base, path, upgrade = self.target.auth_url, "/auth/me", False
+            base, path, upgrade = service_url("AUTH_URL"), "/auth/me", False
         else:
-            base, path, upgrade = self.target.backend_url, "/threads", False
+            base, path, upgrade = self._backend.url, "/threads", False
         target = f"{path}?{channel.query}" if channel.query else path
         return raw_request(base, target, channel.headers, timeout=HTTP_TIMEOUT, upgrade=upgrade).status
 
@@ -405,7 +387,7 @@ class CrosstalkIntegrity:
         Example:
         | Login Should Not Reveal Which Emails Exist | ${alice} | tries=40 | alpha=0.001 |
         """
-        url = f"{self.target.auth_url}/auth/login"
+        url = f"{service_url('AUTH_URL')}/auth/login"
         wrong = {"email": user.email, "password": "wrong-" + uuid.uuid4().hex}
         samples: dict[str, list[float]] = {"unknown email": [], "wrong password": []}
         bodies: dict[str, set[tuple[int, bytes, str]]] = {"unknown email": set(), "wrong password": set()}
@@ -520,8 +502,8 @@ class CrosstalkIntegrity:
             key = (run.user, run.thread_id)
             if key not in threads:
                 user = by_label[run.user]
-                messages = races.get_json(self.target, user, f"/threads/{run.thread_id}/messages")
-                info = races.get_json(self.target, user, f"/threads/{run.thread_id}")
+                messages = self._backend.get_json(user, f"/threads/{run.thread_id}/messages")
+                info = self._backend.get_json(user, f"/threads/{run.thread_id}")
                 threads[key] = (messages, info.get("message_count"))
             counts = target_profile.current().message_count.value
             problems += reconcile_rest(run, *threads[key], counts=counts)
@@ -540,12 +522,12 @@ class CrosstalkIntegrity:
         started = [run for run in runs if run.run_id and run.thread_id]
         if not started:
             return []
-        url = self.target.backend_database_url
+        url = _database_url()
         run_ids = [run.run_id for run in started]
         thread_ids = sorted({run.thread_id for run in started})
         messages: dict[str, list[tuple]] = {}
-        for run_id, *row in races.pg_rows(
-            url,
+        for run_id, *row in fetch(
+            "backend", url,
             "SELECT run_id::text, thread_id::text, user_id::text, role, client_message_id FROM messages "
             "WHERE run_id = ANY(%s::uuid[])",
             (run_ids,),
@@ -553,8 +535,8 @@ class CrosstalkIntegrity:
             messages.setdefault(run_id, []).append(tuple(row))
         run_rows = {
             r[0]: r[1:]
-            for r in races.pg_rows(
-                url,
+            for r in fetch(
+                "backend", url,
                 "SELECT run_id::text, thread_id::text, user_id::text, status FROM runs "
                 "WHERE run_id = ANY(%s::uuid[])",
                 (run_ids,),
@@ -562,8 +544,8 @@ class CrosstalkIntegrity:
         }
         thread_rows = {
             r[0]: r[1:]
-            for r in races.pg_rows(
-                url,
+            for r in fetch(
+                "backend", url,
                 "SELECT t.thread_id::text, t.user_id::text, t.message_count, "
                 "(SELECT count(*) FROM messages m WHERE m.thread_id = t.thread_id) FROM threads t "
                 "WHERE t.thread_id = ANY(%s::uuid[])",
@@ -598,8 +580,8 @@ class CrosstalkIntegrity:
                     f"precondition: thread {thread} is not in {user.label}'s list before the delete"
                 )
         reply = requests.delete(
-            f"{self.target.backend_url}/threads/{thread}",
-            headers=races.auth_header(user.access_token),
+            f"{self._backend.url}/threads/{thread}",
+            headers=bearer(user.access_token),
             timeout=HTTP_TIMEOUT,
         )
         if reply.status_code != 204:
@@ -613,16 +595,10 @@ class CrosstalkIntegrity:
             if thread in self._thread_ids(user):
                 views.append(f"GET /threads (read {attempt}) still lists it")
         if self._rows_available():
-            rows = races.pg_rows(
-                self.target.backend_database_url,
-                "SELECT 'threads', count(*) FROM threads WHERE thread_id = %s UNION ALL "
-                "SELECT 'messages', count(*) FROM messages WHERE thread_id = %s UNION ALL "
-                "SELECT 'runs', count(*) FROM runs WHERE thread_id = %s",
-                (thread, thread, thread),
-            )
+            rows = self._thread_rows("SELECT '{kind}s', count(*) FROM {kind}s WHERE thread_id = %s", thread)
             views += [f"{count} {table} row(s) remain" for table, count in rows if count]
-        if self.target.redis_url:
-            client = races.redis_client(self.target.redis_url)
+        if context.current().get("REDIS_URL"):
+            client = connect_redis("redis", context.current().get("REDIS_URL"))
             try:
                 if client.exists(target_profile.current().context_key(user.user_id, thread)):
                     views.append("its agent context key remains in Redis")
@@ -652,16 +628,17 @@ class CrosstalkIntegrity:
         Example:
         | Different Writers At Once Should Keep The Counter Exact | ${alice} | notes=20 | runs=4 | deletes=3 |
         """
-        thread = races.start_thread(self.target, user, f"shared counter {user.canary}", 20.0)
-        doomed = [races.start_thread(self.target, user, f"to delete {n}", 20.0) for n in range(int(deletes))]
-        before = races.get_json(self.target, user, f"/threads/{thread}")["message_count"]
-        sockets = [races.open_socket(self.target, user) for _ in range(int(runs))]
-        sessions = races.warm_sessions(int(notes) + int(deletes), self.target.backend_url)
+        thread = start_thread(user, _ws(), f"shared counter {user.canary}", 20.0)
+        doomed = [start_thread(user, _ws(), f"to delete {n}", 20.0) for n in range(int(deletes))]
+        before = self._backend.get_json(user, f"/threads/{thread}")["message_count"]
+        sockets = [open_blocking(user, f"{user.label}#writer{n + 1}", _ws(), HTTP_TIMEOUT)
+                   for n in range(int(runs))]
+        sessions = warm_sessions(int(notes) + int(deletes), self._backend.url)
         slow = int(_s(slow_step) * 1000)
         ended: dict[int, list] = {}
 
         def act(index: int, actor: str) -> Any:
-            headers = races.auth_header(user.access_token)
+            headers = bearer(user.access_token)
             if index < runs:
                 frame = {
                     "type": "user_message",
@@ -669,18 +646,18 @@ class CrosstalkIntegrity:
                     "client_message_id": f"writer-{index}-{uuid.uuid4().hex[:6]}",
                     "thread_id": thread,
                 }
-                ended[index] = self._send_and_follow(sockets[index], user, frame, 30.0)
+                ended[index] = _frames_of(exchange(sockets[index], frame, 30.0))
                 return ended[index][-1].get("type")
             session = sessions[index - runs]
             if index < runs + notes:
                 return session.post(
-                    f"{self.target.backend_url}/threads/{thread}/messages",
+                    f"{self._backend.url}/threads/{thread}/messages",
                     json={"content": f"note {index}"},
                     headers=headers,
                     timeout=HTTP_TIMEOUT,
                 )
             return session.delete(
-                f"{self.target.backend_url}/threads/{doomed[index - runs - notes]}",
+                f"{self._backend.url}/threads/{doomed[index - runs - notes]}",
                 headers=headers,
                 timeout=HTTP_TIMEOUT,
             )
@@ -690,8 +667,8 @@ class CrosstalkIntegrity:
         try:
             outcomes = races.fire_at_once([f"{user.label}/{k}{i}" for i, k in enumerate(kinds)], act, 60.0)
         finally:
-            for ws in sockets:
-                ws.close()
+            for socket in sockets:
+                socket.close_blocking()
             for session in sessions:
                 session.close()
         wanted = {"note": 201, "delete": 204, "run": "agent_completed"}
@@ -706,8 +683,8 @@ class CrosstalkIntegrity:
             )
         profile = target_profile.current()  # what message_count counts: all or the user's messages
         expected = before + profile.expected_message_count(int(notes) + int(runs), int(runs))
-        counter = races.get_json(self.target, user, f"/threads/{thread}")["message_count"]
-        stored = races.get_json(self.target, user, f"/threads/{thread}/messages")
+        counter = self._backend.get_json(user, f"/threads/{thread}")["message_count"]
+        stored = self._backend.get_json(user, f"/threads/{thread}/messages")
         rows = len([m for m in stored if profile.message_count.value == "all" or m.get("role") == "user"])
         logger.info(
             f"thread {thread}: message_count {counter}, {rows} messages, expected {expected} "
@@ -726,7 +703,8 @@ class CrosstalkIntegrity:
     # ------------------------------------------------------------------ cost growth (point 6)
     def _chat_latencies(self, user: TestUser, thread: str, count: int) -> list[float]:
         latencies = []
-        with races.open_socket(self.target, user) as ws:
+        socket = open_blocking(user, f"{user.label}#latency", _ws(), HTTP_TIMEOUT)
+        try:
             for n in range(count):
                 frame = {
                     "type": "user_message",
@@ -735,10 +713,12 @@ class CrosstalkIntegrity:
                     "thread_id": thread,
                 }
                 started = time.monotonic()
-                frames = self._send_and_follow(ws, user, frame, 30.0)
+                frames = _frames_of(exchange(socket, frame, 30.0))
                 if frames[-1].get("type") != "agent_completed":
                     raise IntegrityError(f"{user.label}'s latency probe ended {frames[-1].get('type')}")
                 latencies.append(time.monotonic() - started)
+        finally:
+            socket.close_blocking()
         return latencies
 
     @keyword("Chat Latency Should Not Grow With Other Users' Data")
@@ -765,7 +745,7 @@ class CrosstalkIntegrity:
         Example:
         | Chat Latency Should Not Grow With Other Users' Data | ${alice} | max_ratio=3.0 |
         """
-        thread = races.start_thread(self.target, user, f"cost probe {user.canary}", 20.0)
+        thread = start_thread(user, _ws(), f"cost probe {user.canary}", 20.0)
         self._chat_latencies(user, thread, 2)  # warm-up
         count = int(probes)
         quiet = statistics.median(self._chat_latencies(user, thread, count))
@@ -802,8 +782,8 @@ class CrosstalkIntegrity:
     def _seed_background(self, users: int, threads: int, messages: int, keys: int) -> dict:
         tag = uuid.uuid4().hex[:8]
         user_ids = [str(uuid.uuid4()) for _ in range(users)]
-        races.pg_rows(
-            self.target.backend_database_url,
+        fetch(
+            "backend", _database_url(),
             "WITH u AS (SELECT unnest(%s::uuid[]) AS user_id), "
             "t AS (INSERT INTO threads (thread_id, user_id, title, message_count) "
             "      SELECT gen_random_uuid(), u.user_id, 'background ' || %s, %s "
@@ -814,7 +794,7 @@ class CrosstalkIntegrity:
             "FROM t, generate_series(1, %s) n RETURNING 1",
             (user_ids, tag, messages, threads, messages),
         )
-        client = races.redis_client(self.target.redis_url)
+        client = connect_redis("redis", context.current().get("REDIS_URL"))
         kinds = target_profile.current().background_key_kinds()  # the target's own key shapes
         try:
             with client.pipeline(transaction=False) as pipe:
@@ -832,17 +812,17 @@ class CrosstalkIntegrity:
             f"({users * threads * messages} message rows) and {users * keys} Redis keys"
         )
         logger.info(
-            f"Seeded background: {description} (tag {tag}, db {mask_url(self.target.backend_database_url)})"
+            f"Seeded background: {description} (tag {tag}, db {mask_url(_database_url())})"
         )
         return {"user_ids": user_ids, "keys": keys, "description": description}
 
     def _remove_background(self, seeded: dict) -> None:
-        races.pg_rows(
-            self.target.backend_database_url,
+        fetch(
+            "backend", _database_url(),
             "DELETE FROM threads WHERE user_id = ANY(%s::uuid[]) RETURNING 1",
             (seeded["user_ids"],),
         )
-        client = races.redis_client(self.target.redis_url)
+        client = connect_redis("redis", context.current().get("REDIS_URL"))
         kinds = target_profile.current().background_key_kinds()  # the target's own key shapes
         try:
             names = [

@@ -17,6 +17,7 @@ from crosstalk import (
 )
 from crosstalk import profile as target_profile  # registers the PROFILE loader of the context
 from crosstalk.context import Capability, ConfigurationError, SkipRecord, TargetContext
+from crosstalk.measurelock import MeasurementLock, MeasurementLockTimeout
 from crosstalk.secrets import mask_url
 from crosstalk.sharedplatform import (
     PlatformError,
@@ -83,6 +84,9 @@ class CrosstalkPlatform:
         self._depth = 0  # nested Start Or Attach Platform calls of this process
         self._cleanup_line = ""
         self._users_created = 0
+        self._measurement: MeasurementLock | None = None
+        self._suite_exclusive: str | None = None  # id of the suite whose setup measures
+        self._suite_wants_exclusive: str | None = None
 
     # ------------------------------------------------------------------ keywords
     @keyword("Start Or Attach Platform")
@@ -107,6 +111,7 @@ class CrosstalkPlatform:
                 self._acquired += 1
             self._metadata(ctx, top=False)
             logger.info(f"Attached to the {ctx.describe()}; capabilities: {ctx.capability_summary()}")
+            self._claim_suite_turn(ctx)
             return dict(self.target)
         self._check_variable_files()
         robot, environ = context.robot_globals(), os.environ
@@ -138,6 +143,7 @@ class CrosstalkPlatform:
                         "REDIS_URL")}
         self._metadata(ctx, top=True)
         self._log_context(ctx)
+        self._claim_suite_turn(ctx)
         return dict(self.target)
 
     @staticmethod
@@ -413,18 +419,50 @@ class CrosstalkPlatform:
         ctx.pending.clear()
         missing = ctx.missing_for(list(data.tags))
         if missing is None:
+            if self._suite_exclusive is None:
+                try:
+                    self._take_turn(ctx, "performance" in data.tags, data.longname)
+                except MeasurementLockTimeout as exc:
+                    self._replace_body(data, "BuiltIn.Fail", str(exc))
             return
         capability, reason = missing
         ctx.skipped.append(SkipRecord(data.longname if hasattr(data, "longname") else data.name,
                                       capability.value if capability else "unknown", reason))
-        # Robot runs whatever body the test has when start_test returns: make it one Skip
+        self._replace_body(data, "BuiltIn.Skip", reason)
+
+    @staticmethod
+    def _replace_body(data: Any, name: str, message: str) -> None:
+        # Robot runs whatever body the test has when start_test returns: make it one Skip or Fail
         data.body.clear()
         data.setup.config(name=None, args=())
         data.teardown.config(name=None, args=())
-        data.body.create_keyword("BuiltIn.Skip", args=[escape(reason)])
+        data.body.create_keyword(name, args=[escape(message)])
+
+    def _claim_suite_turn(self, ctx: TargetContext) -> None:
+        # a suite whose every test is a performance test may measure in its setup already
+        if self._suite_wants_exclusive is None or self._suite_exclusive is not None:
+            return
+        suite = BuiltIn().get_variable_value("${SUITE NAME}", "")
+        self._take_turn(ctx, True, f"{suite} (suite)")
+        self._suite_exclusive, self._suite_wants_exclusive = self._suite_wants_exclusive, None
+
+    def _take_turn(self, ctx: TargetContext, exclusive: bool, holder: str) -> None:
+        """Performance tests measure alone on the target; the others share it (see crosstalk.measurelock)."""
+        self._end_turn()
+        self._measurement = MeasurementLock.for_target(ctx.get("BACKEND_URL"))
+        waited = self._measurement.acquire(exclusive=exclusive, holder=holder)
+        if waited >= 1.0:
+            whom = "the tests already running on the platform" if exclusive else "a performance test"
+            logger.info(f"Waited {waited:.1f} s for {whom} to finish.", also_console=False)
+
+    def _end_turn(self) -> None:
+        if self._measurement is not None:
+            self._measurement.release()
 
     def end_test(self, data: Any, result: Any) -> None:
         ctx = context.peek()
+        if self._suite_exclusive is None:
+            self._end_turn()
         if ctx is None:
             return
         if result.status == "FAIL":
@@ -447,8 +485,15 @@ class CrosstalkPlatform:
 
     def start_suite(self, data: Any, result: Any) -> None:
         registry.REGISTRY.start_suite(data.id)  # what opens from here on is this suite's to close
+        if data.tests and data.setup and all("performance" in test.tags for test in data.tests):
+            self._suite_wants_exclusive = data.id  # claimed by its Start Or Attach Platform
 
     def end_suite(self, data: Any, result: Any) -> None:
+        if self._suite_exclusive == data.id:
+            self._suite_exclusive = None
+            self._end_turn()
+        if self._suite_wants_exclusive == data.id:
+            self._suite_wants_exclusive = None
         leaked = registry.REGISTRY.end_suite(data.id, data.name)
         if leaked:
             logger.warn(leaked)

@@ -1,207 +1,55 @@
 """What the security suite needs beyond CrosstalkAuth and CrosstalkChat.
 
-A WebSocket handshake with no ``Authorization`` header at all (the chat library
-always sends the user's or a given token), session records in Redis that must
-live exactly as long as their socket, and connection entries the backend keeps
-after a socket closed (``/metrics``).  The handshake uses the synchronous
-``websockets`` client: one short-lived socket, no event loop to share.
+The target's declared limits, session records in Redis that must live exactly
+as long as their socket, connection entries the backend keeps after a socket
+closed (``/metrics``), and hostile input.  Nothing here is a client of its own:
+sockets are Chat's `UserConnection` on the one engine (registered, so the cleanup
+listener and the isolation oracle see them), HTTP goes through the keep-alive
+session of `CrosstalkAuth` (``crosstalk.httpretry``), Redis through
+``crosstalk.stores`` and waits through ``crosstalk.poll``.  A refused handshake is
+Chat's `Connection Should Be Refused`; a refresh race is Auth's
+`Refresh Concurrently With One Token`.
 """
 
 from __future__ import annotations
 
-import html
 import json
-import threading
-import time
 import uuid
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-import redis
 import requests
-from crosstalk import context, hostile, testhooks
+from crosstalk import context, hostile, htmllog, stores, testhooks
 from crosstalk import profile as target_profile
+from crosstalk.connection import ConnectionRefused, UserConnection, describe_frames
 from crosstalk.context import Capability
-from crosstalk.model import TestUser
+from crosstalk.engine import get_engine
+from crosstalk.httpretry import pooled_session
+from crosstalk.model import Frame, TestUser
 from crosstalk.poll import wait_until
-from crosstalk.secrets import mask
 from crosstalk.version import VERSION
 from robot.api import logger
 from robot.api.deco import keyword, library
 from robot.libraries.BuiltIn import BuiltIn
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.sync.client import ClientConnection, connect
 
 DEFAULT_TIMEOUT = timedelta(seconds=10)
+# the engine call gets a little longer than the waits inside it, whose messages are better worded
+GRACE = 5.0
 
 
 def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} chars)"
 
 
-def _token_of(who: TestUser | str | None) -> str | None:
-    if isinstance(who, TestUser):
-        return who.access_token
-    return who or None
-
-
-def _label_of(who: TestUser | str | None) -> str:
-    return who.label if isinstance(who, TestUser) else "a raw token"
-
-
-@dataclass
-class Probe:
-    label: str
-    connection: ClientConnection
-    received: list[dict[str, Any]] = field(default_factory=list)
-    consumed: int = 0
-    closed_code: int | None = None
-    closed_reason: str = ""
-
-    def pull(self, deadline: float) -> dict[str, Any] | None:
-        """The next frame that arrives before `deadline` (None on timeout or close)."""
-        if self.closed_code is not None:
-            return None
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        try:
-            raw = self.connection.recv(timeout=remaining)
-        except TimeoutError:
-            return None
-        except ConnectionClosed as closed:
-            self.closed_code = closed.rcvd.code if closed.rcvd else 1006
-            self.closed_reason = closed.rcvd.reason if closed.rcvd else "no close frame"
-            return None
-        try:
-            frame = json.loads(raw)
-        except ValueError:
-            frame = {"type": "(not JSON)", "raw": _short(str(raw))}
-        if not isinstance(frame, dict):
-            frame = {"type": "(not an object)", "raw": _short(str(raw))}
-        frame = target_profile.current().canonical_event(frame)
-        frame["_received_at"] = time.monotonic()
-        self.received.append(frame)
-        return frame
-
-    def describe(self, frames: list[dict[str, Any]]) -> str:
-        if not frames:
-            got = "nothing"
-        else:
-            got = ", ".join(
-                f"{f.get('type')}" + (f"({f.get('code')})" if f.get("code") else "")
-                + (f"[{f.get('client_message_id')}]" if f.get("client_message_id") else "")
-                for f in frames[-8:]
-            )
-        if self.closed_code is not None:
-            got += f"; socket closed by server with code {self.closed_code} {self.closed_reason!r}"
-        return got
-
-
 @library(scope="SUITE", version=VERSION, doc_format="ROBOT", auto_keywords=False)
 class CrosstalkSecurity:
-    """Security checks the other Crosstalk libraries do not cover: a handshake without any
-    credentials, session records in Redis, connection entries leaked by the backend.
+    """Security checks the other Crosstalk libraries do not cover: the target's limits, session
+    records in Redis, connection entries leaked by the backend, hostile input.  A refused handshake
+    is CrosstalkChat's `Connection Should Be Refused`, a refresh race CrosstalkAuth's
+    `Refresh Concurrently With One Token`.
 
-    Tokens are never logged in full; users are `TestUser` objects from `CrosstalkAuth`
-    (or raw token strings).
+    Tokens are never logged in full; users are `TestUser` objects from `CrosstalkAuth`.
     """
-
-    # ------------------------------------------------------------ handshakes
-    @keyword
-    def websocket_handshake_should_be_refused(
-        self, ws_url: str, token: TestUser | str | None = None, status: int = 401, origin: str | None = None,
-        what: str = "", timeout: timedelta = DEFAULT_TIMEOUT,
-    ) -> None:
-        """Fails unless the WebSocket handshake is refused with HTTP ``status`` (for 401 a close
-        with code 4401 before any data also counts).
-
-        ``token`` is a user (their current access token) or a raw token string; empty sends no
-        ``Authorization`` header. ``origin`` sets the ``Origin`` header (``null`` is sent as is).
-        ``what`` names the attempt in the failure message.
-
-        Example:
-        | Websocket Handshake Should Be Refused | ${WS_URL} | ${forged} | what=alg none token |
-        | Websocket Handshake Should Be Refused | ${WS_URL} | ${token} | status=403 | origin=null |
-        """
-        what = what or f"token of {_label_of(token)}"
-        plain = _token_of(token)
-        headers = {"Authorization": f"Bearer {plain}"} if plain else {}
-        shown = mask(plain) if plain else "(no Authorization header)"
-        logger.info(f"Handshake to {ws_url} with {what}: token {shown}, Origin {origin!r}")
-        try:
-            connection = connect(ws_url, additional_headers=headers, origin=origin, open_timeout=_s(timeout),
-                                 compression=None, max_size=None)
-        except InvalidStatus as refused:
-            got = refused.response.status_code
-            if got != status:
-                body = _short(refused.response.body.decode("utf-8", "replace"))
-                raise AssertionError(f"WebSocket handshake with {what}: expected HTTP {status}, "
-                                     f"got HTTP {got}: {body}") from None
-            logger.info(f"Refused with HTTP {got}, as expected.")
-            return
-        except (InvalidHandshake, OSError, TimeoutError) as error:
-            raise AssertionError(f"WebSocket handshake with {what} did not complete "
-                                 f"({type(error).__name__}: {error}); expected HTTP {status}") from None
-        probe = Probe(what, connection)
-        try:
-            first = probe.pull(time.monotonic() + 1.0)
-            if status == 401 and first is None and probe.closed_code == 4401:
-                logger.info("Accepted, then closed with 4401 before any data, as allowed.")
-                return
-            sent_origin = f"Origin {origin!r}" if origin else "no Origin"
-            raise AssertionError(
-                f"WebSocket handshake with {what} ({sent_origin}) was accepted (HTTP 101): expected HTTP "
-                f"{status}; then received: {probe.describe(probe.received)}")
-        finally:
-            connection.close()
-
-    # ------------------------------------------------------------ races
-    @keyword
-    def post_concurrently(
-        self, url: str, body: dict[str, Any], count: int = 8, timeout: timedelta = DEFAULT_TIMEOUT,
-    ) -> list[int]:
-        """Sends ``count`` identical ``POST url`` requests released at the same instant; returns
-        their HTTP status codes (in completion order).
-
-        A check-then-act race (e.g. a refresh token checked "unused", then marked used)
-        lets several of them through; a correct server lets exactly one.
-
-        Example:
-        | ${statuses}= | Post Concurrently | ${AUTH_URL}/auth/refresh | ${body} | count=8 |
-        | Should Be Equal As Integers | ${{ $statuses.count(200) }} | 1 |
-        """
-        barrier = threading.Barrier(count)
-        statuses: list[int] = []
-        errors: list[str] = []
-        lock = threading.Lock()
-
-        def fire() -> None:
-            with requests.Session() as session:
-                # connect and build the request first, so that the barrier releases bytes on the wire
-                session.head(url, timeout=_s(timeout))
-                prepared = session.prepare_request(requests.Request("POST", url, json=body))
-                barrier.wait(_s(timeout))
-                try:
-                    status = session.send(prepared, timeout=_s(timeout)).status_code
-                except requests.RequestException as error:
-                    with lock:
-                        errors.append(f"{type(error).__name__}: {error}")
-                    return
-                with lock:
-                    statuses.append(status)
-
-        threads = [threading.Thread(target=fire, daemon=True) for _ in range(count)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(_s(timeout) * 3)
-        if errors or len(statuses) != count:
-            raise AssertionError(f"{count} concurrent POST {url}: only {len(statuses)} answered within "
-                                 f"{_s(timeout):g} s; errors: {'; '.join(errors[:3]) or 'none'}")
-        logger.info(f"{count} concurrent POST {url}: statuses {statuses}")
-        return statuses
 
     # ------------------------------------------------------------ limits (target profile)
     @staticmethod
@@ -261,20 +109,19 @@ class CrosstalkSecurity:
         | Session Records Should Number | ${REDIS_URL} | ${user_id} | 3 |
         | Session Records Should Number | ${REDIS_URL} | ${user_id} | 0 | timeout=5s |
         """
-        client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
-        pattern = target_profile.current().session_pattern(user_id)
         hint = " — sessions are not removed when their socket closes" if count == 0 else ""
 
         def failure(found: list[str]) -> str:
             return (f"Redis holds {len(found)} session record(s) for user {user_id} after {_s(timeout):g} s, "
                     f"expected {count}: {', '.join(found[:5]) or 'none'}{hint}")
 
+        client = stores.connect_redis("sessions", redis_url)
         try:
-            keys = wait_until(lambda: sorted(k.decode() for k in client.scan_iter(match=pattern, count=1000)),
-                              lambda found: len(found) == count, _s(timeout), failure)
-            logger.info(f"{len(keys)} session record(s) match {pattern}, as expected.")
+            keys = wait_until(lambda: stores.session_keys(client, user_id), lambda found: len(found) == count,
+                              _s(timeout), failure)
         finally:
             client.close()
+        logger.info(f"{len(keys)} session record(s) of user {user_id} in Redis, as expected.")
 
     @keyword
     def get_leaked_connection_count(self, backend_url: str) -> int:
@@ -286,15 +133,7 @@ class CrosstalkSecurity:
         Example:
         | ${before} = | Get Leaked Connection Count | ${BACKEND_URL} |
         """
-        try:  # the reference platform's JSON counters
-            metrics = requests.get(f"{backend_url}/metrics", timeout=10).json()
-            return int(metrics["tracked_connections"]) - int(metrics["active_websockets"])
-        except (requests.RequestException, ValueError, KeyError, TypeError):
-            pass
-        # the contract's optional Prometheus gauges (METRICS_URL, or the path /health advertises)
-        urls = testhooks.metrics_urls(context.current().get("METRICS_URL")) or \
-            testhooks.advertised_metrics_urls(backend_url)
-        leaked, source = testhooks.leaked_connections(urls)
+        leaked, source = testhooks.leaked_connection_count(backend_url, context.current().get("METRICS_URL"))
         if leaked is None:
             context.current().skip(
                 Capability.METRICS, f"needs metrics: the server's connection entries cannot be read: "
@@ -351,7 +190,7 @@ class CrosstalkSecurity:
         ]
         probes = hostile.rest_probes(endpoints, 4 * max_body_bytes, depth, uuid.uuid4().hex[:8])
         rows, problems = [], []
-        with requests.Session() as session:
+        with pooled_session() as session:
             for probe in probes:
                 headers = {"Content-Type": "application/json"}
                 if probe.endpoint.bearer:
@@ -367,7 +206,8 @@ class CrosstalkSecurity:
                 rows.append((probe.label, "-" if status is None else str(status), _short(body, 120), problem))
                 if problem:
                     problems.append(f"{probe.label}: {problem}: {_short(body, 120)}")
-        logger.info(_table(["input", "status", "body", "verdict"], rows), html=True)
+        logger.info(_table(["input", "status", "body", "verdict"], rows, f"{len(probes)} hostile requests"),
+                    html=True)
         if problems:
             raise AssertionError(f"{len(problems)} of {len(probes)} hostile requests were not refused "
                                  "cleanly: " + "; ".join(problems[:6]))
@@ -389,57 +229,63 @@ class CrosstalkSecurity:
         Example:
         | Hostile Frames Should Be Refused Cleanly | ${alice} | ${WS_URL} |
         """
-        unique = uuid.uuid4().hex[:8]
-        try:
-            connection = connect(ws_url, additional_headers={"Authorization": f"Bearer {user.access_token}"},
-                                 open_timeout=_s(timeout), compression=None, max_size=None)
-        except (InvalidHandshake, OSError, TimeoutError) as error:
-            raise AssertionError(f"{user.label} could not open a WebSocket to {ws_url} "
-                                 f"({type(error).__name__}: {error})") from None
-        probe = Probe(user.label, connection)
-        rows, problems = [], []
-        try:
-            for frame_probe in hostile.frame_probes(depth, unique):
-                connection.send(frame_probe.payload)
-                answer = probe.pull(time.monotonic() + _s(timeout))
-                closed = (f"code {probe.closed_code} {probe.closed_reason!r}"
-                          if probe.closed_code is not None else None)
-                problem = hostile.judge_frame(answer, closed)
-                shown = "closed" if closed else json.dumps({k: v for k, v in (answer or {}).items()
-                                                            if not k.startswith("_")})
-                rows.append((frame_probe.kind, _short(shown, 120), problem))
-                if problem:
-                    problems.append(f"{frame_probe.kind}: {problem}")
-                if closed:
-                    break
-            if probe.closed_code is None:
-                cmid = f"after-hostile-{unique}"
-                connection.send(json.dumps({"type": "user_message", "client_message_id": cmid,
-                                            "content": "still there after the hostile frames?"}))
-                deadline = time.monotonic() + _s(timeout)
-                final = None
-                while (frame := probe.pull(deadline)) is not None:
-                    if frame.get("client_message_id") == cmid and frame.get("type") in (
-                            "agent_completed", "agent_error", "error"):
-                        final = frame
-                        break
-                if final is None or final.get("type") != "agent_completed":
-                    problems.append("an ordinary message afterwards did not complete on the same socket: "
-                                    f"got {probe.describe(probe.received)}")
-        finally:
-            connection.close()
-        logger.info(_table(["frame", "answer", "verdict"], rows), html=True)
+        seconds = _s(timeout)
+        frames = hostile.frame_probes(depth, uuid.uuid4().hex[:8])
+        connection = UserConnection(user, f"{user.label}#hostile", ws_url)
+        rows, problems = get_engine().run(_throw_frames(connection, frames, seconds),
+                                          seconds * (len(frames) + 2) + GRACE)
+        logger.info(_table(["frame", "answer", "verdict"], rows, f"{len(frames)} hostile frames"), html=True)
         if problems:
             raise AssertionError(f"{user.label}'s hostile frames were not refused cleanly: "
                                  + "; ".join(problems[:6]))
         logger.info(f"{len(rows)} hostile frames each got an error frame; the socket stayed usable.")
 
 
-def _table(headers: list[str], rows: list[tuple]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c or 'ok'))}</td>" for c in row) + "</tr>"
-                   for row in rows)
-    return f'<table border="1" style="border-collapse: collapse"><tr>{head}</tr>{body}</table>'
+async def _throw_frames(
+    connection: UserConnection, frames: list[hostile.FrameProbe], seconds: float,
+) -> tuple[list[tuple], list[str]]:
+    """On the engine loop: each hostile frame and the server's answer to it, then one ordinary run."""
+    try:
+        await connection.open(connection.user.access_token, open_timeout=seconds)
+    except ConnectionRefused as refused:
+        raise AssertionError(f"{connection.user.label} could not open a WebSocket: {refused}") from None
+    rows: list[tuple] = []
+    problems: list[str] = []
+    try:
+        for frame in frames:
+            start = len(connection.frames)
+            await connection.send_raw(frame.payload)
+            answer = await connection.next_frame(start, seconds)
+            closed = (f"code {connection.close_code} {connection.close_reason!r}"
+                      if connection.closed else None)
+            data = _as_object(answer)
+            problem = hostile.judge_frame(data, closed)
+            rows.append((frame.kind, _short("closed" if closed else json.dumps(data), 120), problem))
+            if problem:
+                problems.append(f"{frame.kind}: {problem}")
+            if closed:
+                return rows, problems
+        run = await connection.send_message("still there after the hostile frames?")
+        await connection.wait_until(lambda: run.done, seconds)
+        if run.status != "completed":
+            problems.append("an ordinary message afterwards did not complete on the same socket: "
+                            f"got {describe_frames(connection.frames)}")
+        return rows, problems
+    finally:
+        await connection.close()
+
+
+def _as_object(frame: Frame | None) -> dict[str, Any] | None:
+    """The answer as the judge reads it: its JSON object, or a stand-in naming what it was instead."""
+    if frame is None:
+        return None
+    if frame.data is not None:
+        return dict(frame.data)
+    return {"type": "(not a JSON object)", "raw": _short(frame.raw)}
+
+
+def _table(headers: list[str], rows: list[tuple], caption: str) -> str:
+    return htmllog.table(headers, ([cell or "ok" for cell in row] for row in rows), caption)
 
 
 def _s(value: timedelta | float) -> float:

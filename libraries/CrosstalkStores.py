@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Callable
 from typing import Any
 
 from crosstalk import htmllog, registry
@@ -70,6 +71,18 @@ class CrosstalkStores:
         self.stores = Stores()
 
     # ------------------------------------------------------------ connections
+    def _keep(self, pool: dict[str, Any], kind: str, alias: str, url: str,
+              connect: Callable[[str, str], Any]) -> None:
+        """Open a connection under ``alias`` (closing the one it replaces) and register it for cleanup."""
+        if alias in pool:
+            pool.pop(alias).close()
+        handle = pool[alias] = connect(alias, url)
+        self.stores.urls[alias] = url
+        registry.register(handle, owner="CrosstalkStores", kind=registry.STORE, label=f"{kind} '{alias}'",
+                          user_id=None, is_open=lambda: pool.get(alias) is handle,
+                          close=lambda: pool.pop(alias).close())
+        logger.info(f"Connected {kind} alias '{alias}' to {mask_url(url)}")
+
     @keyword("Connect To Postgres")
     def connect_to_postgres(self, alias: str, url: str) -> None:
         """Opens a PostgreSQL connection under ``alias`` (autocommit).
@@ -79,14 +92,7 @@ class CrosstalkStores:
         Example:
         | Connect To Postgres | backend | ${BACKEND_DATABASE_URL} |
         """
-        if alias in self.stores.postgres:
-            self.stores.postgres.pop(alias).close()
-        conn = self.stores.postgres[alias] = connect_postgres(alias, url)
-        self.stores.urls[alias] = url
-        registry.register(conn, owner="CrosstalkStores", kind=registry.STORE, label=f"Postgres '{alias}'",
-                          user_id=None, is_open=lambda: self.stores.postgres.get(alias) is conn,
-                          close=lambda: self.stores.postgres.pop(alias).close())
-        logger.info(f"Connected Postgres alias '{alias}' to {mask_url(url)}")
+        self._keep(self.stores.postgres, "Postgres", alias, url, connect_postgres)
 
     @keyword("Connect To Redis")
     def connect_to_redis(self, alias: str, url: str) -> None:
@@ -95,14 +101,7 @@ class CrosstalkStores:
         Example:
         | Connect To Redis | cache | ${REDIS_URL} |
         """
-        if alias in self.stores.redis:
-            self.stores.redis.pop(alias).close()
-        client = self.stores.redis[alias] = connect_redis(alias, url)
-        self.stores.urls[alias] = url
-        registry.register(client, owner="CrosstalkStores", kind=registry.STORE, label=f"Redis '{alias}'",
-                          user_id=None, is_open=lambda: self.stores.redis.get(alias) is client,
-                          close=lambda: self.stores.redis.pop(alias).close())
-        logger.info(f"Connected Redis alias '{alias}' to {mask_url(url)}")
+        self._keep(self.stores.redis, "Redis", alias, url, connect_redis)
 
     @keyword("Disconnect From All Stores")
     def disconnect_from_all_stores(self) -> None:

@@ -48,6 +48,7 @@ log = logging.getLogger("reference_platform.backend")
 NOT_FOUND = {"error": "not_found", "message": "thread not found"}
 TITLE_CHARS = 60
 CTX_TTL_SECONDS = 3600
+UNFAIR_SLOWDOWN = 8  # unfair_scheduling: how many times slower the held-back half of the users is served
 # Token bucket per user in Redis; milli-tokens keep the state integral.
 RATE_LIMIT_LUA = """
 local rate = tonumber(ARGV[1]); local burst = tonumber(ARGV[2]); local now = tonumber(ARGV[3])
@@ -154,6 +155,7 @@ class Run:
 class BackendService:
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.unfair_order: dict[str, bool] = {}  # unfair_scheduling only
         self.pool: asyncpg.Pool | None = None
         self.redis: aioredis.Redis | None = None
         self.verifier: Verifier | None = None
@@ -552,6 +554,9 @@ class BackendService:
         )
         if faults.on("identity_from_frame") and frame.get("user_id"):
             run.owner = str(frame["user_id"])  # the bug (mass assignment): the frame names the owner
+        if faults.on("unfair_scheduling") and self._held_back(conn.user_id):
+            # The bug: a tenant-priority scheduler that serves half the users at a fraction of the pace.
+            run.step_ms = max(run.step_ms, 1) * UNFAIR_SLOWDOWN
         task = asyncio.create_task(self._run_agent(run))
         conn.runs.add(task)
         task.add_done_callback(conn.runs.discard)
@@ -639,6 +644,10 @@ class BackendService:
             uuid.UUID(run.thread_id), uuid.UUID(run.conn.user_id), uuid.UUID(run.run_id),
         )
         return [r["content"] for r in rows]
+
+    def _held_back(self, user_id: str) -> bool:
+        # unfair_scheduling: users alternate between favoured and held back, in first-seen order
+        return self.unfair_order.setdefault(user_id, len(self.unfair_order) % 2 == 1)
 
     async def _run_agent(self, run: Run) -> None:
         self.runs_in_flight += 1

@@ -63,6 +63,8 @@ FAULTS: dict[str, str] = {
     "every key of every user in Redis",
     "event_timestamp_drift": "event frames carry timestamp as epoch seconds (a number) instead of ISO 8601 "
     "text: a contract break only the frame schema sees",
+    "unfair_scheduling": "a tenant-priority bug: every second user (in the order they first chat) has their "
+    "agent runs paced 8 times slower than the others'",
     "workspace_backend_fail": "failure injection, not a bug: step 2 of POST /workspaces (backend) fails",
     "workspace_analytics_fail": "failure injection, not a bug: step 3 of POST /workspaces (analytics) fails",
 }

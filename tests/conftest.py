@@ -11,76 +11,23 @@ With ``DATABASE_URL`` / ``REDIS_URL`` set, the launcher uses those servers.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from crosstalk.launcher import Launched, launch, signing_key_pem, write_signing_key
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 
 
-@dataclass
-class RunningPlatform:
-    """A launcher process and the state file it wrote (URLs, pids, settings)."""
-
-    process: subprocess.Popen
-    state: dict
-    state_file: Path
-    log_file: Path
-    private_key_pem: bytes | None = None
-    faults: list[str] = field(default_factory=list)
-
-    @property
-    def auth_url(self) -> str:
-        return self.state["auth_url"]
-
-    @property
-    def backend_url(self) -> str:
-        return self.state["backend_url"]
-
-    @property
-    def ws_url(self) -> str:
-        return self.state["ws_url"]
-
-    @property
-    def redis_url(self) -> str:
-        return self.state["redis_url"]
-
-    @property
-    def pids(self) -> dict:
-        return self.state["pids"]
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no launcher log)"
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
-        """SIGTERM the launcher and wait; returns its exit code (kills it after ``timeout``)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-                raise AssertionError(
-                    f"launcher pid {self.process.pid} did not stop within {timeout:.0f} s after SIGTERM:\n"
-                    f"{self.log_tail()}"
-                ) from None
-        return self.process.returncode
+# every start of the reference platform goes through the one launcher of crosstalk.launcher
+RunningPlatform = Launched
 
 
 def pytest_report_header(config) -> str:
@@ -94,13 +41,7 @@ def pytest_report_header(config) -> str:
 
 
 def generate_private_key_pem() -> bytes:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    return signing_key_pem()
 
 
 def launch_platform(
@@ -113,41 +54,18 @@ def launch_platform(
     work_dir = Path(work_dir or tempfile.mkdtemp(prefix="refplat-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:8]
-    state_file = work_dir / f"state-{tag}.json"
-    log_file = work_dir / f"launcher-{tag}.log"
-    args = [sys.executable, "-m", "reference_platform", "--auth-port", "0", "--backend-port", "0",
-            "--state-file", str(state_file), "--faults", ",".join(faults), "--test-hooks", *extra_args]
-    if private_key_pem is not None:
-        key_file = work_dir / f"jwt-{tag}.pem"
-        key_file.write_bytes(private_key_pem)
-        args += ["--jwt-private-key", str(key_file)]
+    key = write_signing_key(work_dir / f"jwt-{tag}.pem", private_key_pem) if private_key_pem else None
+    extra = list(extra_args)
     if os.environ.get("DATABASE_URL"):
         # Parallel platforms on one external server need their own databases.
-        args += ["--auth-db", f"auth_{tag}", "--backend-db", f"backend_{tag}"]
-    env = {k: v for k, v in os.environ.items() if k not in ("REFPLAT_FAULTS", "REFPLAT_VARIANT")}
-    with open(log_file, "wb") as log:
-        process = subprocess.Popen(args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    return RunningPlatform(process, {}, state_file, log_file, private_key_pem, list(faults))
+        extra += ["--auth-db", f"auth_{tag}", "--backend-db", f"backend_{tag}"]
+    return launch(work_dir / f"state-{tag}.json", work_dir / f"launcher-{tag}.log", faults=faults,
+                  private_key=key, extra_args=extra, cwd=REPO_ROOT)
 
 
 def wait_until_up(platform: RunningPlatform, timeout: float = START_TIMEOUT) -> RunningPlatform:
     """Wait for the launcher's state file (written once both services are healthy)."""
-    deadline = time.monotonic() + timeout
-    while not platform.state_file.exists():
-        if platform.process.poll() is not None:
-            raise RuntimeError(
-                f"reference platform (faults={platform.faults}) exited with code "
-                f"{platform.process.returncode} before it was healthy:\n{platform.log_tail()}"
-            )
-        if time.monotonic() > deadline:
-            platform.stop()
-            raise RuntimeError(
-                f"reference platform (faults={platform.faults}) not healthy within {timeout:.0f} s:\n"
-                f"{platform.log_tail()}"
-            )
-        time.sleep(0.05)
-    platform.state = json.loads(platform.state_file.read_text())
+    platform.wait_until_up(timeout)
     return platform
 
 

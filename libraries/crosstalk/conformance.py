@@ -14,35 +14,27 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import requests
-from websockets.exceptions import InvalidStatus, WebSocketException
-from websockets.sync.client import ClientConnection, connect
 
+from .connection import ConnectionRefused, RunHandle, UserConnection
 from .contract import FrameContract, describe_error, openapi_validator
+from .engine import get_engine
 from .errors import CrosstalkError
+from .httpretry import pooled_session
+from .model import TestUser, Tokens
 from .secrets import mask_body, mask_text
 
 TIMEOUT = 10.0
 PASSWORD = "Conformance-pw-1"
 FOREIGN_ORIGIN = "https://evil.example"
-
-
-def _canonical(frame: dict) -> dict:
-    """The frame in the contract's default names when a target profile renames them (``crosstalk.profile``,
-    where present); unchanged otherwise."""
-    try:
-        from crosstalk import profile as target_profile  # the target profile, when that module exists
-    except ImportError:
-        return frame
-    return target_profile.current().canonical_event(frame)
 
 
 class RuleBroken(CrosstalkError):
@@ -59,6 +51,8 @@ class Target:
     users: list[dict] = field(default_factory=list)
     # called with each user created (email, password, user_id, tokens): the run's cleanup ledger
     on_user: Callable[[Any], None] | None = None
+    # the keep-alive session of every REST call (CrosstalkAuth's kind: a stale pooled connection retried once)
+    http: requests.Session = field(default_factory=lambda: pooled_session(pool_maxsize=4), repr=False)
 
     def __post_init__(self) -> None:
         self.auth_url = self.auth_url.rstrip("/")
@@ -114,27 +108,35 @@ def _bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
+def _send(
+    target: Target, method: str, path: str, token: str | None = None, body: Any = None, **ids: str
+) -> requests.Response:
+    """``method path`` (``{thread_id}`` filled from ``ids``) on the service that serves it: ``/auth``
+    and ``/.well-known`` on the auth service, everything else on the backend."""
+    base = target.auth_url if path.startswith(("/auth", "/.well-known")) else target.backend_url
+    return target.http.request(method, base + path.format(**ids), json=body,
+                               headers=_bearer(token) if token else {}, timeout=TIMEOUT)
+
+
+def _call(
+    target: Target, method: str, path: str, expected: int, token: str | None = None, body: Any = None,
+    **ids: str,
+) -> Any:
+    """`_send`, then `_conform`: the JSON body after checking status and shape; RuleBroken otherwise."""
+    return _conform(_send(target, method, path, token, body, **ids), path, method, expected)
+
+
 def new_user(target: Target, label: str) -> dict:
     email = f"{target.prefix}conf-{label}-{uuid.uuid4().hex[:8]}@example.test"
-    reply = requests.post(
-        f"{target.auth_url}/auth/register", json={"email": email, "password": PASSWORD}, timeout=TIMEOUT
-    )
-    body = _conform(reply, "/auth/register", "post", 201)
-    login = requests.post(
-        f"{target.auth_url}/auth/login", json={"email": email, "password": PASSWORD}, timeout=TIMEOUT
-    )
-    tokens = _conform(login, "/auth/login", "post", 200)
-    user = {"email": email, "user_id": body["user_id"], **tokens}
+    body = _call(target, "post", "/auth/register", 201, body={"email": email, "password": PASSWORD})
+    tokens = _call(target, "post", "/auth/login", 200, body={"email": email, "password": PASSWORD})
+    who = TestUser(f"conformance-{label}", email, PASSWORD, f"CANARY-conf-{label}-{uuid.uuid4().hex[:8]}",
+                   user_id=str(body["user_id"]),
+                   tokens=Tokens(tokens["access_token"], tokens["refresh_token"]))
+    user = {"email": email, "user_id": body["user_id"], **tokens, "who": who}
     target.users.append(user)
     if target.on_user is not None:
-        target.on_user(
-            SimpleNamespace(
-                email=email,
-                password=PASSWORD,
-                user_id=body["user_id"],
-                tokens=SimpleNamespace(access_token=tokens["access_token"]),
-            )
-        )
+        target.on_user(who)
     return user
 
 
@@ -144,72 +146,65 @@ def _user(target: Target, state: dict, key: str = "alice") -> dict:
     return state[key]
 
 
-def _socket(target: Target, token: str | None, origin: str | None = None) -> ClientConnection:
-    headers = _bearer(token) if token else {}
-    return connect(
-        target.ws_url,
-        additional_headers=headers,
-        origin=origin,  # type: ignore[arg-type]
-        open_timeout=TIMEOUT,
-        close_timeout=2,
-        compression=None,
-    )
+def _on_engine(coro: Coroutine[Any, Any, Any], seconds: float = TIMEOUT) -> Any:
+    """Run a socket coroutine on the one engine; a failed wait (AssertionError) is a broken rule."""
+    try:
+        return get_engine().run(coro, seconds + 5)
+    except (RuleBroken, ConnectionRefused):
+        raise
+    except AssertionError as exc:
+        raise RuleBroken(str(exc)) from None
 
 
-def _receive(target: Target, ws: ClientConnection, what: str, timeout: float = TIMEOUT) -> dict:
-    try:
-        raw = ws.recv(timeout=timeout)
-    except TimeoutError:
-        raise RuleBroken(f"no frame within {timeout:g} s while waiting for {what}") from None
-    except WebSocketException as exc:
-        raise RuleBroken(f"the socket closed while waiting for {what}: {exc}") from None
-    text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
-    try:
-        frame = json.loads(text)
-    except ValueError:
-        frame = None
-    if isinstance(frame, dict):
-        frame = _canonical(frame)
+@contextlib.contextmanager
+def _socket(target: Target, user: dict, origin: str | None = None, with_token: bool = True,
+            ) -> Iterator[UserConnection]:
+    """A `UserConnection` of ``user`` (with its access token unless ``with_token`` is false), every received
+    frame checked against the AsyncAPI contract; ConnectionRefused when the handshake is refused."""
+    connection = UserConnection(user["who"], f"{user['who'].label}#conformance", target.ws_url)
     if target.frames is not None:
-        problem = target.frames.check(frame if isinstance(frame, dict) else None, text)
-        if problem:
-            raise RuleBroken(problem)
-    if not isinstance(frame, dict):
+        frames = target.frames
+        connection.validate = lambda frame: frames.check(frame.data, frame.raw)
+    _on_engine(connection.open(user["access_token"] if with_token else None, origin, TIMEOUT))
+    try:
+        yield connection
+    finally:
+        _on_engine(connection.close())
+
+
+def _next_frame(connection: UserConnection, start: int, what: str) -> dict:
+    """The first frame received after index ``start``, checked against the contract; RuleBroken if none."""
+    frame = _on_engine(connection.next_frame(start, TIMEOUT))
+    if frame is None:
+        closed = f" (the socket closed: {connection.close_code})" if connection.closed else ""
+        raise RuleBroken(f"no frame within {TIMEOUT:g} s while waiting for {what}{closed}")
+    _on_engine(_raise_violations(connection))
+    if frame.data is None:
         raise RuleBroken(
-            f"a frame that is not a JSON object arrived while waiting for {what}: {text[:120]!r}"
-        )
-    return frame
+            f"a frame that is not a JSON object arrived while waiting for {what}: {frame.raw[:120]!r}")
+    return frame.data
 
 
-def _run(target: Target, ws: ClientConnection, content: str, thread_id: str | None = None) -> list[dict]:
-    cmid = f"cm-{uuid.uuid4().hex}"
-    message = {"type": "user_message", "content": content, "client_message_id": cmid}
-    if thread_id:
-        message["thread_id"] = thread_id
-    ws.send(json.dumps(message))
-    frames: list[dict] = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        frame = _receive(
-            target,
-            ws,
-            f"the run of {content!r} (so far {[f['type'] for f in frames]})",
-            max(deadline - time.monotonic(), 0.1),
-        )
-        if frame.get("client_message_id") != cmid:
-            continue
-        frames.append(frame)
-        if frame["type"] in ("agent_completed", "agent_error", "error"):
-            return frames
-    raise RuleBroken(f"the run of {content!r} did not end within 30 s: got {[f['type'] for f in frames]}")
+async def _raise_violations(connection: UserConnection) -> None:
+    connection.raise_violations()
+
+
+def _run(connection: UserConnection, content: str, thread_id: str | None = None) -> list[dict]:
+    """The frames of one run: its events, or the error frame that refused the message."""
+    async def run_to_end() -> RunHandle:
+        run = await connection.send_message(content, thread_id)
+        return await connection.wait_for_run(run, 30)
+
+    run = _on_engine(run_to_end(), 30)
+    return [run.rejection] if run.rejection is not None else list(run.events)
 
 
 def _chat(target: Target, state: dict) -> list[dict]:
     """One run of alice's (cached): the evidence several rules share."""
     if "run" not in state:
         user = _user(target, state)
-        with _socket(target, user["access_token"]) as ws:
-            state["run"] = _run(target, ws, "How much does the plan cost?")
+        with _socket(target, user) as ws:
+            state["run"] = _run(ws, "How much does the plan cost?")
     return state["run"]
 
 
@@ -221,38 +216,20 @@ def auth_register(target: Target, state: dict) -> str:
 
 def auth_register_errors(target: Target, state: dict) -> str:
     user = _user(target, state)
-    url = f"{target.auth_url}/auth/register"
-    _conform(
-        requests.post(url, json={"email": user["email"], "password": PASSWORD}, timeout=TIMEOUT),
-        "/auth/register",
-        "post",
-        409,
-    )
-    _conform(
-        requests.post(url, json={"email": "not-an-email", "password": PASSWORD}, timeout=TIMEOUT),
-        "/auth/register",
-        "post",
-        422,
-    )
-    _conform(
-        requests.post(
-            url, json={"email": f"{target.prefix}short@example.test", "password": "short"}, timeout=TIMEOUT
-        ),
-        "/auth/register",
-        "post",
-        422,
-    )
+    for email, password, expected in (
+        (user["email"], PASSWORD, 409),
+        ("not-an-email", PASSWORD, 422),
+        (f"{target.prefix}short@example.test", "short", 422),
+    ):
+        _call(target, "post", "/auth/register", expected, body={"email": email, "password": password})
     return "duplicate email 409, bad email 422, short password 422"
 
 
 def auth_login_identical_failures(target: Target, state: dict) -> str:
     user = _user(target, state)
-    url = f"{target.auth_url}/auth/login"
-    wrong = requests.post(url, json={"email": user["email"], "password": "wrong-password"}, timeout=TIMEOUT)
-    unknown = requests.post(
-        url,
-        json={"email": f"nobody-{uuid.uuid4().hex[:8]}@example.test", "password": "wrong-password"},
-        timeout=TIMEOUT,
+    wrong, unknown = (
+        _send(target, "post", "/auth/login", body={"email": email, "password": "wrong-password"})
+        for email in (user["email"], f"nobody-{uuid.uuid4().hex[:8]}@example.test")
     )
     _conform(wrong, "/auth/login", "post", 401)
     _conform(unknown, "/auth/login", "post", 401)
@@ -266,37 +243,20 @@ def auth_login_identical_failures(target: Target, state: dict) -> str:
 
 def auth_refresh_rotates(target: Target, state: dict) -> str:
     user = new_user(target, "refresh")
-    url = f"{target.auth_url}/auth/refresh"
-    first = _conform(
-        requests.post(url, json={"refresh_token": user["refresh_token"]}, timeout=TIMEOUT),
-        "/auth/refresh",
-        "post",
-        200,
-    )
+    first = _call(target, "post", "/auth/refresh", 200, body={"refresh_token": user["refresh_token"]})
     if first["refresh_token"] == user["refresh_token"]:
         raise RuleBroken("refresh returned the same refresh token: it must rotate")
-    _conform(
-        requests.post(url, json={"refresh_token": user["refresh_token"]}, timeout=TIMEOUT),
-        "/auth/refresh",
-        "post",
-        401,
-    )
-    after = requests.post(url, json={"refresh_token": first["refresh_token"]}, timeout=TIMEOUT)
-    _conform(after, "/auth/refresh", "post", 401)
+    for token in (user["refresh_token"], first["refresh_token"]):
+        _call(target, "post", "/auth/refresh", 401, body={"refresh_token": token})
     return "new pair once; the used token and (after reuse) its family answer 401"
 
 
 def auth_me(target: Target, state: dict) -> str:
     user = _user(target, state)
-    me = _conform(
-        requests.get(f"{target.auth_url}/auth/me", headers=_bearer(user["access_token"]), timeout=TIMEOUT),
-        "/auth/me",
-        "get",
-        200,
-    )
+    me = _call(target, "get", "/auth/me", 200, user["access_token"])
     if str(me["user_id"]) != str(user["user_id"]):
         raise RuleBroken(f"/auth/me names user {me['user_id']}, the token belongs to {user['user_id']}")
-    _conform(requests.get(f"{target.auth_url}/auth/me", timeout=TIMEOUT), "/auth/me", "get", 401)
+    _call(target, "get", "/auth/me", 401)
     return "200 with the caller's id; 401 without a token"
 
 
@@ -304,12 +264,7 @@ def auth_jwks(target: Target, state: dict) -> str:
     import jwt
 
     user = _user(target, state)
-    jwks = _conform(
-        requests.get(f"{target.auth_url}/.well-known/jwks.json", timeout=TIMEOUT),
-        "/.well-known/jwks.json",
-        "get",
-        200,
-    )
+    jwks = _call(target, "get", "/.well-known/jwks.json", 200)
     header = jwt.get_unverified_header(user["access_token"])
     kids = [k.get("kid") for k in jwks["keys"]]
     if header.get("alg") != "RS256":
@@ -325,27 +280,12 @@ def auth_jwks(target: Target, state: dict) -> str:
 
 def auth_logout_revokes(target: Target, state: dict) -> str:
     user = new_user(target, "logout")
-    headers = _bearer(user["access_token"])
-    _conform(
-        requests.post(f"{target.auth_url}/auth/logout", headers=headers, timeout=TIMEOUT),
-        "/auth/logout",
-        "post",
-        204,
-    )
-    _conform(
-        requests.get(f"{target.auth_url}/auth/me", headers=headers, timeout=TIMEOUT), "/auth/me", "get", 401
-    )
-    _conform(
-        requests.get(f"{target.backend_url}/threads", headers=headers, timeout=TIMEOUT),
-        "/threads",
-        "get",
-        401,
-    )
-    refresh = requests.post(
-        f"{target.auth_url}/auth/refresh", json={"refresh_token": user["refresh_token"]}, timeout=TIMEOUT
-    )
+    token = user["access_token"]
+    _call(target, "post", "/auth/logout", 204, token)
+    _call(target, "get", "/auth/me", 401, token)
+    _call(target, "get", "/threads", 401, token)
     try:
-        _conform(refresh, "/auth/refresh", "post", 401)
+        _call(target, "post", "/auth/refresh", 401, body={"refresh_token": user["refresh_token"]})
     except RuleBroken as exc:
         raise RuleBroken(f"the session's refresh token still works after logout: {exc}") from None
     return "204, then 401 on auth and backend, and the session's refresh token is dead"
@@ -353,7 +293,7 @@ def auth_logout_revokes(target: Target, state: dict) -> str:
 
 # ---------------------------------------------------------------------- backend rules
 def backend_health(target: Target, state: dict) -> str:
-    body = _conform(requests.get(f"{target.backend_url}/health", timeout=TIMEOUT), "/health", "get", 200)
+    body = _call(target, "get", "/health", 200)
     if body.get("status") != "ok":
         raise RuleBroken(f"/health answered 200 with status {body.get('status')!r}, expected 'ok'")
     return "200 {status: ok}"
@@ -362,14 +302,13 @@ def backend_health(target: Target, state: dict) -> str:
 def backend_requires_token(target: Target, state: dict) -> str:
     checked = []
     for method, path in (("get", "/threads"), ("get", "/workspaces"), ("post", "/workspaces")):
-        reply = requests.request(method, f"{target.backend_url}{path}", json={"name": "x"}, timeout=TIMEOUT)
-        _conform(reply, path, method, 401)
+        _call(target, method, path, 401, body={"name": "x"})
         checked.append(f"{method.upper()} {path}")
     return f"401 without a token on {', '.join(checked)}"
 
 
 def backend_www_authenticate(target: Target, state: dict) -> str:
-    reply = requests.get(f"{target.backend_url}/threads", timeout=TIMEOUT)
+    reply = _send(target, "get", "/threads")
     value = reply.headers.get("WWW-Authenticate", "")
     if not value.lower().startswith("bearer"):
         raise RuleBroken(f"a 401 carries WWW-Authenticate {value!r}, expected 'Bearer'")
@@ -380,27 +319,12 @@ def backend_threads(target: Target, state: dict) -> str:
     user = _user(target, state)
     run = _chat(target, state)
     thread = run[-1]["thread_id"]
-    headers = _bearer(user["access_token"])
-    listed = _conform(
-        requests.get(f"{target.backend_url}/threads", headers=headers, timeout=TIMEOUT),
-        "/threads",
-        "get",
-        200,
-    )
+    token = user["access_token"]
+    listed = _call(target, "get", "/threads", 200, token)
     if thread not in [t["thread_id"] for t in listed]:
         raise RuleBroken(f"GET /threads does not list the thread {thread} the chat created")
-    _conform(
-        requests.get(f"{target.backend_url}/threads/{thread}", headers=headers, timeout=TIMEOUT),
-        "/threads/{thread_id}",
-        "get",
-        200,
-    )
-    messages = _conform(
-        requests.get(f"{target.backend_url}/threads/{thread}/messages", headers=headers, timeout=TIMEOUT),
-        "/threads/{thread_id}/messages",
-        "get",
-        200,
-    )
+    _call(target, "get", "/threads/{thread_id}", 200, token, thread_id=thread)
+    messages = _call(target, "get", "/threads/{thread_id}/messages", 200, token, thread_id=thread)
     roles = [m["role"] for m in messages]
     if roles[:2] != ["user", "agent"]:
         raise RuleBroken(
@@ -413,7 +337,6 @@ def backend_not_found_is_uniform(target: Target, state: dict) -> str:
     _chat(target, state)
     thread = state["run"][-1]["thread_id"]
     mallory = _user(target, state, "mallory")
-    headers = _bearer(mallory["access_token"])
     bodies = {}
     for label, tid in (
         ("another user's", thread),
@@ -425,9 +348,7 @@ def backend_not_found_is_uniform(target: Target, state: dict) -> str:
             ("get", "/threads/{thread_id}/messages"),
             ("delete", "/threads/{thread_id}"),
         ):
-            reply = requests.request(
-                method, f"{target.backend_url}{path.format(thread_id=tid)}", headers=headers, timeout=TIMEOUT
-            )
+            reply = _send(target, method, path, mallory["access_token"], thread_id=tid)
             try:
                 _conform(reply, path, method, 404)
             except RuleBroken as exc:
@@ -442,88 +363,33 @@ def backend_notes(target: Target, state: dict) -> str:
     user = _user(target, state)
     _chat(target, state)
     thread = state["run"][-1]["thread_id"]
-    headers = _bearer(user["access_token"])
-    before = _conform(
-        requests.get(f"{target.backend_url}/threads/{thread}", headers=headers, timeout=TIMEOUT),
-        "/threads/{thread_id}",
-        "get",
-        200,
-    )["message_count"]
-    added = _conform(
-        requests.post(
-            f"{target.backend_url}/threads/{thread}/messages",
-            json={"content": "note"},
-            headers=headers,
-            timeout=TIMEOUT,
-        ),
-        "/threads/{thread_id}/messages",
-        "post",
-        201,
-    )
+    token = user["access_token"]
+    before = _call(target, "get", "/threads/{thread_id}", 200, token, thread_id=thread)["message_count"]
+    notes = "/threads/{thread_id}/messages"
+    added = _call(target, "post", notes, 201, token, {"content": "note"}, thread_id=thread)
     if added["message_count"] != before + 1:
         raise RuleBroken(f"message_count went from {before} to {added['message_count']} for one note")
-    _conform(
-        requests.post(
-            f"{target.backend_url}/threads/{thread}/messages", json={}, headers=headers, timeout=TIMEOUT
-        ),
-        "/threads/{thread_id}/messages",
-        "post",
-        422,
-    )
+    _call(target, "post", notes, 422, token, {}, thread_id=thread)
     return f"201 with message_count {before} -> {added['message_count']}; 422 without content"
 
 
 def backend_workspaces(target: Target, state: dict) -> str:
-    user = _user(target, state)
-    headers = _bearer(user["access_token"])
-    made = _conform(
-        requests.post(
-            f"{target.backend_url}/workspaces",
-            json={"name": f"{target.prefix}conf"},
-            headers=headers,
-            timeout=TIMEOUT,
-        ),
-        "/workspaces",
-        "post",
-        201,
-    )
-    listed = _conform(
-        requests.get(f"{target.backend_url}/workspaces", headers=headers, timeout=TIMEOUT),
-        "/workspaces",
-        "get",
-        200,
-    )
+    token = _user(target, state)["access_token"]
+    made = _call(target, "post", "/workspaces", 201, token, {"name": f"{target.prefix}conf"})
+    listed = _call(target, "get", "/workspaces", 200, token)
     if made["workspace_id"] not in [w["workspace_id"] for w in listed]:
         raise RuleBroken(f"GET /workspaces does not list the workspace {made['workspace_id']} just created")
     for name in ("", "x" * 101):
-        _conform(
-            requests.post(
-                f"{target.backend_url}/workspaces", json={"name": name}, headers=headers, timeout=TIMEOUT
-            ),
-            "/workspaces",
-            "post",
-            422,
-        )
+        _call(target, "post", "/workspaces", 422, token, {"name": name})
     return "201 and listed; 422 for an empty or a 101-character name"
 
 
 def backend_delete(target: Target, state: dict) -> str:
     user = new_user(target, "delete")
-    with _socket(target, user["access_token"]) as ws:
-        thread = _run(target, ws, "a thread to delete")[-1]["thread_id"]
-    headers = _bearer(user["access_token"])
-    _conform(
-        requests.delete(f"{target.backend_url}/threads/{thread}", headers=headers, timeout=TIMEOUT),
-        "/threads/{thread_id}",
-        "delete",
-        204,
-    )
-    _conform(
-        requests.get(f"{target.backend_url}/threads/{thread}", headers=headers, timeout=TIMEOUT),
-        "/threads/{thread_id}",
-        "get",
-        404,
-    )
+    with _socket(target, user) as ws:
+        thread = _run(ws, "a thread to delete")[-1]["thread_id"]
+    for method, expected in (("delete", 204), ("get", 404)):
+        _call(target, method, "/threads/{thread_id}", expected, user["access_token"], thread_id=thread)
     return "204, then 404"
 
 
@@ -531,15 +397,15 @@ def backend_delete(target: Target, state: dict) -> str:
 def ws_handshake(target: Target, state: dict) -> str:
     user = _user(target, state)
     outcomes = []
-    for label, token, origin, expected in (
-        ("no token", None, None, 401),
-        ("a foreign Origin", user["access_token"], FOREIGN_ORIGIN, 403),
+    for label, with_token, origin, expected in (
+        ("no token", False, None, 401),
+        ("a foreign Origin", True, FOREIGN_ORIGIN, 403),
     ):
         try:
-            with _socket(target, token, origin):
+            with _socket(target, user, origin, with_token):
                 raise RuleBroken(f"the handshake with {label} was accepted, expected HTTP {expected}")
-        except InvalidStatus as exc:
-            status = exc.response.status_code
+        except ConnectionRefused as exc:
+            status = exc.status
             if status != expected:
                 raise RuleBroken(
                     f"the handshake with {label} was refused with HTTP {status}, expected {expected}"
@@ -598,10 +464,11 @@ def ws_errors(target: Target, state: dict) -> str:
         ),
     )
     seen = []
-    with _socket(target, mallory["access_token"]) as ws:
+    with _socket(target, mallory) as ws:
         for raw, code in cases:
-            ws.send(raw)
-            frame = _receive(target, ws, f"the error answering {raw[:40]!r}")
+            start = len(ws.frames)
+            _on_engine(ws.send_raw(raw))
+            frame = _next_frame(ws, start, f"the error answering {raw[:40]!r}")
             if frame.get("type") != "error" or frame.get("code") != code:
                 raise RuleBroken(
                     f"{raw[:40]!r} was answered with {frame.get('type')} "
@@ -609,7 +476,7 @@ def ws_errors(target: Target, state: dict) -> str:
                 )
             seen.append(code)
         # the socket stays usable
-        run = _run(target, ws, "still there?")
+        run = _run(ws, "still there?")
     if run[-1]["type"] != "agent_completed":
         raise RuleBroken(f"after the errors the socket's next run ended with {run[-1]['type']}")
     return f"error codes {', '.join(seen)}; the socket stayed usable"
@@ -721,7 +588,7 @@ def run_rules(target: Target, area: str) -> list[Result]:
             evidence, ok = rule.check(target, state), True
         except RuleBroken as exc:
             evidence, ok = str(exc), False
-        except (requests.RequestException, WebSocketException, OSError, TimeoutError) as exc:
+        except (requests.RequestException, ConnectionRefused, OSError, TimeoutError) as exc:
             evidence, ok = f"{type(exc).__name__}: {exc}"[:300], False
         results.append(Result(rule, ok, mask_text(evidence), time.monotonic() - started))
     return results

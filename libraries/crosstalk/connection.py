@@ -31,7 +31,7 @@ from . import profile as target_profile
 from . import registry
 from .errors import CrosstalkError
 from .model import Frame, TestUser
-from .sequence import TERMINAL_TYPES, summarize
+from .sequence import TERMINAL_TYPES, answer_of, summarize
 
 DEFAULT_MAX_SIZE = 2**22
 RECENT_FRAMES = 5
@@ -127,10 +127,7 @@ class RunHandle:
 
     @property
     def answer(self) -> str | None:
-        for event in reversed(self.events):
-            if event.get("type") == "agent_completed":
-                return (event.get("payload") or {}).get("response")
-        return None
+        return answer_of(self.events)
 
     @property
     def time_to_first_event(self) -> float | None:
@@ -230,11 +227,11 @@ class UserConnection:
         self._reader = asyncio.get_running_loop().create_task(self._read(), name=f"read {self.label}")
         registry.register(self, owner=type(self).__name__, kind=registry.WEBSOCKET, label=self.label,
                           user_id=self.user.user_id, is_open=lambda: not self.closed,
-                          close=self._close_blocking)
+                          close=self.close_blocking)
         return self
 
-    def _close_blocking(self) -> None:
-        """Close from Robot's thread (the registry's end-of-suite cleanup)."""
+    def close_blocking(self) -> None:
+        """Close from a thread other than the engine's (Robot's; the registry's end-of-suite cleanup)."""
         from .engine import get_engine
 
         get_engine().run(self.close(), 10.0)
@@ -270,7 +267,7 @@ class UserConnection:
     def _record(self, direction: str, raw: str, at: float, mono: float) -> Frame:
         try:
             parsed = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
             parsed = None
         data = parsed if isinstance(parsed, dict) else None
         if data is not None and direction == "in":
@@ -344,8 +341,8 @@ class UserConnection:
             )
         return self.ws
 
-    async def _transmit(self, ws: ClientConnection, text: str) -> None:
-        """Send one text frame; AssertionError naming connection, user and close code if the socket closed."""
+    async def _transmit(self, ws: ClientConnection, text: str | bytes) -> None:
+        """Send one frame; AssertionError naming connection, user and close code if the socket closed."""
         try:
             await ws.send(text)
         except ConnectionClosed as exc:
@@ -354,11 +351,12 @@ class UserConnection:
                 f"with code {exc.rcvd.code if exc.rcvd else None}."
             ) from None
 
-    async def send_raw(self, text: str) -> Frame:
-        """Send text as it is and record it as an outgoing frame."""
+    async def send_raw(self, text: str | bytes) -> Frame:
+        """Send text as it is (bytes as a binary frame) and record it as an outgoing frame."""
         ws = self._open_socket()
         at, mono = _now()
-        frame = self._record("out", text, at, mono)
+        shown = text if isinstance(text, str) else text.decode("utf-8", "replace")
+        frame = self._record("out", shown, at, mono)
         await self._transmit(ws, text)
         return frame
 
@@ -378,10 +376,17 @@ class UserConnection:
         body: dict[str, Any] = {"type": "user_message", "content": content, "client_message_id": cmid}
         if thread_id:
             body["thread_id"] = thread_id
+        return await self.send_frame(body, echo_token=token)
+
+    async def send_frame(self, body: Mapping[str, Any], echo_token: str = "") -> RunHandle:
+        """Send a client frame that carries a ``client_message_id`` (with any other fields, e.g. forged
+        identity fields) as it is, and track the run it starts like `send_message` does."""
+        cmid = str(body["client_message_id"])
         at, mono = _now()
-        run = RunHandle(self.user, self.label, cmid, content, thread_id, at, mono, echo_token=token)
+        run = RunHandle(self.user, self.label, cmid, str(body.get("content", "")), body.get("thread_id"),
+                        at, mono, echo_token=echo_token)
         self.runs[cmid] = run  # registered before sending: the first event may arrive at once
-        await self.send_raw(json.dumps(body))
+        await self.send_raw(json.dumps(dict(body)))
         return run
 
     # ------------------------------------------------------------------ waits
@@ -409,6 +414,12 @@ class UserConnection:
                         return predicate() or None
         finally:
             self._waiters -= 1
+
+    async def next_frame(self, start: int, timeout: float) -> Frame | None:
+        """The first incoming frame (JSON or not) from index ``start``; None on timeout or close."""
+        return await self.wait_until(
+            lambda: next((f for f in self.frames[start:] if f.direction == "in"), None), timeout
+        )
 
     def find_frame(self, event_type: str | None, fields: Mapping[str, Any], start: int = 0) -> Frame | None:
         for frame in self.frames[start:]:
@@ -485,6 +496,51 @@ async def open_connection(
 ) -> UserConnection:
     """Open one connection for ``user``; see :meth:`UserConnection.open`."""
     return await UserConnection(user, label, url).open(token, origin, open_timeout)
+
+
+# ---------------------------------------------------------------------- blocking helpers
+# For keyword code and for threads released together by a barrier (crosstalk.races.fire_at_once):
+# each call blocks its own thread while the connection lives on the engine loop.
+GRACE = 5.0
+
+
+def open_blocking(user: TestUser, label: str, url: str, timeout: float = 10.0) -> UserConnection:
+    """Open a connection of ``user`` with its current access token and wait for the handshake."""
+    from .engine import get_engine
+
+    return get_engine().run(UserConnection(user, label, url).open(user.access_token, None, timeout),
+                            timeout + GRACE)
+
+
+def exchange(connection: UserConnection, body: Mapping[str, Any], timeout: float) -> RunHandle:
+    """Send one client frame (`UserConnection.send_frame`) and wait until its run ended: completed,
+    failed, or refused with an ``error`` frame (``run.rejection``)."""
+    from .engine import get_engine
+
+    async def send_and_wait() -> RunHandle:
+        return await connection.wait_for_run(await connection.send_frame(body), timeout)
+
+    return get_engine().run(send_and_wait(), timeout + GRACE)
+
+
+def start_thread(user: TestUser, url: str, title: str, timeout: float = 20.0) -> str:
+    """``user`` opens a socket, asks ``title`` (which starts a thread) and waits for the answer;
+    returns the new thread id (also added to ``user.thread_ids``)."""
+    from .engine import get_engine
+
+    async def ask() -> RunHandle:
+        connection = UserConnection(user, f"{user.label}#thread", url)
+        await connection.open(user.access_token, None, timeout)
+        try:
+            return await connection.wait_for_run(await connection.send_message(title), timeout)
+        finally:
+            await connection.close()
+
+    run = get_engine().run(ask(), timeout * 2 + GRACE)
+    if run.status != "completed" or not run.thread_id:
+        raise CrosstalkError(f"{user.label}: starting a thread ended {run.status}: "
+                             f"{describe_frames(run.event_frames) if run.event_frames else run.rejection}")
+    return run.thread_id
 
 
 async def gather_strict(coros: Iterable[Any]) -> list[Any]:

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-TERMINAL = ("agent_completed", "agent_error")
+from .sequence import TERMINAL_TYPES as TERMINAL
+from .sequence import answer_of
+
 # Fields a request might use to name a user or an owner: all must be ignored by the server.
 IDENTITY_FIELDS = ("user_id", "userId", "sub", "owner", "owner_id", "author_id", "created_by", "account_id")
 
@@ -260,10 +262,7 @@ class StreamedRun:
 
     @property
     def answer(self) -> str | None:
-        for event in reversed(self.terminals):
-            if event.get("type") == "agent_completed":
-                return (event.get("payload") or {}).get("response")
-        return None
+        return answer_of(self.events)
 
     @property
     def name(self) -> str:
@@ -294,41 +293,35 @@ def reconcile_rest(
     ``counts``: what ``message_count`` counts, ``all`` messages or ``user`` messages only.
     """
     where = f"thread {run.thread_id} (REST)"
-    problems = []
     mine = [m for m in messages if m.get("run_id") == run.run_id]
     questions = [m for m in mine if m.get("role") == "user"]
     answers = [m for m in mine if m.get("role") == "agent"]
-    if len(questions) != 1:
-        problems.append(f"{run.name}: {len(questions)} user messages with its run_id in {where}, expected 1")
-    for question in questions:
-        if question.get("client_message_id") != run.client_message_id:
-            problems.append(
-                f"{run.name}: stored question has client_message_id "
-                f"{question.get('client_message_id')!r}, streamed {run.client_message_id!r}"
-            )
-        if question.get("content") != run.content:
-            problems.append(f"{run.name}: stored question is not the sent content verbatim")
     expected_answers = 1 if run.status == "completed" else 0
-    if len(answers) != expected_answers:
-        problems.append(
-            f"{run.name} ended {run.status}: {len(answers)} agent answers with its run_id in {where}, "
-            f"expected {expected_answers}"
-        )
-    for answer in answers:
-        if run.answer is not None and answer.get("content") != run.answer:
-            problems.append(f"{run.name}: the stored answer differs from the streamed one")
-        if answer.get("client_message_id") != run.client_message_id:
-            problems.append(
-                f"{run.name}: stored answer has client_message_id {answer.get('client_message_id')!r}"
-            )
     counted = [m for m in messages if counts == "all" or m.get("role") == "user"]
-    if message_count is not None and message_count != len(counted):
-        what = "messages" if counts == "all" else "user messages"
-        problems.append(
-            f"thread {run.thread_id}: message_count {message_count} but {len(counted)} {what} "
-            "stored (REST)"
-        )
-    return problems
+    checks = [(len(questions) != 1,
+               f"{run.name}: {len(questions)} user messages with its run_id in {where}, expected 1")]
+    for question in questions:
+        checks += [
+            (question.get("client_message_id") != run.client_message_id,
+             f"{run.name}: stored question has client_message_id {question.get('client_message_id')!r}, "
+             f"streamed {run.client_message_id!r}"),
+            (question.get("content") != run.content,
+             f"{run.name}: stored question is not the sent content verbatim"),
+        ]
+    checks.append((len(answers) != expected_answers,
+                   f"{run.name} ended {run.status}: {len(answers)} agent answers with its run_id in {where}, "
+                   f"expected {expected_answers}"))
+    for answer in answers:
+        checks += [
+            (run.answer is not None and answer.get("content") != run.answer,
+             f"{run.name}: the stored answer differs from the streamed one"),
+            (answer.get("client_message_id") != run.client_message_id,
+             f"{run.name}: stored answer has client_message_id {answer.get('client_message_id')!r}"),
+        ]
+    checks.append((message_count is not None and message_count != len(counted),
+                   f"thread {run.thread_id}: message_count {message_count} but {len(counted)} "
+                   f"{'messages' if counts == 'all' else 'user messages'} stored (REST)"))
+    return _broken(checks)
 
 
 def reconcile_rows(
@@ -344,45 +337,44 @@ def reconcile_rows(
     ``run_row``: (thread_id, user_id, status); ``thread_row``: (user_id, message_count);
     ``thread_message_rows``: how many message rows the run's thread holds.
     """
-    problems = []
+    checks = []
     for thread_id, user_id, role, cmid in message_rows:
-        if str(thread_id) != run.thread_id:
-            problems.append(
-                f"{run.name}: its {role} message row is in thread {thread_id}, not in {run.thread_id}"
-            )
-        if str(user_id) != run.user_id:
-            problems.append(
-                f"{run.name}: its {role} message row belongs to user {user_id}, not {run.user_id}"
-            )
-        if cmid != run.client_message_id:
-            problems.append(f"{run.name}: its {role} message row has client_message_id {cmid!r}")
+        checks += [
+            (str(thread_id) != run.thread_id,
+             f"{run.name}: its {role} message row is in thread {thread_id}, not in {run.thread_id}"),
+            (str(user_id) != run.user_id,
+             f"{run.name}: its {role} message row belongs to user {user_id}, not {run.user_id}"),
+            (cmid != run.client_message_id,
+             f"{run.name}: its {role} message row has client_message_id {cmid!r}"),
+        ]
     expected = 2 if run.status == "completed" else 1
-    if len(message_rows) != expected:
-        problems.append(
-            f"{run.name} ended {run.status}: {len(message_rows)} message rows with its run_id, "
-            f"expected {expected}"
-        )
-    if run_row is None:
-        problems.append(f"{run.name}: no row in runs")
-    else:
+    checks.append((len(message_rows) != expected,
+                   f"{run.name} ended {run.status}: {len(message_rows)} message rows with its run_id, "
+                   f"expected {expected}"))
+    checks.append((run_row is None, f"{run.name}: no row in runs"))
+    if run_row is not None:
         thread_id, user_id, status = run_row
-        if status != run.status:
-            problems.append(f"{run.name}: runs.status is {status!r} but the stream ended {run.status!r}")
-        if str(thread_id) != run.thread_id or str(user_id) != run.user_id:
-            problems.append(f"{run.name}: runs row names thread {thread_id} of user {user_id}")
-    if thread_row is None:
-        problems.append(f"{run.name}: its thread {run.thread_id} has no row in threads")
-    else:
+        checks += [
+            (status != run.status,
+             f"{run.name}: runs.status is {status!r} but the stream ended {run.status!r}"),
+            (str(thread_id) != run.thread_id or str(user_id) != run.user_id,
+             f"{run.name}: runs row names thread {thread_id} of user {user_id}"),
+        ]
+    checks.append((thread_row is None, f"{run.name}: its thread {run.thread_id} has no row in threads"))
+    if thread_row is not None:
         owner, count = thread_row
-        if str(owner) != run.user_id:
-            problems.append(
-                f"thread {run.thread_id} belongs to user {owner}, not to {run.user} ({run.user_id})"
-            )
-        if count != thread_message_rows:
-            problems.append(
-                f"thread {run.thread_id}: message_count {count} but {thread_message_rows} message rows"
-            )
-    return problems
+        checks += [
+            (str(owner) != run.user_id,
+             f"thread {run.thread_id} belongs to user {owner}, not to {run.user} ({run.user_id})"),
+            (count != thread_message_rows,
+             f"thread {run.thread_id}: message_count {count} but {thread_message_rows} message rows"),
+        ]
+    return _broken(checks)
+
+
+def _broken(checks: Sequence[tuple[bool, str]]) -> list[str]:
+    """A judge written as a table: the message of every (broken, message) row that is broken."""
+    return [message for broken, message in checks if broken]
 
 
 def runs_from_frames(label: str, user_id: str, frames: Sequence[Any]) -> list[StreamedRun]:

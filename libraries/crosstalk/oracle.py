@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CrosstalkError
-from .metrics import jain_index
+from .metrics import FAIRNESS_LATENCY_FLOOR_S, jain_index
 from .model import Evidence, Frame, TestUser
 from .stats import percentile
 
@@ -423,8 +423,12 @@ class RoundStats:
     wall: float = 0.0  # seconds from the first send to the last completion
 
 
-def round_stats(latencies: Mapping[str, Sequence[float]], wall_seconds: float) -> RoundStats:
-    """Statistics of runs grouped by user label, over ``wall_seconds`` from first send to last completion."""
+def round_stats(latencies: Mapping[str, Sequence[float]], wall_seconds: float,
+                fairness_floor: float = FAIRNESS_LATENCY_FLOOR_S) -> RoundStats:
+    """Statistics of runs grouped by user label, over ``wall_seconds`` from first send to last completion.
+
+    Fairness is Jain's index of the users' mean latencies, each counted as at least ``fairness_floor`` s.
+    """
     flat = [x for values in latencies.values() for x in values]
     if not flat:
         raise ValueError("No run completed, so there is no latency to measure.")
@@ -436,5 +440,5 @@ def round_stats(latencies: Mapping[str, Sequence[float]], wall_seconds: float) -
         runs=len(flat), users=len(per_user), mean=sum(flat) / len(flat), median=median,
         p95=percentile(flat, 95), max=ordered[-1],
         throughput=len(flat) / wall_seconds if wall_seconds > 0 else float("inf"),
-        fairness=jain_index(per_user), wall=wall_seconds,
+        fairness=jain_index(per_user, fairness_floor), wall=wall_seconds,
     )

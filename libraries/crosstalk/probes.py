@@ -52,20 +52,29 @@ def _content_type(response: requests.Response) -> str:
     return (response.headers.get("content-type") or "no content type").split(";")[0].strip()
 
 
-def probe_backend(url: str) -> dict[str, Any]:
-    """``GET {url}/health`` must answer 200 with JSON; returns that JSON."""
-    target = url.rstrip("/") + "/health"
+def _get(name: str, url: str, path: str, service: str) -> requests.Response:
+    """``GET {url}{path}``; an unreachable ``name`` fails with one line naming the ``service`` to start."""
     try:
-        response = requests.get(target, timeout=TIMEOUT)
+        return requests.get(url.rstrip("/") + path, timeout=TIMEOUT)
     except requests.RequestException as exc:
         raise ConfigurationError(
-            f"BACKEND_URL {mask_url(url)} is unreachable ({_reason(exc)}): start the backend or "
-            f"{_fix('BACKEND_URL')}.") from None
+            f"{name} {mask_url(url)} is unreachable ({_reason(exc)}): start the {service} or "
+            f"{_fix(name)}.") from None
+
+
+def _not_the_contract(name: str, url: str, path: str, response: requests.Response, what: str,
+                      base: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"{name} {mask_url(url)}: GET {path} answered {response.status_code} {_content_type(response)}, "
+        f"not {what}: set {name} to {base} ({how_to_set(name)}).")
+
+
+def probe_backend(url: str) -> dict[str, Any]:
+    """``GET {url}/health`` must answer 200 with JSON; returns that JSON."""
+    response = _get("BACKEND_URL", url, "/health", "backend")
     if response.status_code != 200:
-        raise ConfigurationError(
-            f"BACKEND_URL {mask_url(url)}: GET /health answered {response.status_code} "
-            f"{_content_type(response)}, not the contract's health JSON: set BACKEND_URL to the "
-            f"backend's base URL ({how_to_set('BACKEND_URL')}).")
+        raise _not_the_contract("BACKEND_URL", url, "/health", response, "the contract's health JSON",
+                                "the backend's base URL")
     try:
         body = response.json()
     except ValueError:
@@ -77,22 +86,14 @@ def probe_backend(url: str) -> dict[str, Any]:
 
 def probe_auth(url: str) -> dict[str, Any]:
     """``GET {url}/.well-known/jwks.json`` must answer 200 with a JWKS; returns it."""
-    target = url.rstrip("/") + "/.well-known/jwks.json"
-    try:
-        response = requests.get(target, timeout=TIMEOUT)
-    except requests.RequestException as exc:
-        raise ConfigurationError(
-            f"AUTH_URL {mask_url(url)} is unreachable ({_reason(exc)}): start the auth service or "
-            f"{_fix('AUTH_URL')}.") from None
+    path = "/.well-known/jwks.json"
+    response = _get("AUTH_URL", url, path, "auth service")
     try:
         jwks = response.json() if response.status_code == 200 else None
     except ValueError:
         jwks = None
     if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
-        raise ConfigurationError(
-            f"AUTH_URL {mask_url(url)}: GET /.well-known/jwks.json answered {response.status_code} "
-            f"{_content_type(response)}, not a JWKS: set AUTH_URL to the auth service's base URL "
-            f"({how_to_set('AUTH_URL')}).")
+        raise _not_the_contract("AUTH_URL", url, path, response, "a JWKS", "the auth service's base URL")
     return jwks
 
 

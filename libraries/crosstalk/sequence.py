@@ -67,6 +67,17 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
         raise ValueError(f"Invalid event pattern '{pattern}': {exc}.") from None
 
 
+def answer_of(events: Iterable[Mapping[str, Any]]) -> str | None:
+    """The answer of a run: ``payload.response`` of its last ``agent_completed`` event (None without one).
+
+    Example: ``answer_of(run.events)``
+    """
+    for event in reversed(list(events)):
+        if event.get("type") == "agent_completed":
+            return (event.get("payload") or {}).get("response")
+    return None
+
+
 def types_of(events: Iterable[Mapping[str, Any]]) -> list[str]:
     return [str(event.get("type")) for event in events]
 

@@ -26,10 +26,8 @@ from pathlib import Path
 
 import psutil
 import requests
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .errors import CrosstalkError
+from .launcher import PlatformError, launch, write_signing_key
 from .paths import results_root, source_checkout
 
 LIBRARIES = Path(__file__).resolve().parents[1]
@@ -44,10 +42,6 @@ def variant_requested(environ: dict | None = None) -> bool:
     """True when ``REFPLAT_VARIANT`` asks for the reference platform's variant mode."""
     value = (environ if environ is not None else os.environ).get(VARIANT_ENV, "")
     return value.strip().lower() in ("1", "true", "yes", "on")
-
-
-class PlatformError(CrosstalkError):
-    """A one-line, actionable reason why the platform is not usable."""
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -265,73 +259,16 @@ class SharedPlatform:
             return True
 
     def _start(self, timeout: float) -> dict:
-        self.state_file.unlink(missing_ok=True)
         env = dict(os.environ)
-        env.pop("AUTH_URL", None)
         env.setdefault("CROSSTALK_RESULTS", str(results_root()))  # its data next to this state
-        if self.faults:
-            env["REFPLAT_FAULTS"] = self.faults
-        else:
-            env.pop("REFPLAT_FAULTS", None)
-        if self.variant:
-            env[VARIANT_ENV] = "1"
-        else:
-            env.pop(VARIANT_ENV, None)
-        command = [
-            sys.executable,
-            "-m",
-            "reference_platform",
-            "--auth-port",
-            "0",
-            "--backend-port",
-            "0",
-            "--state-file",
-            str(self.state_file),
-            "--jwt-private-key",
-            str(self._fresh_signing_key()),
-            "--test-hooks",  # started by Crosstalk itself: the failure-injection hook is on
-        ]
-        with open(self.log_file, "wb") as log:  # one start per log: the last line is the reason
-            process = subprocess.Popen(
-                command,
-                cwd=source_checkout() or self.directory,  # a checkout's own reference_platform first
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # survives Ctrl-C of the robot that started it
-            )
+        started = launch(self.state_file, self.log_file, faults=self.faults.split(",") if self.faults else (),
+                         variant=self.variant, private_key=write_signing_key(self.key_file),
+                         test_hooks=True,  # started by Crosstalk itself: the failure-injection hook is on
+                         env=env, cwd=source_checkout() or self.directory)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise PlatformError(
-                    f"The reference platform exited with code {process.returncode} while starting: "
-                    f"{self._last_log_line()} (full log: {self.log_file})"
-                )
-            state = self._state()
-            if state and state.get("backend_url"):
-                wait_healthy(state["backend_url"], max(5.0, deadline - time.monotonic()))
-                return state
-            time.sleep(0.2)
-        process.terminate()
-        raise PlatformError(
-            f"The reference platform did not become healthy within {timeout:g} s: {self._last_log_line()} "
-            f"(full log: {self.log_file})"
-        )
-
-    def _fresh_signing_key(self) -> Path:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.key_file.write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-        self.key_file.chmod(0o600)
-        return self.key_file
-
-    def _last_log_line(self) -> str:
-        try:
-            lines = [line for line in self.log_file.read_text(errors="replace").splitlines() if line.strip()]
-        except OSError:
-            return "no log"
-        return lines[-1].strip() if lines else "no output"
+        state = started.wait_until_up(timeout)
+        wait_healthy(state["backend_url"], max(5.0, deadline - time.monotonic()))
+        return state
 
     def _stop(self, state: dict) -> None:
         pid = state.get("pids", {}).get("launcher")

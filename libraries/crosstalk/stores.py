@@ -18,6 +18,7 @@ import psycopg2.extensions
 import psycopg2.extras
 import redis
 
+from . import profile as target_profile
 from .errors import CrosstalkError
 from .secrets import mask_url
 
@@ -102,6 +103,28 @@ def query(
         return [dict(row) for row in cursor.fetchall()]
 
 
+def fetch(alias: str, url: str, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple]:
+    """One statement on a connection of its own (opened and closed here); rows as tuples.
+
+    ``sql`` is written in the reference platform's table and column names; the target
+    profile translates it to the target's own (``profile.sql``).
+
+    Example:
+        count = fetch("backend", url, "SELECT count(*) FROM threads WHERE user_id = %s", (uid,))[0][0]
+    """
+    from . import profile as target_profile  # the profile reads the target context: import late
+
+    conn = connect_postgres(alias, url)
+    try:
+        with conn.cursor() as cursor:
+            # parameters always given, so '%%' means '%' with or without them
+            cursor.execute(target_profile.current().sql(sql),
+                           dict(params) if isinstance(params, Mapping) else tuple(params))
+            return cursor.fetchall() if cursor.description is not None else []
+    finally:
+        conn.close()
+
+
 def begin(conn: psycopg2.extensions.connection, level: IsolationLevel) -> None:
     conn.autocommit = False
     with conn.cursor() as cursor:
@@ -118,6 +141,11 @@ def finish(conn: psycopg2.extensions.connection, commit: bool) -> None:
 
 def scan_keys(client: redis.Redis, pattern: str = "*") -> list[str]:
     return sorted(set(client.scan_iter(match=pattern, count=SCAN_COUNT)))
+
+
+def session_keys(client: redis.Redis, user_id: str) -> list[str]:
+    """The user's session records: keys matching the target profile's ``redis.session`` pattern."""
+    return scan_keys(client, target_profile.current().session_pattern(user_id))
 
 
 def read_value(client: redis.Redis, key: str) -> tuple[str, Any]:
@@ -138,6 +166,16 @@ def read_value(client: redis.Redis, key: str) -> tuple[str, Any]:
     return kind, f"<{kind} value not read>"
 
 
+def _by_alias(pool: Mapping[str, Any], alias: str, kind: str) -> Any:
+    try:
+        return pool[alias]
+    except KeyError:
+        known = ", ".join(pool) or "none"
+        raise StoreError(
+            f"No {kind} connection with alias '{alias}' (open: {known}): use Connect To {kind} first."
+        ) from None
+
+
 @dataclass
 class Stores:
     """Open connections by alias."""
@@ -147,22 +185,10 @@ class Stores:
     urls: dict[str, str] = field(default_factory=dict)
 
     def pg(self, alias: str) -> psycopg2.extensions.connection:
-        try:
-            return self.postgres[alias]
-        except KeyError:
-            known = ", ".join(self.postgres) or "none"
-            raise StoreError(
-                f"No Postgres connection with alias '{alias}' (open: {known}): use Connect To Postgres first."
-            ) from None
+        return _by_alias(self.postgres, alias, "Postgres")
 
     def rd(self, alias: str) -> redis.Redis:
-        try:
-            return self.redis[alias]
-        except KeyError:
-            known = ", ".join(self.redis) or "none"
-            raise StoreError(
-                f"No Redis connection with alias '{alias}' (open: {known}): use Connect To Redis first."
-            ) from None
+        return _by_alias(self.redis, alias, "Redis")
 
     def close_all(self) -> Iterator[str]:
         for alias, conn in list(self.postgres.items()):

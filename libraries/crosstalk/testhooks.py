@@ -113,6 +113,25 @@ def leaked_connections(urls: Sequence[str], timeout: float = SCRAPE_TIMEOUT) -> 
     return None, f"no {TRACKED} and {ACTIVE} gauges at {', '.join(urls) or 'any metrics endpoint'}"
 
 
+def leaked_connection_count(backend_url: str, metrics_url: str | None = None) -> tuple[int | None, str]:
+    """Connection entries the server holds for sockets already closed, or ``(None, why not)``.
+
+    ``tracked_connections - active_websockets`` from the reference's ``/metrics`` JSON, else
+    the contract's Prometheus gauges at ``metrics_url`` (``METRICS_URL``) or at the path
+    ``/health`` advertises (`leaked_connections`).
+
+    Example:
+        leaked, source = leaked_connection_count("http://127.0.0.1:8000")
+    """
+    base = backend_url.rstrip("/")
+    try:
+        metrics = requests.get(f"{base}/metrics", timeout=PROBE_TIMEOUT).json()
+        return int(metrics["tracked_connections"]) - int(metrics["active_websockets"]), f"{base}/metrics"
+    except (requests.RequestException, ValueError, KeyError, TypeError):
+        pass
+    return leaked_connections(metrics_urls(metrics_url or "") or advertised_metrics_urls(base))
+
+
 def scrape(url: str, timeout: float = SCRAPE_TIMEOUT) -> tuple[float, int]:
     """One scrape of a Prometheus text endpoint; ValueError with one line on any failure."""
     try:

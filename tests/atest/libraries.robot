@@ -9,6 +9,7 @@ Library             CrosstalkRaces
 Library             CrosstalkSecurity
 Library             CrosstalkTransactions
 Library             CrosstalkLoad
+Library             CrosstalkWorkspace
 
 Suite Teardown      Disconnect All
 
@@ -73,21 +74,47 @@ Stores Name A URL That Is Not Postgres
     Run Keyword And Expect Error    Postgres alias 'db': URL 'redis://*' is not a postgresql:// URL*
     ...    Connect To Postgres    db    redis://localhost:1/0
 
-Security Words A Handshake That Was Accepted
-    [Documentation]    No token is refused; a valid token makes the refusal check fail with what was received.
+Chat Refuses A Handshake Without Credentials
+    [Documentation]    No Authorization header is refused; the refusal check names the missing header when accepted.
     ${alice} =    Create Test User    alice
     Log In    ${alice}
-    Websocket Handshake Should Be Refused    ${WS_URL}    ${EMPTY}
-    Run Keyword And Expect Error    WebSocket handshake with * was accepted (HTTP 101): expected HTTP 401*
-    ...    Websocket Handshake Should Be Refused    ${WS_URL}    ${alice}
+    Connection Should Be Refused    ${alice}    token=${EMPTY}
+    Run Keyword And Expect Error
+    ...    WebSocket of user 'alice' with no Authorization header was refused, but not with HTTP 403: *HTTP 401*
+    ...    Connection Should Be Refused    ${alice}    token=${EMPTY}    status=403
+    [Teardown]    Disconnect All
 
-Races Connect Users At Once And Register Their Sockets
-    [Documentation]    Simultaneous connects succeed and close at the same instant.
-    ${users} =    Create Test Users    2    prefix=racer
-    Log In Users    ${users}
-    ${sockets} =    Connect All Users At Once    ${users}
-    Length Should Be    ${sockets}    2
-    Disconnect All At Once    ${sockets}
+Security Words Session Records That Stay Behind
+    [Documentation]    An open socket keeps its session record; expecting none names the user and the key found.
+    ${alice} =    Create Test User    alice
+    Log In    ${alice}
+    Connect    ${alice}
+    Session Records Should Number    ${REDIS_URL}    ${alice.user_id}    1
+    Run Keyword And Expect Error
+    ...    Redis holds 1 session record(s) for user ${alice.user_id} after 0.3 s, expected 0: *sessions are not removed*
+    ...    Session Records Should Number    ${REDIS_URL}    ${alice.user_id}    0    timeout=0.3s
+    [Teardown]    Disconnect All
+
+Races Let Exactly One Writer Win A Redis Key
+    [Documentation]    Writers released at once by the barrier: one SET NX wins and is the stored value.
+    ${alice} =    Create Test User    racer
+    ${winner} =    Race Set If Absent On User Key    ${alice}    4
+    Should Match Regexp    ${winner}    ^writer[1-4]$
+
+Workspace Names The Stores Of A Half-Applied Transaction
+    [Documentation]    A workspace in all three stores passes; a backend-only row is reported as a partially
+    ...    applied transaction naming the stores that hold it.
+    ${alice} =    Create Test User    founder
+    Log In    ${alice}
+    Create Workspace    ${alice}    atest
+    Workspace State Should Be Consistent    ${alice}    expected=1
+    ${half} =    Leave A Half Applied Workspace    ${alice}
+    VAR    ${applied} =    auth (workspace_count=1), backend (2 workspace rows), analytics (1 events)
+    VAR    ${report} =    stores applied: ${applied}; workspaces without event: ?'${half}'?
+    Run Keyword And Expect Error
+    ...    partially applied cross-service transaction for founder: *${report}
+    ...    Workspace State Should Be Consistent    ${alice}
+    [Teardown]    Remove Half Applied Workspace    ${half}
 
 Transactions Need A Scratch Database First
     [Documentation]    Transactions without a scratch database fail with what to call first; the pool opens.

@@ -140,3 +140,15 @@ def test_redis_values_by_type_and_scan(stores):
             stores.get_redis_value("cache", f"{prefix}:nothing")
     finally:
         client.delete(*(f"{prefix}:{k}" for k in ("s", "h", "l", "set", "z")))
+
+
+def test_fetch_runs_one_statement_on_its_own_connection(platform, table):
+    from crosstalk.stores import fetch
+
+    url = platform.state["backend_database_url"]
+    fetch("backend", url, f"INSERT INTO {table} (id, note) VALUES (%s, %s)", (7, "100%"))
+    assert fetch("backend", url, f"SELECT id, note FROM {table} WHERE note LIKE '100%%'") == [(7, "100%")]
+    assert fetch("backend", url, f"SELECT count(*) FROM {table} WHERE id = %(id)s", {"id": 7}) == [(1,)]
+    assert fetch("backend", url, f"DELETE FROM {table}") == []
+    with pytest.raises(StoreError, match=r"Postgres alias 'backend': URL 'redis://.*' is not a postgresql://"):
+        fetch("backend", "redis://localhost:1/0", "SELECT 1")

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg2
 import pytest
+from crosstalk.launcher import launch
 
 from reference_platform.embedded import EmbeddedPostgres, EmbeddedStartError
-from tests.conftest import REPO_ROOT, RunningPlatform, wait_until_up
+from tests.conftest import REPO_ROOT, START_TIMEOUT
 
 pytestmark = pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")),
                                 reason="DATABASE_URL is set: the launcher starts no embedded PostgreSQL")
@@ -39,15 +38,10 @@ def test_the_platform_starts_from_a_directory_over_150_bytes(tmp_path):
     data_dir, state_file = workspace / "results" / "platform-data" / "run", workspace / "state.json"
     log_file = workspace / "launcher.log"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    env.pop("REFPLAT_FAULTS", None)
-    with log_file.open("wb") as log:
-        # cwd and the data directory in the long path: where a deep checkout puts them
-        process = subprocess.Popen(
-            [sys.executable, "-m", "reference_platform", "--auth-port", "0", "--backend-port", "0",
-             "--data-dir", str(data_dir), "--state-file", str(state_file)],
-            cwd=workspace, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-    running = wait_until_up(RunningPlatform(process, {}, state_file, log_file))
+    # cwd and the data directory in the long path: where a deep checkout puts them
+    running = launch(state_file, log_file, test_hooks=False, extra_args=["--data-dir", str(data_dir)],
+                     env=env, cwd=workspace)
+    running.wait_until_up(START_TIMEOUT)
     try:
         assert Path(running.state["data_dir"]) == data_dir
         with psycopg2.connect(running.state["auth_database_url"], connect_timeout=5) as connection, \

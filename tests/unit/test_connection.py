@@ -180,3 +180,17 @@ def test_run_handle_str_has_no_content():
     user = TestUser("bob", "b@x.test", "pw", "C")
     run = RunHandle(user, "bob#1", "cm-1", "secret content", None, 0.0, 0.0)
     assert "secret content" not in str(run) and "bob" in str(run)
+
+
+def test_a_frame_nested_too_deep_to_parse_is_recorded_as_not_json_and_bytes_go_out_as_bytes():
+    async def scenario():
+        connection = make_connection()
+        deep = "[" * 50_000 + "]" * 50_000
+        receive(connection, deep)  # a hostile server must not break the reader
+        sent = await connection.send_raw(b"\xff\xfe not UTF-8")
+        return connection, sent
+
+    connection, sent = asyncio.run(scenario())
+    assert connection.frames[0].data is None and connection.frames[0].raw.startswith("[[[")
+    assert connection.ws.sent[-1] == b"\xff\xfe not UTF-8"  # a binary frame, as given
+    assert sent.direction == "out" and "not UTF-8" in sent.raw

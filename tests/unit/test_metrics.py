@@ -88,9 +88,9 @@ def test_parse_threshold_units():
 
 def test_unfair_users_lower_the_index():
     m = LoadMetrics()
-    for label, seconds in [("a", 0.01), ("b", 0.01), ("c", 0.01), ("d", 1.0)]:
+    for label, seconds in [("a", 0.01), ("b", 0.01), ("c", 0.01), ("d", 4.0)]:
         m.record_completion(m.user(label), seconds, m.started_mono)
-    assert m.fairness < 0.4
+    assert m.fairness < 0.4  # 0.01 s counts as the 0.25 s floor: 4 s is 16 times that
     assert m.check("fairness > 0.7").passed is False
 
 
@@ -137,3 +137,12 @@ def test_the_fast_recorder_fills_the_same_buckets_as_hdrhistogram():
     assert (fast.total_count, fast.min_value, fast.max_value) == (
         reference.total_count, reference.min_value, reference.max_value)
     assert fast.get_value_at_percentile(99) == reference.get_value_at_percentile(99)
+
+
+def test_fairness_counts_waits_under_the_floor_alike():
+    stalled = [0.06] * 11 + [0.45] * 9  # one 0.4 s stall of the test machine, not of the platform
+    assert jain_index(stalled) < 0.7
+    assert jain_index(stalled, floor=0.25) > 0.9
+    # half the users served 8 times slower (the unfair_scheduling fault) is still unfair above the floor
+    assert jain_index([0.55] * 6 + [4.4] * 6, floor=0.25) < 0.7
+    assert jain_index([0.01, 0.2], floor=0.25) == pytest.approx(1.0)

@@ -201,7 +201,11 @@ def test_round_stats_latency_throughput_fairness():
 
 
 def test_round_stats_unfair_and_empty():
-    assert oracle.round_stats({"a": [1.0], "b": [0.0], "c": [0.0], "d": [0.0]}, 1.0).fairness == 0.25
+    assert oracle.round_stats({"a": [1.0], "b": [0.0], "c": [0.0], "d": [0.0]}, 1.0,
+                              fairness_floor=0.0).fairness == 0.25
+    # by default waits under 250 ms count alike: 0 s counts as 0.25 s
+    floored = oracle.round_stats({"a": [1.0], "b": [0.0], "c": [0.0], "d": [0.0]}, 1.0)
+    assert floored.fairness == pytest.approx((1.0 + 0.75) ** 2 / (4 * (1.0 + 3 * 0.0625)))
     assert oracle.percentile([5, 1, 4, 2, 3], 50) == 3
     with pytest.raises(ValueError, match="No run completed"):
         oracle.round_stats({"a": []}, 1.0)

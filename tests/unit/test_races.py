@@ -9,12 +9,12 @@ import pytest
 from crosstalk.races import (
     Outcome,
     RaceError,
-    Target,
     WorkspaceState,
     counter_report,
     duplicates,
     exactly_one_winner,
     fire_at_once,
+    outcomes_table,
     partial_state_report,
 )
 
@@ -96,9 +96,9 @@ def test_workspace_state_consistency_and_partial_report():
     assert "workspaces without event: ['w1']" in report
 
 
-def test_target_derives_analytics_database_and_refuses_missing_urls():
-    target = Target("http://a", "http://b", "ws://b/ws", backend_database_url="postgresql://u:pw@h:5/backend")
-    assert target.analytics_database_url == "postgresql://u:pw@h:5/analytics"
-    assert "pw" not in target.describe()
-    with pytest.raises(ValueError, match="lacks auth_url"):
-        Target("", "http://b", "ws://b/ws")
+def test_outcomes_table_lists_actor_result_and_escapes_errors():
+    html = outcomes_table("race <1>", [Outcome("c1", True, 200, started=1.0, ended=1.25),
+                                       Outcome("c2", False, error="<boom>", started=1.0, ended=1.5)])
+    cells = [part.split("<", 1)[0] for part in html.split("vertical-align:top\">")[1:]]
+    assert "race &lt;1&gt;" in html
+    assert cells == ["c1", "ok", "200", "250", "c2", "error", "&lt;boom&gt;", "500"]

@@ -81,12 +81,12 @@ def test_one_percentile_nearest_rank_like_hdr():
 
 
 def test_every_library_error_is_a_crosstalk_error_shown_without_its_name():
-    from crosstalk import conformance, connection, context, races, sharedplatform, stores, transactions
+    from crosstalk import conformance, connection, context, races, rest, sharedplatform, stores, transactions
     from crosstalk.contract import ContractError
 
-    errors = [ContractError, races.RaceError, transactions.TransactionError, transactions.PoolExhausted,
-              stores.StoreError, connection.ConnectionRefused, conformance.RuleBroken,
-              context.ConfigurationError, sharedplatform.PlatformError]
+    errors = [ContractError, races.RaceError, rest.RestError, transactions.TransactionError,
+              transactions.PoolExhausted, stores.StoreError, connection.ConnectionRefused,
+              conformance.RuleBroken, context.ConfigurationError, sharedplatform.PlatformError]
     for error in errors:
         assert issubclass(error, CrosstalkError) and error.ROBOT_SUPPRESS_NAME, error
     assert transactions.IsolationLevel is stores.IsolationLevel
