@@ -8,7 +8,8 @@ from typing import Any
 
 import psycopg2
 import requests
-from crosstalk import context, htmllog, oracle, registry
+from assertionengine import AssertionOperator
+from crosstalk import assertions, context, htmllog, oracle, registry
 from crosstalk import profile as target_profile
 from crosstalk.context import Capability
 from crosstalk.httpretry import HTTP_TIMEOUT, pooled_session
@@ -21,6 +22,12 @@ from crosstalk.stores import StoreError, connect_postgres, connect_redis, query,
 from crosstalk.version import VERSION
 from robot.api import logger
 from robot.api.deco import keyword, library
+
+Kind = assertions.Kind
+# the figures of a chat round (Measure Chat Round) and how their thresholds are read
+ROUND_METRICS = {"mean": Kind.DURATION, "median": Kind.DURATION, "p95": Kind.DURATION, "max": Kind.DURATION,
+                 "round_time": Kind.DURATION, "throughput": Kind.NUMBER, "fairness": Kind.NUMBER,
+                 "runs": Kind.NUMBER, "users": Kind.NUMBER}
 
 MAX_PARALLEL = 16
 SESSION_GRACE_S = 2.0
@@ -345,7 +352,7 @@ class CrosstalkIsolation:
         Example:
         | ${stats} = | Measure Chat Round | ${runs} |
         | ${stats} = | Measure Chat Round | ${runs} | fairness_floor=100ms |
-        | Chat Round Should Meet Thresholds | ${stats} | max_mean_latency=5s |
+        | Get Chat Round Metric | ${stats} | mean | < | 5s |
         """
         done = [r for r in runs if r.status == "completed" and r.time_to_done is not None]
         latencies: dict[str, list[float]] = {}
@@ -365,38 +372,42 @@ class CrosstalkIsolation:
         ], "Chat round"), html=True)
         return stats
 
-    @keyword("Chat Round Should Meet Thresholds")
-    def chat_round_should_meet_thresholds(
-        self, stats: RoundStats, max_mean_latency: timedelta = timedelta(seconds=5),
-        min_throughput: float = 2.0, min_fairness: float = 0.7, max_round_time: timedelta | None = None,
-    ) -> None:
-        """Fails naming every threshold the round missed (mean latency, throughput, fairness, round time).
+    @keyword("Get Chat Round Metric")
+    def get_chat_round_metric(
+        self,
+        stats: RoundStats,
+        metric: str,
+        assertion_operator: AssertionOperator | None = None,
+        assertion_expected: Any = None,
+        message: str | None = None,
+    ) -> float:
+        """Returns one figure of a measured chat round; with an operator, asserts it (a threshold).
 
-        ``max_round_time`` (first send to last completion) is checked only when given.
+        ``metric`` is ``mean``, ``median``, ``p95``, ``max`` (latency, seconds),
+        ``round_time`` (first send to last completion, seconds), ``throughput`` (runs per
+        second), ``fairness`` (Jain's index), ``runs`` or ``users``.  Durations compare with
+        durations (``5s``, ``800ms``).  A failure names the round's users and runs, the
+        measured value and the threshold; a met threshold shows in report.html.
 
         Example:
-        | Chat Round Should Meet Thresholds | ${stats} | max_mean_latency=5s | min_fairness=0.7 |
+        | ${stats} = | Measure Chat Round | ${runs} |
+        | Get Chat Round Metric | ${stats} | mean | < | 5s |
+        | Get Chat Round Metric | ${stats} | fairness | > | 0.7 |
+        | ${p95} = | Get Chat Round Metric | ${stats} | p95 |
         """
-        limit = max_mean_latency.total_seconds()
-        missed = []
-        if stats.mean >= limit:
-            missed.append(f"mean latency {format_seconds(stats.mean)} >= {format_seconds(limit)}")
-        if stats.throughput <= min_throughput:
-            missed.append(f"throughput {stats.throughput:.2f} msg/s <= {min_throughput:g} msg/s")
-        if stats.fairness <= min_fairness:
-            missed.append(f"fairness {stats.fairness:.3f} <= {min_fairness:g}")
-        if max_round_time is not None and stats.wall >= max_round_time.total_seconds():
-            missed.append(
-                f"round time {format_seconds(stats.wall)} >= {format_seconds(max_round_time.total_seconds())}"
-            )
-        if missed:
-            raise AssertionError(f"Chat round of {stats.users} users missed: {'; '.join(missed)}")
-        met = (f"mean latency {format_seconds(stats.mean)} < {format_seconds(limit)}, "
-               f"throughput {stats.throughput:.1f} > {min_throughput:g} msg/s, "
-               f"fairness {stats.fairness:.3f} > {min_fairness:g}")
-        logger.info(f"Thresholds met: {met}")
-        # the figures belong in report.html, not only inside an expanded keyword
-        context.test_message(f"{stats.users} users: {met}")
+        name = metric.strip().lower()
+        if name not in ROUND_METRICS:
+            raise ValueError(f"Unknown chat round metric '{metric}': use {', '.join(ROUND_METRICS)}.")
+        value = stats.wall if name == "round_time" else getattr(stats, name)
+        outcome = assertions.check(
+            lambda: value, assertion_operator, assertion_expected, kind=ROUND_METRICS[name], subject=name,
+            what=f"chat round of {stats.users} users ({stats.runs} runs): {name}", message=message)
+        if not outcome.passed:
+            raise AssertionError(outcome.failure)
+        if assertion_operator is not None:
+            logger.info(f"ok: {outcome.expression}: measured {outcome.shown}")
+            assertions.report_met(f"{name} {outcome.shown} (threshold: {outcome.expression})")
+        return outcome.result
 
     @keyword("Tool Results Should Only Hold Own Messages")
     def tool_results_should_only_hold_own_messages(self, run: Any, *own_messages: str) -> None:

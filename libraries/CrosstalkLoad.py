@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import os
 import re
@@ -10,8 +11,10 @@ import time
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-from crosstalk import charts, context, testhooks
+from assertionengine import AssertionOperator
+from crosstalk import assertions, charts, context, testhooks
 from crosstalk.context import Capability
 from crosstalk.engine import get_engine
 from crosstalk.load import (
@@ -24,7 +27,7 @@ from crosstalk.load import (
     run_load,
 )
 from crosstalk.load import write_summary as _write_summary
-from crosstalk.metrics import LoadMetrics, format_seconds
+from crosstalk.metrics import LoadMetrics
 from crosstalk.model import TestUser
 from crosstalk.registry import Cleanup
 from crosstalk.version import VERSION
@@ -50,17 +53,23 @@ class CrosstalkLoad:
     writes a JSON summary under ``${OUTPUT DIR}/load/``
     (or ``LOAD_RESULTS_DIR``).
 
-    Thresholds are one-line expressions ``<metric> <op> <value>[unit]``:
-    ``p95 < 250ms`` (time to first event, i.e. agent startup), ``completion.p99 < 1s``,
-    ``connect.max < 2s``, ``gap.p99 < 100ms``, ``fairness > 0.7``, ``errors == 0``,
-    ``errors.timeout == 0``, ``throughput > 2``, ``success_rate >= 100%``,
-    ``routing_accuracy == 100%``, ``platform_memory < 4GB``, ``platform_cpu < 80%``,
-    ``generator_cpu < 80%``.
+    SLA thresholds are assertions on `Get Load Metric`, with the operators of Browser's
+    AssertionEngine: ``Get Load Metric  ${run}  p95  <  250ms`` (time to first event, i.e.
+    agent startup), ``completion.p99  <  1s``, ``connect.max  <  2s``, ``gap.p99  <  100ms``,
+    ``fairness  >  0.7``, ``errors  ==  0``, ``errors.timeout  ==  0``, ``throughput  >  2``,
+    ``success_rate  >=  100%``, ``routing_accuracy  ==  100%``, ``platform_memory  <  4GB``,
+    ``platform_cpu  <  80%``, ``generator_cpu  <  80%``.  Durations compare as durations,
+    memory as sizes, rates as percentages.
+
+    A load test can run alone (``robot -t``): `Get Shared Chat Load` makes a suite's load
+    run on first use and hands the same run to every later test of the suite.
     """
 
     def __init__(self) -> None:
         self.runs: list[LoadRun] = []
         self._summaries: dict[int, Path] = {}
+        # (suite id, suite name, run name) -> (config, test that made it, the run or why it failed)
+        self._shared: dict[tuple[str, str, str], tuple[LoadConfig, str, LoadRun | str]] = {}
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -160,6 +169,7 @@ class CrosstalkLoad:
         keep_frames: int = DEFAULT_KEEP_FRAMES,
         messages_per_thread: int = 0,
         connect_timeout: timedelta = timedelta(seconds=15),
+        once_per_suite: bool = False,
     ) -> LoadRun:
         """Registers ``users`` new users, connects each with its own WebSocket and sends ``messages`` each.
 
@@ -181,6 +191,15 @@ class CrosstalkLoad:
         The closed model with several messages per user is corrected for
         coordinated omission; the log says how latency was measured.
 
+        With ``once_per_suite`` the run is made on the first call in a suite and every
+        later call of the suite with the same arguments returns that same run: several
+        tests can assert on one burst (the startup burst costs a registration per user
+        and its point is that everyone starts at once, so it is not repeated per test),
+        and yet each test can run alone (``robot -t``) because whichever test comes first
+        makes the run.  A run that could not be made fails the test that asked for it;
+        every later test asking for it fails with the same reason and the name of that
+        test, without trying again.
+
         The connections stay open after the run (see `Load Connections Should
         Be Held` and `Close Load Users`).  Logs a metrics table with charts and
         writes a JSON summary under ``${OUTPUT DIR}/load/``; returns the run, whose
@@ -189,6 +208,7 @@ class CrosstalkLoad:
         Example:
         | ${run} = | Run Chat Load | users=100 | messages=1 | name=agent startup |
         | ${run} = | Run Chat Load | users=50 | messages=10 | model=open | rate=100 |
+        | ${run} = | Run Chat Load | users=20 | name=agent startup | once_per_suite=${True} |
         """
         config = LoadConfig(
             users=users, messages=messages, model=model, rate=rate, think_time=_seconds(think_time),
@@ -200,7 +220,47 @@ class CrosstalkLoad:
             config.validate()
         except ValueError as exc:
             raise ValueError(f"Run Chat Load: {exc}") from None
-        return self._drive(config, timeout)
+        if not once_per_suite:
+            return self._drive(config, timeout)
+        return self._once_per_suite(config, timeout)
+
+    def _once_per_suite(self, config: LoadConfig, timeout: timedelta | None) -> LoadRun:
+        """The suite's run of ``config.name``: made now on first use, else the one made before."""
+        key = (*self._suite_key(), config.name)
+        if key in self._shared:
+            made, test, run_or_error = self._shared[key]
+            if made != config:
+                differ = ", ".join(f"{f.name}={getattr(made, f.name)!r} (now {getattr(config, f.name)!r})"
+                                   for f in dataclasses.fields(made)
+                                   if getattr(made, f.name) != getattr(config, f.name))
+                raise ValueError(
+                    f"Run Chat Load: the load run '{config.name}' of this suite was already made by test "
+                    f"'{test}' with {differ}; give the same arguments or another name.")
+            if isinstance(run_or_error, str):
+                raise AssertionError(f"The load run '{config.name}' of this suite could not be made "
+                                     f"(tried by test '{test}'): {run_or_error}")
+            logger.info(f"Reusing the load run '{config.name}' made by test '{test}' "
+                        f"({len(run_or_error.load_users)} users, sockets still open).")
+            return run_or_error
+        test = self._test_name()
+        try:
+            run = self._drive(config, timeout)
+        except Exception as exc:
+            self._shared[key] = (config, test, str(exc) or type(exc).__name__)
+            raise
+        self._shared[key] = (config, test, run)
+        return run
+
+    @staticmethod
+    def _suite_key() -> tuple[str, str]:
+        from robot.running.context import EXECUTION_CONTEXTS
+
+        suite = EXECUTION_CONTEXTS.current.suite if EXECUTION_CONTEXTS.current else None
+        return str(getattr(suite, "id", "")), str(getattr(suite, "full_name", ""))
+
+    @staticmethod
+    def _test_name() -> str:
+        return str(BuiltIn().get_variable_value("${TEST NAME}", "suite setup"))
 
     @keyword("Run Next Load Round")
     def run_next_load_round(
@@ -254,59 +314,123 @@ class CrosstalkLoad:
                                                  name=f"{name} round {number}"))
         return done
 
-    @keyword("Load Thresholds Should Hold")
-    def load_thresholds_should_hold(self, run: LoadRun, *thresholds: str) -> None:
-        """Checks every threshold expression against the run; fails listing each broken one with its value.
-
-        Example:
-        | Load Thresholds Should Hold | ${run} | p95 < 250ms | p99 < 500ms | errors == 0 | fairness > 0.7 |
-        """
-        if not thresholds:
-            raise ValueError("Load Thresholds Should Hold needs at least one threshold, e.g. 'p95 < 5s'.")
-        results = [run.metrics.check(expression) for expression in thresholds]
-        logger.info(f"Latency basis of '{run.metrics.name}': {run.metrics.latency_basis}")
-        for result in results:
-            logger.info(str(result))
-        ctx = context.current()
-        unmeasured = [r for r in results if r.metric.startswith("platform_") and r.measured is None
-                      and not ctx.has(Capability.METRICS)]
-        if unmeasured:
-            # no resource metrics from this target: no verdict on them (the test ends SKIP if the rest holds)
-            ctx.incomplete(Capability.METRICS, ", ".join(r.expression for r in unmeasured))
-            results = [r for r in results if r not in unmeasured]
-        coreless = [r for r in results if r.metric.startswith("platform_cpu") and r.measured is None
-                    and run.metrics.resources.platform_source.startswith("Prometheus")]
-        if coreless:
-            # CPU seconds from a remote platform's Prometheus endpoint, but no core count for a percentage
-            reason = (f"{', '.join(r.expression for r in coreless)} not checked: a CPU percentage of a "
-                      f"remote platform needs its core count: set PLATFORM_CORES "
-                      f"({context.ENV_PREFIX}PLATFORM_CORES)")
-            if reason not in ctx.pending:
-                ctx.pending.append(reason)
-            results = [r for r in results if r not in coreless]
-        path = self._summaries.get(id(run))
-        if path is not None:  # the summary carries this run's own verdict
-            _write_summary(run.metrics, path)
-        failed = [r for r in results if not r.passed]
-        if not failed:
-            context.test_message("; ".join(f"{r.metric} {r.shown} (threshold: {r.expression})"
-                                           for r in results))
-        if failed:
-            users = f"{len(run.load_users)} users"
-            raise AssertionError(
-                f"Load run '{run.metrics.name}' ({users}) broke {len(failed)} of {len(results)} thresholds: "
-                + "; ".join(f"{r.expression} but {r.description} = {r.shown}" for r in failed)
-            )
-
     @keyword("Get Load Metric")
-    def get_load_metric(self, run: LoadRun, metric: str) -> float | None:
-        """Returns one measured value: seconds for latencies, bytes for memory, percent for rates.
+    def get_load_metric(
+        self,
+        run: LoadRun | list[LoadRun],
+        metric: str,
+        assertion_operator: AssertionOperator | None = None,
+        assertion_expected: Any = None,
+        message: str | None = None,
+    ) -> Any:
+        """Returns one measured value of a load run; with an operator, asserts it (an SLA threshold).
+
+        ``metric`` names what was measured: ``p95`` (time to first event, i.e. agent
+        startup), ``completion.p99``, ``connect.max``, ``gap.p99``, ``fairness``, ``errors``,
+        ``errors.timeout``, ``throughput``, ``success_rate``, ``routing_accuracy``,
+        ``in_flight_peak``, ``dropped``, ``misrouted``, ``platform_memory``, ``platform_cpu``,
+        ``generator_cpu`` … (see the library introduction).  Latencies are returned in
+        seconds, memory in bytes, rates in percent.
+
+        The operators are those of Browser's AssertionEngine (``==  !=  <  >  <=  >=
+        validate  then``).  The expected value is read in the metric's kind: durations as
+        ``250ms``/``2s``, memory as ``4GB``, percentages as ``80%``.  A failure names the run,
+        its users, what was measured, the measured value and the threshold; a pass adds
+        ``p95 212.0 ms (threshold: p95 < 250ms)`` to the test message in report.html, and
+        every verdict lands in the run's JSON summary.
+
+        Given a list of runs (the rounds of `Run Load Rounds`) the assertion holds for every
+        run and a list of values is returned; a failure names each run that broke it.
+
+        A ``platform_*`` metric the target cannot measure (no ``needs:metrics`` capability)
+        gives no verdict: the test ends SKIP if nothing else failed.
 
         Example:
+        | Get Load Metric | ${run} | p95 | < | 250ms |
+        | Get Load Metric | ${run} | platform_memory | < | 4GB |
+        | Get Load Metric | ${run} | success_rate | >= | 100% |
+        | Get Load Metric | ${rounds} | completion.p95 | < | 2s |
         | ${p95} = | Get Load Metric | ${run} | completion.p95 |
         """
-        value, _, _ = run.metrics.value_of(metric)
-        return value
+        runs = run if isinstance(run, (list, tuple)) else [run]
+        if not runs:
+            raise ValueError("Get Load Metric got an empty list of runs: run the load first.")
+        several = isinstance(run, (list, tuple))
+        outcomes = [self._judge(each, metric, assertion_operator, assertion_expected, message, several)
+                    for each in runs]
+        failed = [o for o in outcomes if o is not None and not o.passed]
+        if failed:
+            raise AssertionError("; ".join(o.failure for o in failed))
+        values = [None if o is None else o.result for o in outcomes]
+        return values if isinstance(run, (list, tuple)) else values[0]
+
+    @keyword("Get Load Metric Spread")
+    def get_load_metric_spread(
+        self,
+        rounds: list[LoadRun],
+        metric: str,
+        assertion_operator: AssertionOperator | None = None,
+        assertion_expected: Any = None,
+        message: str | None = None,
+    ) -> float:
+        """Returns how far ``metric`` differs between the slowest and the fastest of ``rounds``; asserts it.
+
+        The rounds of one `Run Load Rounds` should be alike: a spread that grows says the
+        platform slows down as it keeps serving the same users.
+
+        Example:
+        | Get Load Metric Spread | ${rounds} | completion.p95 | < | 1s |
+        """
+        if not rounds:
+            raise ValueError("Get Load Metric Spread got no rounds: run the load rounds first.")
+        measured = [(r, *r.metrics.value_of(metric)) for r in rounds]
+        values = [value for _, value, _, _ in measured if value is not None]
+        kind, description = measured[0][2], measured[0][3]
+        spread = max(values) - min(values) if values else None
+        per_round = ", ".join(f"{r.metrics.name} {assertions.show(v, kind)}" for r, v, _, _ in measured)
+        logger.info(f"{description}: {per_round}; spread {assertions.show(spread, kind)}")
+        outcome = assertions.check(
+            lambda: spread, assertion_operator, assertion_expected, kind=kind, message=message,
+            subject=f"{metric} spread", note=description,
+            what=f"the spread of {metric} between {len(rounds)} rounds ({per_round})")
+        if not outcome.passed:
+            raise AssertionError(outcome.failure)
+        if assertion_operator is not None:
+            assertions.report_met(f"{metric} spread {outcome.shown} (threshold: {outcome.expression})")
+        return outcome.result
+
+    def _judge(self, run: LoadRun, metric: str, operator: AssertionOperator | None, expected: Any,
+               message: str | None, named: bool = False) -> assertions.Outcome | None:
+        """One run's verdict on one metric; ``None`` when the target cannot measure it (no verdict)."""
+        metrics = run.metrics
+        if operator is None:
+            return metrics.judge(metric)
+        value, _, _ = metrics.value_of(metric)
+        ctx = context.current()
+        expression = f"{metric} {operator.value} {expected}"
+        if metric.startswith("platform_") and value is None:
+            if not ctx.has(Capability.METRICS):
+                # no resource metrics from this target: no verdict (the test ends SKIP if the rest holds)
+                ctx.incomplete(Capability.METRICS, expression)
+                return None
+            remote = metrics.resources.platform_source.startswith("Prometheus")
+            if metric.startswith("platform_cpu") and remote:
+                # CPU seconds from a remote platform's Prometheus endpoint, but no core count for a percentage
+                reason = (f"{expression} not checked: a CPU percentage of a remote platform needs its core "
+                          f"count: set PLATFORM_CORES ({context.ENV_PREFIX}PLATFORM_CORES)")
+                if reason not in ctx.pending:
+                    ctx.pending.append(reason)
+                return None
+        outcome = metrics.judge(metric, operator, expected, message)
+        logger.info(f"{'ok' if outcome.passed else 'FAILED'}: {outcome.expression}: measured {outcome.shown} "
+                    f"({metrics.latency_basis})")
+        path = self._summaries.get(id(run))
+        if path is not None:  # the summary carries this run's own verdicts
+            _write_summary(metrics, path)
+        if outcome.passed:
+            whose = f"{metrics.name}: " if named else ""
+            assertions.report_met(f"{whose}{metric} {outcome.shown} (threshold: {outcome.expression})")
+        return outcome
 
     @keyword("Every User Should Have Own Unique Runs")
     def every_user_should_have_own_unique_runs(self, run: LoadRun) -> None:
@@ -401,33 +525,5 @@ class CrosstalkLoad:
         targets = list(runs) or self.runs
         for run in targets:
             get_engine().run(run.close(), 60)
-
-    @keyword("Load Rounds Should Be Consistent")
-    def load_rounds_should_be_consistent(
-        self, rounds: list[LoadRun], max_p95: timedelta, max_spread: timedelta, min_fairness: float = 0.7,
-        metric: str = "completion.p95",
-    ) -> None:
-        """Each round's ``metric`` is under ``max_p95``, rounds differ by at most ``max_spread``; all fair.
-
-        Example:
-        | Load Rounds Should Be Consistent | ${rounds} | max_p95=1s | max_spread=500ms | min_fairness=0.7 |
-        """
-        values = []
-        problems = []
-        for index, run in enumerate(rounds, start=1):
-            value, _, _ = run.metrics.value_of(metric)
-            values.append(value)
-            if value is None or value > _seconds(max_p95):
-                problems.append(f"round {index} {metric} = {format_seconds(value)} (limit {max_p95})")
-            if run.metrics.fairness < min_fairness:
-                problems.append(f"round {index} fairness = {run.metrics.fairness:.3f} (limit {min_fairness})")
-            if run.metrics.error_count:
-                problems.append(f"round {index} errors {dict(run.metrics.errors)}")
-        measured = [v for v in values if v is not None]
-        spread = max(measured) - min(measured) if measured else 0.0
-        logger.info("per-round " + metric + ": " + ", ".join(format_seconds(v) for v in values)
-                    + f"; spread {format_seconds(spread)}")
-        if spread > _seconds(max_spread):
-            problems.append(f"spread between rounds = {format_seconds(spread)} (limit {max_spread})")
-        if problems:
-            raise AssertionError(f"{len(rounds)} load rounds are not consistent: " + "; ".join(problems))
+        if not runs:  # the suite's shared runs are closed now: the next suite makes its own
+            self._shared.clear()

@@ -2,7 +2,7 @@
 
 Fires N operations against the platform at one instant (threads released by a
 barrier, ``crosstalk.races``), collects every outcome and asserts exactly-once
-semantics: no lost counter update, no session lost or left behind, Redis ``SET NX``
+semantics: no lost counter update, Redis ``SET NX``
 and ``WATCH``/``MULTI`` letting exactly one writer win, and cached thread lists that
 never go stale or reach another user (the ChatGPT incident of March 2023).
 
@@ -10,7 +10,8 @@ The operations use the libraries' own clients: the backend REST client
 (``crosstalk.rest``), the WebSocket connection (``crosstalk.connection``) and the
 store layer (``crosstalk.stores``).  Refresh-token races are in CrosstalkAuth, the
 simultaneous-socket scenarios are built from CrosstalkChat, and the cross-service
-transaction is CrosstalkWorkspace.
+transaction is CrosstalkWorkspace.  Session records are counted by CrosstalkStores
+(``Get Session Count``; business keywords in ``stores.resource``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import json
 import random
 import threading
 import uuid
-from collections.abc import Callable
 from datetime import timedelta
 from typing import TypeVar
 
@@ -29,11 +29,10 @@ from crosstalk import connection, context, races
 from crosstalk import profile as target_profile
 from crosstalk.httpretry import HTTP_TIMEOUT
 from crosstalk.model import TestUser
-from crosstalk.poll import poll_until
 from crosstalk.races import Outcome, RaceError
 from crosstalk.registry import Cleanup
 from crosstalk.rest import Backend, bearer, service_url, warm_sessions
-from crosstalk.stores import connect_redis, scan_keys
+from crosstalk.stores import connect_redis
 from crosstalk.version import VERSION
 from robot.api import logger
 from robot.api.deco import keyword, library
@@ -53,20 +52,9 @@ def _redis(what: str) -> redis.Redis:
     return connect_redis(what, context.current().get("REDIS_URL"))
 
 
-def _until_none_found(observe: Callable[[redis.Redis], T], timeout: timedelta) -> T:
-    """Observe the session records until ``observe`` finds no problem or ``timeout`` passed (the server
-    writes and removes them just after the handshake and the close); the last observation."""
-    client = _redis("redis (session race)")
-    try:
-        found, _ = poll_until(lambda: observe(client), lambda found: not found, _seconds(timeout))
-    finally:
-        client.close()
-    return found
-
-
 @library(scope="SUITE", version=VERSION, auto_keywords=False, listener=Cleanup())
 class CrosstalkRaces:
-    """Concurrency checks over the platform: counters, caches, sessions, Redis check-then-set.
+    """Concurrency checks over the platform: counters, caches, Redis check-then-set.
 
     The target comes from the target context (``${BACKEND_URL}``, ``${WS_URL}``,
     ``${REDIS_URL}``; set by ``suites/__init__.robot`` or on the command line).  Users
@@ -136,59 +124,6 @@ class CrosstalkRaces:
             return
         logger.info(f"thread {thread}: message_count={counter}, message rows={rows}, expected={expected}")
         races.counter_report(expected, counter, rows, what)
-
-    # ------------------------------------------------------------------ sockets and sessions
-    @keyword
-    def each_user_should_hold_exactly_one_own_session(
-        self, users: list[TestUser], timeout: timedelta = timedelta(seconds=5)
-    ) -> None:
-        """In Redis, every user has exactly one ``session:{user}:*`` record, and it names that user.
-
-        The server writes the record just after the handshake, so the check waits
-        up to ``timeout`` for the records to settle and reports the last observation.
-
-        Example:
-        | Each User Should Hold Exactly One Own Session | ${users} |
-        """
-        def observe(client: redis.Redis) -> list[str]:
-            problems = []
-            for user in users:
-                keys = scan_keys(client, target_profile.current().session_pattern(user.user_id))
-                owners = [client.hget(k, "user_id") or "" for k in keys]
-                if len(keys) != 1:
-                    problems.append(f"{user.label} has {len(keys)} session records (lost or duplicated)")
-                foreign = [o for o in owners if o != user.user_id]
-                if foreign:
-                    problems.append(f"{user.label}'s session holds another user's id {foreign[0]}")
-            return problems
-
-        problems = _until_none_found(observe, timeout)
-        if problems:
-            raise RaceError(
-                f"session race: {len(problems)} problem(s) {_seconds(timeout):g} s after {len(users)} "
-                f"simultaneous connects: {'; '.join(problems[:8])}"
-            )
-
-    @keyword
-    def no_session_should_remain(
-        self, users: list[TestUser], timeout: timedelta = timedelta(seconds=5)
-    ) -> None:
-        """Within ``timeout`` after the disconnects, no session record of ``users`` is left in Redis.
-
-        Example:
-        | No Session Should Remain | ${users} |
-        """
-        def observe(client: redis.Redis) -> dict[str, int]:
-            pattern = target_profile.current().session_pattern
-            left = {u.label: len(scan_keys(client, pattern(u.user_id))) for u in users}
-            return {label: n for label, n in left.items() if n}
-
-        left = _until_none_found(observe, timeout)
-        if left:
-            raise RaceError(
-                f"session race: session records left behind {_seconds(timeout):g} s after the "
-                f"disconnects, for {len(left)} users: {left}"
-            )
 
     # ------------------------------------------------------------------ redis
     @keyword

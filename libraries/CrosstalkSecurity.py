@@ -1,12 +1,12 @@
 """What the security suite needs beyond CrosstalkAuth and CrosstalkChat.
 
-The target's declared limits, session records in Redis that must live exactly
-as long as their socket, connection entries the backend keeps after a socket
-closed (``/metrics``), and hostile input.  Nothing here is a client of its own:
+The target's declared limits, connection entries the backend keeps after a socket
+closed (``/metrics``), and hostile input; session records in Redis are counted by
+``CrosstalkStores`` (``Get Session Count``).  Nothing here is a client of its own:
 sockets are Chat's `UserConnection` on the one engine (registered, so the cleanup
 listener and the isolation oracle see them), HTTP goes through the keep-alive
 session of `CrosstalkAuth` (``crosstalk.httpretry``), Redis through
-``crosstalk.stores`` and waits through ``crosstalk.poll``.  A refused handshake is
+``crosstalk.stores`` and waits through ``crosstalk.assertions``.  A refused handshake is
 Chat's `Connection Should Be Refused`; a refresh race is Auth's
 `Refresh Concurrently With One Token`.
 """
@@ -19,14 +19,14 @@ from datetime import timedelta
 from typing import Any
 
 import requests
-from crosstalk import context, hostile, htmllog, stores, testhooks
+from assertionengine import AssertionOperator
+from crosstalk import assertions, context, hostile, htmllog, testhooks
 from crosstalk import profile as target_profile
 from crosstalk.connection import ConnectionRefused, UserConnection, describe_frames
 from crosstalk.context import Capability
 from crosstalk.engine import get_engine
 from crosstalk.httpretry import pooled_session
 from crosstalk.model import Frame, TestUser
-from crosstalk.poll import wait_until
 from crosstalk.version import VERSION
 from robot.api import logger
 from robot.api.deco import keyword, library
@@ -43,8 +43,8 @@ def _short(text: str, limit: int = 160) -> str:
 
 @library(scope="SUITE", version=VERSION, doc_format="ROBOT", auto_keywords=False)
 class CrosstalkSecurity:
-    """Security checks the other Crosstalk libraries do not cover: the target's limits, session
-    records in Redis, connection entries leaked by the backend, hostile input.  A refused handshake
+    """Security checks the other Crosstalk libraries do not cover: the target's limits, connection
+    entries leaked by the backend (`Get Leaked Connection Count`), hostile input.  A refused handshake
     is CrosstalkChat's `Connection Should Be Refused`, a refresh race CrosstalkAuth's
     `Refresh Concurrently With One Token`.
 
@@ -95,44 +95,34 @@ class CrosstalkSecurity:
 
     # ------------------------------------------------------------ sessions and server resources
     @keyword
-    def session_records_should_number(
-        self, redis_url: str, user_id: str, count: int, timeout: timedelta = timedelta(seconds=5),
-    ) -> None:
-        """Waits until Redis holds exactly ``count`` session records for the user.
+    def get_leaked_connection_count(
+        self,
+        backend_url: str,
+        assertion_operator: AssertionOperator | None = None,
+        assertion_expected: Any = None,
+        message: str | None = None,
+        timeout: timedelta = timedelta(0),
+    ) -> int:
+        """Returns the connection entries the server still holds for sockets that are already closed;
+        with an operator, asserts it, retrying until ``timeout``.
 
-        The key pattern comes from the target profile (``redis.session``; the
-        reference platform's is ``session:<user_id>:*``).
-
-        ``count=0`` after the user's sockets closed proves sessions are removed on disconnect.
-
-        Example:
-        | Session Records Should Number | ${REDIS_URL} | ${user_id} | 3 |
-        | Session Records Should Number | ${REDIS_URL} | ${user_id} | 0 | timeout=5s |
-        """
-        hint = " — sessions are not removed when their socket closes" if count == 0 else ""
-
-        def failure(found: list[str]) -> str:
-            return (f"Redis holds {len(found)} session record(s) for user {user_id} after {_s(timeout):g} s, "
-                    f"expected {count}: {', '.join(found[:5]) or 'none'}{hint}")
-
-        client = stores.connect_redis("sessions", redis_url)
-        try:
-            keys = wait_until(lambda: stores.session_keys(client, user_id), lambda found: len(found) == count,
-                              _s(timeout), failure)
-        finally:
-            client.close()
-        logger.info(f"{len(keys)} session record(s) of user {user_id} in Redis, as expected.")
-
-    @keyword
-    def get_leaked_connection_count(self, backend_url: str) -> int:
-        """Returns the connection entries the server still holds for sockets that are already closed:
-        ``tracked_connections - active_websockets`` from the reference's ``/metrics`` JSON, else
-        ``crosstalk_connections_tracked - crosstalk_websockets_active`` from the platform's
-        Prometheus endpoint; skips (``needs:metrics``) when neither is served.
+        The count is ``tracked_connections - active_websockets`` from the reference's ``/metrics``
+        JSON, else ``crosstalk_connections_tracked - crosstalk_websockets_active`` from the
+        platform's Prometheus endpoint; skips (``needs:metrics``) when neither is served.
+        Other users' sockets may be opening and closing meanwhile (pabot), so compare with a
+        count taken before yours opened.
 
         Example:
         | ${before} = | Get Leaked Connection Count | ${BACKEND_URL} |
+        | Get Leaked Connection Count | ${BACKEND_URL} | < | ${before + 10} | timeout=5s |
         """
+        return assertions.assert_that(
+            lambda: self._leaked_connections(backend_url), assertion_operator, assertion_expected,
+            what="entries the server holds for closed sockets (tracked_connections - active_websockets)",
+            timeout=timeout, message=message)
+
+    @staticmethod
+    def _leaked_connections(backend_url: str) -> int:
         leaked, source = testhooks.leaked_connection_count(backend_url, context.current().get("METRICS_URL"))
         if leaked is None:
             context.current().skip(
@@ -140,25 +130,6 @@ class CrosstalkSecurity:
                 f"{source} (contract rule CAP-2: {testhooks.TRACKED} and {testhooks.ACTIVE} gauges)")
         return int(leaked)
 
-    @keyword
-    def closed_connections_should_be_released(
-        self, backend_url: str, before: int, closed: int, timeout: timedelta = timedelta(seconds=5),
-    ) -> None:
-        """Waits until the server holds fewer than ``before + closed`` entries for closed sockets.
-
-        Other users' sockets may be opening and closing meanwhile (pabot), so the check allows
-        for those in flight but not for all ``closed`` of ours staying behind.
-
-        Example:
-        | Closed Connections Should Be Released | ${BACKEND_URL} | ${before} | closed=10 |
-        """
-        leaked = wait_until(
-            lambda: self.get_leaked_connection_count(backend_url), lambda n: n < before + closed, _s(timeout),
-            lambda n: (f"{closed} closed sockets are still held by the server after {_s(timeout):g} s: "
-                       f"tracked_connections - active_websockets = {n} (was {before} before they opened)"))
-        logger.info(f"{leaked} entries for closed sockets on the server (was {before}): released.")
-
-    # ------------------------------------------------------------ hostile input
     @keyword
     def hostile_requests_should_be_refused_cleanly(
         self, user: TestUser, auth_url: str, backend_url: str, thread_id: str,

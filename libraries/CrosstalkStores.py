@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
-from crosstalk import htmllog, registry
+from assertionengine import AssertionOperator
+from crosstalk import assertions, context, htmllog, registry
 from crosstalk import profile as target_profile
+from crosstalk.context import Capability
+from crosstalk.errors import CrosstalkError
 from crosstalk.model import TestUser
 from crosstalk.registry import Cleanup
 from crosstalk.secrets import mask_url
@@ -23,6 +29,7 @@ from crosstalk.stores import (
     query,
     read_value,
     scan_keys,
+    session_keys,
 )
 from crosstalk.version import VERSION
 from psycopg2 import sql as pgsql
@@ -152,23 +159,75 @@ class CrosstalkStores:
         """
         return self._run(alias, sql, params)
 
-    @keyword("Row Count Should Be")
-    def row_count_should_be(self, alias: str, sql: str, expected: int, *params: Any) -> None:
-        """Fails unless the query returns exactly ``expected`` rows.
+    @keyword("Get Row Count")
+    def get_row_count(
+        self,
+        alias: str,
+        rows: str,
+        assertion_operator: AssertionOperator | None = None,
+        assertion_expected: Any = None,
+        message: str | None = None,
+        user: TestUser | str | None = None,
+        thread: str | None = None,
+        params: list | tuple = (),
+        timeout: timedelta = timedelta(0),
+    ) -> int:
+        """Returns how many rows there are; with an operator, asserts it, retrying until ``timeout``.
+
+        ``rows`` is a logical view of the target profile (``threads``, ``messages``,
+        ``runs``: the profile's ownership SQL, in the platform's own tables), narrowed to
+        ``user`` and/or ``thread``; or a parameterized SQL query (``%s`` placeholders,
+        values in ``params``) whose rows are counted.  The operators are those of Browser's
+        AssertionEngine (``==  !=  <  >  <=  >=  validate``).  A failure names the alias,
+        the view or query, the user and thread, the last count seen and how long it was
+        polled.
 
         Example:
-        | Row Count Should Be | backend | SELECT 1 FROM messages WHERE thread_id = %s | 2 | ${thread} |
+        | Get Row Count | backend | messages | == | 0 | user=${mallory} | thread=${run.thread_id} |
+        | Get Row Count | backend | threads | == | 1 | user=${alice} | timeout=2s |
+        | Get Row Count | backend | SELECT 1 FROM messages WHERE thread_id = %s | == | 2 | params=${{[$t]}} |
+        | ${count} = | Get Row Count | backend | runs | user=${alice} |
         """
-        rows = self._run(alias, sql, params)
-        if len(rows) != expected:
-            raise AssertionError(f"Expected {expected} row(s) on '{alias}', got {len(rows)}: {sql}")
+        profile = target_profile.current()
+        if rows in profile.ownership:
+            observe, what = self._view_count(alias, rows, user, thread)
+        elif rows.lstrip().split(None, 1)[0].upper() in ("SELECT", "WITH", "TABLE", "VALUES"):
+            if user is not None or thread is not None:
+                raise StoreError("Get Row Count: user= and thread= narrow a view "
+                                 f"({', '.join(profile.ownership)}); in SQL, pass them as params instead.")
+            observe = lambda: len(self._run(alias, rows, tuple(params)))  # noqa: E731
+            what = f"rows of <{rows}> on '{alias}'"
+        else:
+            raise StoreError(f"Get Row Count: '{rows}' is neither a view of the profile {profile.name} "
+                             f"({', '.join(profile.ownership)}) nor a SELECT query.")
+        return assertions.assert_that(observe, assertion_operator, assertion_expected, what=what,
+                                      timeout=timeout, message=message)
+
+    def _view_count(self, alias: str, view: str, user: TestUser | str | None,
+                    thread: str | None) -> tuple[Any, str]:
+        """How to count the rows of a view narrowed to a user and/or a thread, and how to name them."""
+        user_id = None if user is None else _user_id(user)
+
+        def observe() -> int:
+            found = self.get_view_rows(alias, view, users=[user] if user is not None else (),
+                                       threads=[thread] if thread is not None else ())
+            return len([r for r in found
+                        if (user_id is None or str(r.get("user_id")) == user_id)
+                        and (thread is None or str(r.get("thread_id")) == str(thread))])
+
+        if user is None and thread is None:
+            raise StoreError(f"Get Row Count: narrow the {view} view with user= or thread= "
+                             "(or count a SELECT query).")
+        whose = "" if user is None else f" of {_label(user)}"
+        where = "" if thread is None else f" in thread {thread}"
+        return observe, f"{view} rows{whose}{where} on '{alias}'"
 
     @keyword("Rows Should Contain")
     def rows_should_contain(self, alias: str, sql: str, expected: dict[str, Any], *params: Any) -> dict:
         """Fails unless some row of the query has all the column values in ``expected``; returns that row.
 
         ``expected`` is a dictionary (``&{row}`` or an inline ``${{ {...} }}``), given
-        before the query parameters like the count of `Row Count Should Be`.  Values
+        before the query parameters.  Values
         are compared as text, so ``message_count=2`` matches the integer 2.
 
         Example:
@@ -207,22 +266,6 @@ class CrosstalkStores:
         """
         return self._user_rows(alias, table, user, column)
 
-    @keyword("Rows Of User Should Be")
-    def rows_of_user_should_be(
-        self, alias: str, table: str, user: TestUser | str, expected: int, column: str = "user_id"
-    ) -> list[dict]:
-        """Fails unless ``table`` holds exactly ``expected`` rows of the user; returns them.
-
-        Example:
-        | Rows Of User Should Be | backend | messages | ${alice} | 2 |
-        """
-        rows = self._user_rows(alias, table, user, column)
-        if len(rows) != expected:
-            raise AssertionError(
-                f"Expected {expected} row(s) of {_label(user)} in {table} on '{alias}', got {len(rows)}."
-            )
-        return rows
-
     # ------------------------------------------------------------ logical views (target profile)
     @keyword("Get View Rows")
     def get_view_rows(
@@ -244,46 +287,6 @@ class CrosstalkStores:
         params = {"user_ids": [_user_id(u) for u in users], "thread_ids": [str(t) for t in threads]}
         return self._run(alias, profile.ownership[view], params)
 
-    @keyword("View Rows Of User Should Be")
-    def view_rows_of_user_should_be(self, alias: str, view: str, user: TestUser | str, expected: int) -> list:
-        """Fails unless the logical ``view`` holds exactly ``expected`` rows of the user; returns them.
-
-        Example:
-        | View Rows Of User Should Be | backend | messages | ${alice} | 2 |
-        """
-        user_id = _user_id(user)
-        rows = [r for r in self.get_view_rows(alias, view, users=[user]) if str(r.get("user_id")) == user_id]
-        if len(rows) != expected:
-            raise AssertionError(
-                f"Expected {expected} row(s) of {_label(user)} in the {view} view on '{alias}', "
-                f"got {len(rows)}."
-            )
-        return rows
-
-    @keyword("View Rows Of Thread Should Be")
-    def view_rows_of_thread_should_be(
-        self, alias: str, view: str, thread: str, expected: int, user: TestUser | str | None = None
-    ) -> list:
-        """Fails unless the logical ``view`` holds ``expected`` rows of the thread (of ``user`` if given).
-
-        Example:
-        | View Rows Of Thread Should Be | backend | threads | ${run.thread_id} | 1 | user=${alice} |
-        | View Rows Of Thread Should Be | backend | messages | ${run.thread_id} | 0 | user=${mallory} |
-        """
-        rows = self.get_view_rows(alias, view, threads=[thread])
-        rows = [r for r in rows if str(r.get("thread_id")) == thread]
-        whose = ""
-        if user is not None:
-            user_id = _user_id(user)
-            rows = [r for r in rows if str(r.get("user_id")) == user_id]
-            whose = f" of {_label(user)}"
-        if len(rows) != expected:
-            raise AssertionError(
-                f"Expected {expected} row(s){whose} of thread {thread} in the {view} view on '{alias}', "
-                f"got {len(rows)}."
-            )
-        return rows
-
     @keyword("Session Keys Of User")
     def session_keys_of_user(self, alias: str, user: TestUser | str) -> list[str]:
         """The user's session records in Redis (the target profile's ``redis.session`` pattern).
@@ -292,6 +295,75 @@ class CrosstalkStores:
         | ${keys} = | Session Keys Of User | cache | ${alice} |
         """
         return self.list_keys(alias, target_profile.current().session_pattern(_user_id(user)))
+
+    @keyword("Get Session Count")
+    def get_session_count(
+        self,
+        user: TestUser | str | list,
+        assertion_operator: AssertionOperator | None = None,
+        assertion_expected: Any = None,
+        message: str | None = None,
+        timeout: timedelta = timedelta(0),
+        alias: str | None = None,
+    ) -> int | list[int]:
+        """Returns the user's session record count in Redis; with an operator, asserts it until ``timeout``.
+
+        Session records match the target profile's ``redis.session`` pattern (the
+        reference platform's is ``session:<user_id>:*``); the server writes one per open
+        socket and must remove it when the socket closes, so a check after connects or
+        disconnects polls until ``timeout``.  Redis is the ``alias`` connection if given,
+        else the target's ``REDIS_URL`` (the test skips, naming the variable, when the
+        target gives none).
+
+        Given a list of users, the assertion holds for each user (within one ``timeout``)
+        and the counts are returned as a list; a failure names every user who broke it
+        with their last count.  ``message`` says why it matters and is added to the
+        failure (``{value}`` and ``{expected}`` are filled in).
+
+        Example:
+        | Get Session Count | ${alice} | == | 0 | timeout=5s |
+        | Get Session Count | ${users} | == | 1 | timeout=5s |
+        | ${count} = | Get Session Count | ${alice} |
+        """
+        users = list(user) if isinstance(user, (list, tuple)) else [user]
+        if not users:
+            raise StoreError("Get Session Count got an empty list of users.")
+        values, failures = [], []
+        with self._redis(alias) as client:
+            started = time.monotonic()  # one timeout for all users, from when Redis answers
+            for each in users:
+                user_id = _user_id(each)
+                pattern = target_profile.current().session_pattern(user_id)
+                left = max(timeout.total_seconds() - (time.monotonic() - started), 0.0)
+                outcome = assertions.check(
+                    lambda user_id=user_id: len(session_keys(client, user_id)), assertion_operator,
+                    assertion_expected, what=f"session records of {_label(each)} in Redis ({pattern})",
+                    timeout=left, message=message)
+                values.append(outcome.result if outcome.passed else outcome.value)
+                if not outcome.passed:
+                    failures.append(outcome.failure)
+        if failures:
+            many = f"{len(failures)} of {len(users)} users: " if len(users) > 1 else ""
+            raise CrosstalkError(many + "; ".join(failures[:10]))
+        counts = ", ".join(f"{_label(u)}: {n}" for u, n in zip(users, values, strict=True))
+        logger.info(f"session records: {counts}")
+        return values if isinstance(user, (list, tuple)) else values[0]
+
+    @contextlib.contextmanager
+    def _redis(self, alias: str | None) -> Iterator[Any]:
+        """The ``alias`` connection, or a short-lived one to the target's ``REDIS_URL``."""
+        if alias is not None:
+            yield self.stores.rd(alias)
+            return
+        ctx = context.current()
+        if not ctx.has(Capability.REDIS):
+            ctx.skip(Capability.REDIS, f"needs redis: session records cannot be read: "
+                                       f"{ctx.reason(Capability.REDIS)}")
+        client = connect_redis("target", str(ctx.get("REDIS_URL")))
+        try:
+            yield client
+        finally:
+            client.close()
 
     # ------------------------------------------------------------ transactions
     @keyword("Begin Transaction")

@@ -5,39 +5,44 @@ package: constant memory, 3 significant digits, mergeable across processes via
 ``encode()``), never in sorted lists, so a 1,000-user run costs the same few
 kilobytes as a 10-user one.
 
-A threshold is a one-line expression ``<metric> <op> <value>[unit]``::
+Every metric has a name (``LoadMetrics.value_of``) and is judged with an assertion
+operator, as ``Get Load Metric    ${run}    <metric>    <operator>    <expected>``
+(``crosstalk.assertions``: durations compare with durations, sizes with sizes)::
 
-    p95 < 5s                  time to first event (the default latency), 95th percentile
-    completion.p99 <= 800ms   time to completion, 99th percentile
-    connect.max < 1s          WebSocket connect time
-    gap.p99 < 100ms           gap between consecutive events of one run
-    fairness > 0.7            Jain's index over the users' mean completion times
-    errors == 0               all errors; ``errors.timeout == 0`` for one kind
-    throughput > 2            completed messages per second
-    success_rate >= 99.5%     completed / sent
-    platform_memory < 4GB     peak resident memory of the platform's processes
-    platform_cpu < 80%        mean CPU of the platform over the load window (at least 2 s,
-                              sampled every 0.25 s), in % of the whole machine
-    platform_cpu_p90 < 90%    90th percentile of the 0.25 s CPU samples of that window
-    generator_cpu < 80%       mean CPU of the load generator's engine thread, in % of one core
+    p95  <  5s                  time to first event (the default latency), 95th percentile
+    completion.p99  <=  800ms   time to completion, 99th percentile
+    connect.max  <  1s          WebSocket connect time
+    gap.p99  <  100ms           gap between consecutive events of one run
+    fairness  >  0.7            Jain's index over the users' mean completion times
+    errors  ==  0               all errors; ``errors.timeout  ==  0`` for one kind
+    throughput  >  2            completed messages per second
+    success_rate  >=  99.5%     completed / sent
+    platform_memory  <  4GB     peak resident memory of the platform's processes
+    platform_cpu  <  80%        mean CPU of the platform over the load window (at least 2 s,
+                                sampled every 0.25 s), in % of the whole machine
+    platform_cpu_p90  <  90%    90th percentile of the 0.25 s CPU samples of that window
+    generator_cpu  <  80%       mean CPU of the load generator's engine thread, in % of one core
 """
 
 from __future__ import annotations
 
 import base64
-import bisect
 import ctypes
 import json
 import math
-import operator
 import re
 import time
+from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from assertionengine import AssertionOperator
 from hdrh.histogram import HdrHistogram
+
+from . import assertions
+from .assertions import Outcome
 
 # 1 µs .. 1 hour at 3 significant digits: about 30 KiB per histogram.
 LOWEST_US = 1
@@ -58,17 +63,6 @@ CORRECTED = ("first_event", "completion")
 DEFAULT_HISTOGRAM = "first_event"
 PERCENTILES = (50.0, 75.0, 90.0, 95.0, 99.0, 99.9)
 
-_DURATION_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0}
-_SIZE_UNITS = {
-    "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024, "mib": 1024**2, "gib": 1024**3,
-}
-_OPERATORS: dict[str, Callable[[float, float], bool]] = {
-    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
-    "==": operator.eq, "!=": operator.ne,
-}
-_EXPR_RE = re.compile(
-    r"^\s*([A-Za-z_][\w.]*)\s*(<=|>=|==|!=|<|>)\s*([-+]?[\d.]+(?:e[-+]?\d+)?)\s*([^\s\d]*)\s*$"
-)
 _PERCENTILE_RE = re.compile(r"^p(\d{1,2}(?:\.\d+)?|999|9999)$")
 
 
@@ -182,45 +176,44 @@ def format_bytes(size: float | None) -> str:
 
 
 class RunIdLedger:
-    """Run ids seen in a run, kept as 64-bit hashes in a sorted list: ~9 bytes per run instead of ~120.
+    """Run ids seen in a run, kept as 64-bit hashes: 8 bytes per run, in C arrays.
 
     ``add`` counts a collision when the id was seen before (a 64-bit hash clash
-    between two different ids is about 1 in 10^13 at a million runs).
+    between two different ids is about 1 in 10^13 at a million runs).  The hashes
+    sit in `BUCKETS` unsorted ``array('q')`` by their low bits, so a lookup scans
+    a few dozen machine words in C.  The earlier sorted list of Python ints cost
+    44 MB and 22 s of re-sorting per million runs; this costs 11 MB and 5 s
+    (``bench``: one million uuid4 ids, tracemalloc).  It is the one record of a
+    load run that grows with messages, because a repeated id can come at any time.
     Example: ``ledger.add("r1"); ledger.add("r1")`` leaves ``len(ledger) == 1, ledger.collisions == 1``.
     """
 
+    BUCKETS = 16384  # a power of two: the low bits pick the bucket
+
     def __init__(self) -> None:
-        self._hashes: list[int] = []
-        self._unsorted: list[int] = []
-        self._pending: set[int] = set()
+        self._buckets: dict[int, array] = {}
+        self._count = 0
         self.collisions = 0
 
     def add(self, run_id: str) -> None:
         key = hash(run_id)
-        if key in self._pending or self._seen_sorted(key):
+        index = key & (self.BUCKETS - 1)
+        bucket = self._buckets.get(index)
+        if bucket is None:
+            bucket = self._buckets[index] = array("q")
+        elif key in bucket:
             self.collisions += 1
             return
-        self._pending.add(key)
-        self._unsorted.append(key)
-        if len(self._unsorted) >= 4096:
-            self._merge()
-
-    def _seen_sorted(self, key: int) -> bool:
-        index = bisect.bisect_left(self._hashes, key)
-        return index < len(self._hashes) and self._hashes[index] == key
-
-    def _merge(self) -> None:
-        self._hashes.extend(self._unsorted)
-        self._hashes.sort()
-        self._unsorted.clear()
-        self._pending.clear()
+        bucket.append(key)
+        self._count += 1
 
     def __len__(self) -> int:
-        return len(self._hashes) + len(self._unsorted)
+        return self._count
 
     def __contains__(self, run_id: object) -> bool:
         key = hash(run_id)
-        return key in self._pending or self._seen_sorted(key)
+        bucket = self._buckets.get(key & (self.BUCKETS - 1))
+        return bucket is not None and key in bucket
 
 
 @dataclass
@@ -583,16 +576,24 @@ class LoadMetrics:
             "platform_memory, platform_cpu, platform_cpu_p90, platform_cpu_peak, generator_cpu."
         )
 
-    def check(self, expression: str) -> ThresholdResult:
-        """Evaluate one threshold expression such as ``p95 < 5s``; raises ValueError on bad syntax."""
-        metric, op, limit = parse_threshold(expression)
+    def judge(self, metric: str, operator: AssertionOperator | None = None, expected: Any = None,
+              message: str | None = None) -> Outcome:
+        """Judge one metric with an assertion operator (``p95``, ``<``, ``250ms``); the verdict is kept.
+
+        Without an operator the measured value is returned in the outcome and no verdict is kept.
+        An unknown metric or an expected value of the wrong kind (``2`` for a duration) raises
+        one line saying what to write.
+
+        Example: ``metrics.judge("p95", AssertionOperator["<"], "250ms").passed``
+        """
         measured, kind, description = self.value_of(metric)
-        limit_value = convert_limit(limit, kind, expression)
-        shown = _show(measured, kind)
-        passed = measured is not None and _OPERATORS[op](measured, limit_value)
-        result = ThresholdResult(expression.strip(), metric, description, measured, shown, passed)
-        self.verdicts.append(result)
-        return result
+        outcome = assertions.check(lambda: measured, operator, expected, kind=kind, subject=metric,
+                                   what=f"load run '{self.name}' ({len(self.users)} users): {metric}",
+                                   note=description, message=message)
+        if operator is not None:
+            self.verdicts.append(ThresholdResult(outcome.expression, metric, description, measured,
+                                                 outcome.shown, outcome.passed))
+        return outcome
 
     # ------------------------------------------------------------- summary
     def summary(self) -> dict[str, Any]:
@@ -664,54 +665,3 @@ def merged_percentile(encoded: Iterable[str], percentile: float) -> float | None
     if total.get_total_count() == 0:
         return None
     return total.get_value_at_percentile(percentile) / 1e6
-
-
-def parse_threshold(expression: str) -> tuple[str, str, str]:
-    """Split ``p95 < 5s`` into ("p95", "<", "5s"); one-line ValueError on bad input."""
-    match = _EXPR_RE.match(expression or "")
-    if not match:
-        raise ValueError(
-            f"Cannot read threshold '{expression}': write '<metric> <operator> <value>[unit]', "
-            "for example 'p95 < 5s', 'fairness > 0.7' or 'errors == 0'."
-        )
-    metric, op, number, unit = match.groups()
-    return metric, op, number + unit
-
-
-def convert_limit(limit: str, kind: str, expression: str = "") -> float:
-    """The numeric limit in the metric's base unit (seconds, bytes, percent)."""
-    match = re.match(r"^([-+]?[\d.]+(?:e[-+]?\d+)?)(.*)$", limit.strip(), re.IGNORECASE)
-    if not match:
-        raise ValueError(f"Cannot read the value '{limit}' in threshold '{expression}'.")
-    number, unit = float(match.group(1)), match.group(2).strip().lower()
-    if kind == "duration":
-        if unit not in _DURATION_UNITS:
-            raise ValueError(
-                f"Threshold '{expression}' needs a time unit: write e.g. '250ms' or '5s' (got '{limit}')."
-            )
-        return number * _DURATION_UNITS[unit]
-    if kind == "bytes":
-        if unit not in _SIZE_UNITS:
-            raise ValueError(
-                f"Threshold '{expression}' needs a size unit: write e.g. '512MB' or '4GB' (got '{limit}')."
-            )
-        return number * _SIZE_UNITS[unit]
-    if kind == "percent":
-        if unit not in ("%", ""):
-            raise ValueError(f"Threshold '{expression}' compares a percentage: write e.g. '80%'.")
-        return number
-    if unit not in ("", "/s"):
-        raise ValueError(f"Threshold '{expression}' compares a plain number: drop the unit '{unit}'.")
-    return number
-
-
-def _show(value: float | None, kind: str) -> str:
-    if value is None:
-        return "not measured"
-    if kind == "duration":
-        return format_seconds(value)
-    if kind == "bytes":
-        return format_bytes(value)
-    if kind == "percent":
-        return f"{value:.1f}%"
-    return f"{value:.4g}"

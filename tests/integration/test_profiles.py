@@ -42,7 +42,7 @@ TARGET = {"AUTH_URL": "auth_url", "BACKEND_URL": "backend_url", "WS_URL": "ws_ur
           "REDIS_URL": "redis_url"}
 ROBOT_TIMEOUT = 240.0
 PROBE_MODIFIER = "tests.integration.profile_probe.SuiteSetupsOnly"
-# The agent-startup suite's setup is its load run: 100 users would take half a minute.  Its own variable
+# The agent-startup suite makes its load run in its first test (not probed here); its own variable
 # (a command-line value beats the variable file) keeps it small; every name still meets every suite.
 CHEAP = ("--variable", "STARTUP_USERS:2")
 DYNAMIC = re.compile(

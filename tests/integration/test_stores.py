@@ -4,8 +4,10 @@ of a reference platform (the session ``platform`` fixture)."""
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import pytest
+from assertionengine import AssertionOperator
 from crosstalk.model import TestUser
 from crosstalk.stores import IsolationLevel, StoreError, host_of
 from CrosstalkStores import CrosstalkStores
@@ -50,6 +52,9 @@ def test_host_of_hides_credentials():
     assert host_of("postgresql://u:p@db.example:5432/x") == "db.example:5432"
 
 
+EQ = AssertionOperator["=="]
+
+
 # ---------------------------------------------------------------- real stores
 @pytest.fixture(scope="module")
 def stores(platform):
@@ -75,9 +80,25 @@ def test_parameterized_query_returns_dicts(stores, table):
                  "it's; DROP TABLE x --")
     rows = stores.query("backend", f"SELECT id, note FROM {table} WHERE user_id = %s", user_id)
     assert rows == [{"id": 1, "note": "it's; DROP TABLE x --"}]
-    stores.row_count_should_be("backend", f"SELECT * FROM {table}", 1)
-    with pytest.raises(AssertionError, match="Expected 2 row"):
-        stores.row_count_should_be("backend", f"SELECT * FROM {table}", 2)
+    assert stores.get_row_count("backend", f"SELECT * FROM {table}", EQ, 1) == 1
+    with pytest.raises(AssertionError,
+                       match=rf"Rows of <SELECT \* FROM {table}> on 'backend' is 1, expected == 2"):
+        stores.get_row_count("backend", f"SELECT * FROM {table}", EQ, 2)
+
+
+def test_row_count_of_a_view_narrowed_to_a_user_and_a_thread(stores):
+    nobody = TestUser("nobody", "n@x", "pw-123456789", "CANARY-nobody-1", str(uuid.uuid4()))
+    assert stores.get_row_count("backend", "threads", user=nobody) == 0
+    thread = str(uuid.uuid4())
+    with pytest.raises(AssertionError, match=rf"Messages rows of nobody in thread {thread} on 'backend' "
+                                             r"is 0, expected >= 1 \(last value seen, polled \d+ times "
+                                             r"for 0.2 s\)"):
+        stores.get_row_count("backend", "messages", AssertionOperator[">="], 1, user=nobody, thread=thread,
+                             timeout=timedelta(milliseconds=200))
+    with pytest.raises(StoreError, match="narrow the threads view with user= or thread="):
+        stores.get_row_count("backend", "threads")
+    with pytest.raises(StoreError, match="'thredz' is neither a view of the profile"):
+        stores.get_row_count("backend", "thredz", user=nobody)
 
 
 def test_rows_should_contain_and_per_user_rows(stores, table):
@@ -88,9 +109,9 @@ def test_rows_should_contain_and_per_user_rows(stores, table):
     assert row["id"] == 2
     with pytest.raises(AssertionError, match="No row on 'backend' has note=c"):
         stores.rows_should_contain("backend", f"SELECT * FROM {table}", {"note": "c"})
-    assert len(stores.rows_of_user_should_be("backend", table, alice, 2)) == 2
-    with pytest.raises(AssertionError, match=r"Expected 1 row.* of alice in store_test_"):
-        stores.rows_of_user_should_be("backend", table, alice, 1)
+    assert len(stores.get_rows_of_user("backend", table, alice)) == 2
+    assert stores.get_row_count("backend", f"SELECT 1 FROM {table} WHERE user_id = %s", EQ, 2,
+                                params=[alice.user_id]) == 2
     with pytest.raises(StoreError, match="is not a plain table or column name"):
         stores.get_rows_of_user("backend", "threads; DROP TABLE threads", alice)
 
@@ -103,11 +124,11 @@ def test_transaction_isolation_level_commit_and_rollback(stores, table):
         stores.begin_transaction("backend")
     stores.rollback("backend")
     assert level == "repeatable read"
-    stores.row_count_should_be("backend", f"SELECT * FROM {table}", 0)
+    stores.get_row_count("backend", f"SELECT * FROM {table}", EQ, 0)
     stores.begin_transaction("backend", IsolationLevel.SERIALIZABLE)
     stores.query("backend", f"INSERT INTO {table} (id) VALUES (2)")
     stores.commit("backend")
-    stores.row_count_should_be("backend", f"SELECT * FROM {table}", 1)
+    stores.get_row_count("backend", f"SELECT * FROM {table}", EQ, 1)
 
 
 def test_failed_query_names_alias_and_sql(stores):

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+from assertionengine import AssertionOperator
 from crosstalk.load import LoadConfig, LoadModel, LoadRun, LoadUser, bounded, foreign_canaries
 from crosstalk.loadcore import RecentSet
 from crosstalk.metrics import LoadMetrics
@@ -100,7 +101,7 @@ def test_events_of_other_users_count_as_misrouted():
 
     _run(scenario())
     assert lu.metrics.misrouted == 2 and lu.metrics.errors["misrouted"] == 2
-    assert lu.metrics.check("routing_accuracy == 100%").passed is False
+    assert lu.metrics.judge("routing_accuracy", AssertionOperator["=="], "100%").passed is False
 
 
 def test_an_error_naming_no_message_answers_the_oldest_unstarted_message():
@@ -198,7 +199,7 @@ def test_the_closed_model_is_corrected_for_coordinated_omission():
     assert m.percentile("completion", 95.0) > 0.5  # the samples the stall held back are back-filled
     assert m.histograms["completion_uncorrected"].get_total_count() == 100
     assert "coordinated omission" in m.latency_basis
-    assert "coordinated omission" in m.check("completion.p95 < 1s").description
+    assert "coordinated omission" in m.judge("completion.p95", AssertionOperator[">"], "1s").failure
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,12 @@
-"""Pure logic of crosstalk.metrics: percentiles, fairness, thresholds, summary."""
+"""Pure logic of crosstalk.metrics: percentiles, fairness, metrics judged by operators, summary."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from crosstalk.metrics import LoadMetrics, jain_index, merged_percentile, parse_threshold
+from assertionengine import AssertionOperator
+from crosstalk.metrics import LoadMetrics, jain_index, merged_percentile
 
 
 def _metrics(latencies_ms: list[float], users: int = 4) -> LoadMetrics:
@@ -34,56 +35,81 @@ def test_percentiles_come_from_the_histogram():
     assert m.stat("first_event", "p95") == pytest.approx(0.0475, rel=0.01)
 
 
+def _judge(m: LoadMetrics, metric: str, op: str, expected: object):
+    return m.judge(metric, AssertionOperator[op], expected)
+
+
 @pytest.mark.parametrize(
-    ("expression", "passed"),
+    ("metric", "op", "expected", "passed"),
     [
-        ("p95 < 50ms", True),
-        ("p95 < 40ms", False),
-        ("completion.p99 <= 0.1s", True),
-        ("completion.max < 99ms", False),
-        ("errors == 0", True),
-        ("fairness > 0.7", True),
-        ("success_rate >= 100%", True),
-        ("throughput > 1000000", False),
+        ("p95", "<", "50ms", True),
+        ("p95", "<", "40ms", False),
+        ("completion.p99", "<=", "0.1s", True),
+        ("completion.max", "<", "99ms", False),
+        ("errors", "==", "0", True),
+        ("fairness", ">", "0.7", True),
+        ("success_rate", ">=", "100%", True),
+        ("throughput", ">", "1000000", False),
     ],
 )
-def test_threshold_expressions(expression, passed):
-    assert _metrics([float(v) for v in range(1, 101)]).check(expression).passed is passed
+def test_metrics_are_judged_by_assertion_operators(metric, op, expected, passed):
+    assert _judge(_metrics([float(v) for v in range(1, 101)]), metric, op, expected).passed is passed
 
 
-def test_failed_threshold_shows_the_measured_value():
-    result = _metrics([float(v) for v in range(1, 101)]).check("completion.p95 < 10ms")
-    assert not result.passed
-    assert "95.0 ms" in str(result) and "FAILED" in str(result)
+def test_a_broken_threshold_names_the_run_the_measured_value_and_the_threshold():
+    m = _metrics([float(v) for v in range(1, 101)])
+    outcome = _judge(m, "completion.p95", "<", "10ms")
+    assert not outcome.passed
+    assert outcome.failure == ("Load run 'unit' (4 users): completion.p95 is 95.0 ms, expected < 10ms "
+                               "— time to completion p95 (from the send time)")
+    assert outcome.expression == "completion.p95 < 10ms"
+    # the verdict lands in the JSON summary, with the measured value
+    assert m.summary()["thresholds"] == [
+        {"expression": "completion.p95 < 10ms", "measured": "95.0 ms", "passed": False}]
+    assert m.summary()["verdict"] == "failed"
+
+
+def test_without_an_operator_the_value_is_returned_and_no_verdict_kept():
+    m = _metrics([float(v) for v in range(1, 101)])
+    assert m.judge("completion.p95").result == pytest.approx(0.095, rel=0.01)
+    assert m.summary()["verdict"] == "not checked"
 
 
 def test_errors_by_kind_and_unmeasured_values_fail():
     m = _metrics([10.0])
     m.record_error("timeout", "user1 waited 5 s for agent_completed")
-    assert m.check("errors == 0").passed is False
-    assert m.check("errors.timeout == 1").passed is True
-    assert m.check("errors.dropped == 0").passed is True
-    unmeasured = m.check("platform_memory < 4GB")
-    assert unmeasured.passed is False and "not measured" in str(unmeasured)
+    assert _judge(m, "errors", "==", 0).passed is False
+    assert _judge(m, "errors.timeout", "==", 1).passed is True
+    assert _judge(m, "errors.dropped", "==", 0).passed is True
+    unmeasured = _judge(m, "platform_memory", "<", "4GB")
+    assert unmeasured.passed is False and "is not measured" in unmeasured.failure
 
 
 @pytest.mark.parametrize(
-    ("expression", "message"),
+    ("metric", "expected", "message"),
     [
-        ("p95 5s", "Cannot read threshold"),
-        ("p95 < 5", "needs a time unit"),
-        ("platform_memory < 4", "needs a size unit"),
-        ("latency.p95 < 1s", "Unknown metric"),
-        ("fairness > 0.7s", "plain number"),
+        ("p95", "5", "is a duration: give the unit"),
+        ("platform_memory", "4", "is a size: give the unit"),
+        ("fairness", "0.7s", "is a plain number: drop the unit"),
+        ("success_rate", "80 ms", "is a percentage"),
     ],
 )
-def test_bad_thresholds_say_what_to_write(expression, message):
-    with pytest.raises(ValueError, match=message):
-        _metrics([1.0]).check(expression)
+def test_bad_expected_values_say_what_to_write(metric, expected, message):
+    with pytest.raises(AssertionError, match=message):
+        _judge(_metrics([1.0]), metric, "<", expected)
 
 
-def test_parse_threshold_units():
-    assert parse_threshold("platform_memory < 4 GB") == ("platform_memory", "<", "4GB")
+def test_an_unknown_metric_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"Unknown metric 'latency\.p95': use p50/p95"):
+        _judge(_metrics([1.0]), "latency.p95", "<", "1s")
+
+
+def test_sizes_compare_as_sizes():
+    m = _metrics([1.0])
+    m.resources.platform_memory_peak = 3 * 1024**3
+    assert _judge(m, "platform_memory", "<", "4GB").passed
+    assert not _judge(m, "platform_memory", "<", "3GB").passed
+    assert "3.0 GiB" in _judge(m, "platform_memory", "<", "3GB").failure
 
 
 def test_unfair_users_lower_the_index():
@@ -91,7 +117,7 @@ def test_unfair_users_lower_the_index():
     for label, seconds in [("a", 0.01), ("b", 0.01), ("c", 0.01), ("d", 4.0)]:
         m.record_completion(m.user(label), seconds, m.started_mono)
     assert m.fairness < 0.4  # 0.01 s counts as the 0.25 s floor: 4 s is 16 times that
-    assert m.check("fairness > 0.7").passed is False
+    assert _judge(m, "fairness", ">", "0.7").passed is False
 
 
 def test_summary_is_json_and_histograms_merge():
@@ -111,15 +137,16 @@ def test_run_id_collisions_are_counted():
     assert m.run_id_collisions == 1 and len(m.run_ids) == 2 and "r1" in m.run_ids
 
 
-def test_the_run_id_ledger_finds_collisions_after_it_sorted_its_hashes():
+def test_the_run_id_ledger_finds_every_repeat_among_many_ids():
     from crosstalk.metrics import RunIdLedger
 
     ledger = RunIdLedger()
-    for n in range(10_000):
+    for n in range(40_000):  # more ids than buckets: buckets hold several
         ledger.add(f"run-{n}")
-    ledger.add("run-7")  # merged into the sorted part long ago
-    ledger.add("run-9999")  # still in the unsorted part
-    assert len(ledger) == 10_000 and ledger.collisions == 2 and "run-42" in ledger
+    ledger.add("run-7")  # an early id
+    ledger.add("run-39999")  # the latest id
+    assert len(ledger) == 40_000 and ledger.collisions == 2
+    assert "run-42" in ledger and "run-40000" not in ledger
 
 
 def test_the_fast_recorder_fills_the_same_buckets_as_hdrhistogram():

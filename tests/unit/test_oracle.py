@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
+from assertionengine import AssertionOperator
 from crosstalk import oracle
 from crosstalk.model import Evidence, Frame, TestUser, Tokens
 from crosstalk.oracle import Observations, SessionRecord
@@ -227,15 +227,21 @@ def test_tool_result_with_foreign_message_fails(users):
     )
 
 
-def test_thresholds_name_every_miss():
+def test_a_chat_round_threshold_names_the_round_the_value_and_the_threshold():
     stats = oracle.RoundStats(runs=4, users=4, mean=6.0, median=6.0, p95=7.0, max=7.0, throughput=1.5,
                               fairness=0.5, wall=12.0)
+    isolation = CrosstalkIsolation()
     with pytest.raises(AssertionError) as info:
-        CrosstalkIsolation().chat_round_should_meet_thresholds(stats, max_round_time=timedelta(seconds=10))
-    assert str(info.value) == (
-        "Chat round of 4 users missed: mean latency 6.00 s >= 5.00 s; throughput 1.50 msg/s <= 2 msg/s; "
-        "fairness 0.500 <= 0.7; round time 12.00 s >= 10.00 s"
-    )
+        isolation.get_chat_round_metric(stats, "mean", AssertionOperator["<"], "5s")
+    assert str(info.value) == "Chat round of 4 users (4 runs): mean is 6.00 s, expected < 5s"
+    with pytest.raises(AssertionError, match=r"round_time is 12\.00 s, expected < 10s"):
+        isolation.get_chat_round_metric(stats, "round_time", AssertionOperator["<"], "10s")
+    with pytest.raises(AssertionError, match=r"fairness is 0\.5, expected > 0\.7"):
+        isolation.get_chat_round_metric(stats, "fairness", AssertionOperator[">"], "0.7")
+    assert isolation.get_chat_round_metric(stats, "throughput", AssertionOperator[">"], "1") == 1.5
+    assert isolation.get_chat_round_metric(stats, "p95") == 7.0
+    with pytest.raises(ValueError, match="Unknown chat round metric 'latency': use mean, median"):
+        isolation.get_chat_round_metric(stats, "latency")
 
 
 def test_isolation_keywords_refuse_non_users():

@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+from assertionengine import AssertionOperator
 from crosstalk.metrics import LoadMetrics
 from crosstalk.resources_sampler import (
     BackgroundSampler,
@@ -115,6 +116,6 @@ def test_record_series_fills_the_metric_table_and_names_the_window():
     assert metrics.resources.platform_memory_peak == 2048
     assert metrics.resources.generator_memory_peak == 4096
     assert metrics.resources.sample_interval_s == 0.25
-    result = metrics.check("platform_memory < 1MB")
-    assert result.passed and "samples at 0.25 s" in result.description
+    assert metrics.judge("platform_memory", AssertionOperator["<"], "1MB").passed
+    assert "samples at 0.25 s" in metrics.judge("platform_memory", AssertionOperator[">"], "1MB").failure
     assert "mean CPU over the load window" in metrics.resources.statistic
