@@ -45,7 +45,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchplatform import ROOT, BenchPlatform, create_users
+from benchplatform import ROOT, BenchPlatform, as_test_users, create_users
 
 GENERATORS = ("crosstalk", "lean", "k6", "locust")
 GOALS = {"lean": 1.15, "k6": 0.5, "locust": 0.35}
@@ -85,7 +85,6 @@ def run_crosstalk(users: list[dict], ws_url: str, messages: int, timeout: float,
                   per_message: dict | None = None) -> dict:
     from crosstalk.engine import get_engine
     from crosstalk.load import LoadConfig, LoadMetrics, LoadRun, LoadUser, run_load
-    from crosstalk.model import TestUser, Tokens
 
     if per_message is not None:  # wire_latency.py: each message's latency as Crosstalk measured it
         finish = LoadUser.finish
@@ -97,12 +96,7 @@ def run_crosstalk(users: list[dict], ws_url: str, messages: int, timeout: float,
 
         LoadUser.finish = finish_and_keep  # type: ignore[method-assign]
 
-    test_users = []
-    for u in users:
-        user = TestUser(label=u["label"], email=u["email"], password="x" * 12, canary=u["canary"],
-                        user_id=u["user_id"], serial=u["index"])
-        user.tokens = Tokens(u["token"], "")
-        test_users.append(user)
+    test_users = as_test_users(users)
     config = LoadConfig(users=len(users), messages=messages, message_timeout=timeout, name="bench",
                         connect_timeout=30.0,  # as the lean loop's open_timeout
                         keep_frames=int(os.environ.get("CROSSTALK_BENCH_KEEP_FRAMES", "64")))
@@ -202,19 +196,13 @@ def run_lean(users: list[dict], ws_url: str, messages: int, timeout: float,  # n
 def run_locust(users: list[dict], ws_url: str, messages: int, timeout: float) -> dict:
     import gevent
     from crosstalk import locustuser
-    from crosstalk.model import TestUser, Tokens
     from gevent.event import Event
     from locust import events
     from locust.env import Environment
 
     h = histogram()
     state = {"completed": 0, "errors": 0, "violations": 0, "connected": 0}
-    queue = []
-    for u in users:
-        user = TestUser(label=u["label"], email=u["email"], password="x" * 12, canary=u["canary"],
-                        user_id=u["user_id"], serial=u["index"])
-        user.tokens = Tokens(u["token"], "")
-        queue.append(user)
+    queue = as_test_users(users)
     go = Event()
 
     @events.request.add_listener
