@@ -59,3 +59,16 @@ def create_users(auth_url: str, count: int, prefix: str = "bench") -> list[dict]
         list(pool.map(lambda u: register_and_login(auth_url, u), users))
     return [{"label": u.label, "email": u.email, "user_id": u.user_id, "token": u.access_token,
              "canary": u.canary} for u in users]
+
+
+def as_test_users(users: list[dict]) -> list:
+    """The bench's user dicts as Crosstalk ``TestUser`` objects holding their access token."""
+    from crosstalk.model import TestUser, Tokens
+
+    test_users = []
+    for index, u in enumerate(users):
+        user = TestUser(label=u["label"], email=u["email"], password="x" * 12, canary=u["canary"],
+                        user_id=u["user_id"], serial=u.get("index", index))
+        user.tokens = Tokens(u["token"], "")
+        test_users.append(user)
+    return test_users

@@ -26,7 +26,9 @@ medians of the per-round ratios, so one noisy run cannot move them much.
     python bench/load_bench.py --users 1000 --messages 3 --only crosstalk   # hold 1,000 users
 
 Numbers are printed, never asserted.  Goals (issue 14): Crosstalk CPU per
-message <= 1.15x the lean floor, <= 0.5x k6, <= 0.35x Locust.
+message <= 1.15x the lean floor, <= 0.5x k6, <= 0.35x Locust.  Figures and how
+they were taken: docs/load.md ("What a message costs the generator");
+bench/wire_latency.py compares the latencies with a packet capture.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchplatform import ROOT, BenchPlatform, create_users
+from benchplatform import ROOT, BenchPlatform, as_test_users, create_users
 
 GENERATORS = ("crosstalk", "lean", "k6", "locust")
 GOALS = {"lean": 1.15, "k6": 0.5, "locust": 0.35}
@@ -79,18 +81,24 @@ def say(line: str) -> None:
 
 
 # ------------------------------------------------------------------ generators (child processes)
-def run_crosstalk(users: list[dict], ws_url: str, messages: int, timeout: float) -> dict:
+def run_crosstalk(users: list[dict], ws_url: str, messages: int, timeout: float,
+                  per_message: dict | None = None) -> dict:
     from crosstalk.engine import get_engine
-    from crosstalk.load import LoadConfig, LoadMetrics, LoadRun, run_load
-    from crosstalk.model import TestUser, Tokens
+    from crosstalk.load import LoadConfig, LoadMetrics, LoadRun, LoadUser, run_load
 
-    test_users = []
-    for u in users:
-        user = TestUser(label=u["label"], email=u["email"], password="x" * 12, canary=u["canary"],
-                        user_id=u["user_id"], serial=u["index"])
-        user.tokens = Tokens(u["token"], "")
-        test_users.append(user)
+    if per_message is not None:  # wire_latency.py: each message's latency as Crosstalk measured it
+        finish = LoadUser.finish
+
+        def finish_and_keep(self, pending, error, detail):  # type: ignore[no-untyped-def]
+            if error is None and pending.last_event is not None:
+                per_message[pending.cmid] = pending.last_event - pending.intended
+            finish(self, pending, error, detail)
+
+        LoadUser.finish = finish_and_keep  # type: ignore[method-assign]
+
+    test_users = as_test_users(users)
     config = LoadConfig(users=len(users), messages=messages, message_timeout=timeout, name="bench",
+                        connect_timeout=30.0,  # as the lean loop's open_timeout
                         keep_frames=int(os.environ.get("CROSSTALK_BENCH_KEEP_FRAMES", "64")))
     run = LoadRun(config, LoadMetrics("bench"))
     run.on_phase = lambda phase: say("GO") if phase == "sending" else say("DONE") if phase == "done" else None
@@ -101,11 +109,13 @@ def run_crosstalk(users: list[dict], ws_url: str, messages: int, timeout: float)
     h = m.histograms.get("completion_uncorrected") or m.histograms["completion"]  # send -> done, as all
     return {"completed": m.completed, "errors": m.error_count - sum(m.violations.values()),
             "violations": sum(m.violations.values()), "gc_max_pause_ms": m.info.get("gc_max_pause_ms"),
+            "first_errors": dict(m.error_examples),
             **percentiles(h)}
 
 
 # complexity accepted: the lean generator inlines connect, send and receive to measure the floor cost
-def run_lean(users: list[dict], ws_url: str, messages: int, timeout: float) -> dict:  # noqa: C901
+def run_lean(users: list[dict], ws_url: str, messages: int, timeout: float,  # noqa: C901
+             per_message: dict | None = None) -> dict:
     import asyncio
     import re
 
@@ -139,8 +149,11 @@ def run_lean(users: list[dict], ws_url: str, messages: int, timeout: float) -> d
                 return thread_id
             if kind == "agent_completed":
                 if canary in data["payload"]["response"]:
-                    h.record_value(max(1, int((time.monotonic() - sent) * 1e6)))
+                    took = time.monotonic() - sent
+                    h.record_value(max(1, int(took * 1e6)))
                     done["completed"] += 1
+                    if per_message is not None:
+                        per_message[cmid] = took
                 else:
                     done["errors"] += 1
                 return data.get("thread_id")
@@ -183,19 +196,13 @@ def run_lean(users: list[dict], ws_url: str, messages: int, timeout: float) -> d
 def run_locust(users: list[dict], ws_url: str, messages: int, timeout: float) -> dict:
     import gevent
     from crosstalk import locustuser
-    from crosstalk.model import TestUser, Tokens
     from gevent.event import Event
     from locust import events
     from locust.env import Environment
 
     h = histogram()
     state = {"completed": 0, "errors": 0, "violations": 0, "connected": 0}
-    queue = []
-    for u in users:
-        user = TestUser(label=u["label"], email=u["email"], password="x" * 12, canary=u["canary"],
-                        user_id=u["user_id"], serial=u["index"])
-        user.tokens = Tokens(u["token"], "")
-        queue.append(user)
+    queue = as_test_users(users)
     go = Event()
 
     @events.request.add_listener
@@ -244,7 +251,12 @@ def child(spec_file: str) -> None:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     runner = {"crosstalk": run_crosstalk, "lean": run_lean, "locust": run_locust}[spec["generator"]]
-    result = runner(spec["users"], spec["ws_url"], spec["messages"], spec["timeout"])
+    per_message = {} if spec.get("per_message_file") else None
+    if per_message is not None:
+        result = runner(spec["users"], spec["ws_url"], spec["messages"], spec["timeout"], per_message)
+        Path(spec["per_message_file"]).write_text(json.dumps(per_message))
+    else:
+        result = runner(spec["users"], spec["ws_url"], spec["messages"], spec["timeout"])
     say("RESULT " + json.dumps(result))
 
 
@@ -255,12 +267,16 @@ def k6_binary() -> str | None:
 
 
 def measure(generator: str, users: list[dict], ws_url: str, messages: int, timeout: float, workdir: Path,
-            loop: str) -> dict:
-    """Run one generator in its own process; CPU and wall time between its GO and DONE markers."""
+            loop: str, per_message_file: Path | None = None) -> dict:
+    """Run one generator in its own process; CPU and wall time between its GO and DONE markers.
+
+    With ``per_message_file`` (crosstalk and lean) the child writes each message's latency there as
+    ``{client_message_id: seconds}`` (bench/wire_latency.py matches them with the capture).
+    """
     import psutil
 
     spec = {"generator": generator, "users": users, "ws_url": ws_url, "messages": messages,
-            "timeout": timeout, "loop": loop}
+            "timeout": timeout, "loop": loop, "per_message_file": str(per_message_file or "")}
     spec_file = workdir / f"{generator}.json"
     spec_file.write_text(json.dumps(spec))
     if generator == "k6":

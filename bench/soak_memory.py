@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import psutil
-from benchplatform import BenchPlatform, create_users
+from benchplatform import BenchPlatform, as_test_users, create_users
 
 
 def main() -> int:
@@ -47,17 +47,11 @@ def main() -> int:
     from crosstalk.engine import get_engine
     from crosstalk.load import LoadConfig, LoadRun, run_load
     from crosstalk.metrics import LoadMetrics
-    from crosstalk.model import TestUser, Tokens
 
     me = psutil.Process()
     with BenchPlatform(Path(tempfile.mkdtemp(prefix="crosstalk-soak-")), state_file=args.state_file) as state:
         started = time.monotonic()
-        users = []
-        for index, u in enumerate(create_users(state["auth_url"], args.users, "soak")):
-            user = TestUser(label=u["label"], email=u["email"], password="x" * 12, canary=u["canary"],
-                            user_id=u["user_id"], serial=index)
-            user.tokens = Tokens(u["token"], "")
-            users.append(user)
+        users = as_test_users(create_users(state["auth_url"], args.users, "soak"))
         print(f"{args.users} users registered in {time.monotonic() - started:.0f} s; "
               f"load average {os.getloadavg()[0]:.1f}", flush=True)
         config = LoadConfig(users=args.users, messages=args.messages, message_timeout=120.0, name="soak",
@@ -99,8 +93,11 @@ def main() -> int:
           f"frames kept per user: {args.keep_frames}")
     print(f"generator RSS: connected {connected / mb:.0f} MB, at 10 % {r10 / mb:.0f} MB, at 50 % "
           f"{r50 / mb:.0f} MB, at 100 % {r100 / mb:.0f} MB, peak {peak / mb:.0f} MB")
-    print(f"garbage collections: {m.info.get('gc_collections')}, longest pause "
-          f"{m.info.get('gc_max_pause_ms')} ms (gc.freeze() after setup)")
+    print(f"garbage collections while sending: {m.info.get('gc_collections')}, longest pause "
+          f"{m.info.get('gc_max_pause_ms')} ms; cyclic garbage found after the run: "
+          f"{m.info.get('gc_cyclic_garbage')} ({m.info.get('gc_mode')})")
+    for kind, example in m.error_examples.items():
+        print(f"first {kind}: {example}")
     if growth is not None:
         print(f"growth between 10 % and 100 %: {growth * 1024:.1f} KB per 1,000 messages")
     verdict = "within" if peak / mb <= budget else "OVER"

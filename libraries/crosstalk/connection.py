@@ -248,11 +248,15 @@ class UserConnection:
         except Exception as exc:
             self.close_reason = f"receive failed: {exc}"
         finally:
-            self.closed = True
-            if self.ws is not None and self.close_code is None:
-                self.close_code = self.ws.close_code
-                self.close_reason = self.close_reason or (self.ws.close_reason or "")
-            await self._notify()
+            await self._reader_ended()
+
+    async def _reader_ended(self) -> None:
+        """The socket stopped delivering: mark the connection closed, keep why, wake the waiters."""
+        self.closed = True
+        if self.ws is not None and self.close_code is None:
+            self.close_code = self.ws.close_code
+            self.close_reason = self.close_reason or (self.ws.close_reason or "")
+        await self._notify()
 
     async def _notify(self) -> None:
         if self._condition is None:
@@ -327,24 +331,33 @@ class UserConnection:
         registry.unregister(self)
 
     # ------------------------------------------------------------------ send
-    async def send_raw(self, text: str | bytes) -> Frame:
-        """Send text as it is (bytes as a binary frame) and record it as an outgoing frame."""
+    def _open_socket(self) -> ClientConnection:
+        """The socket to send on; AssertionError naming connection, user and close code when it is closed."""
         if self.ws is None or self.closed:
             raise AssertionError(
                 f"Connection '{self.label}' of user '{self.user.label}' is closed "
                 f"(code {self.close_code}{', ' + self.close_reason if self.close_reason else ''}): "
                 "reconnect first."
             )
-        at, mono = _now()
-        shown = text if isinstance(text, str) else text.decode("utf-8", "replace")
-        frame = self._record("out", shown, at, mono)
+        return self.ws
+
+    async def _transmit(self, ws: ClientConnection, text: str | bytes) -> None:
+        """Send one frame; AssertionError naming connection, user and close code if the socket closed."""
         try:
-            await self.ws.send(text)
+            await ws.send(text)
         except ConnectionClosed as exc:
             raise AssertionError(
                 f"Sending on connection '{self.label}' of user '{self.user.label}' failed: closed "
                 f"with code {exc.rcvd.code if exc.rcvd else None}."
             ) from None
+
+    async def send_raw(self, text: str | bytes) -> Frame:
+        """Send text as it is (bytes as a binary frame) and record it as an outgoing frame."""
+        ws = self._open_socket()
+        at, mono = _now()
+        shown = text if isinstance(text, str) else text.decode("utf-8", "replace")
+        frame = self._record("out", shown, at, mono)
+        await self._transmit(ws, text)
         return frame
 
     async def send_message(

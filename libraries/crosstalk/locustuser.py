@@ -42,7 +42,7 @@ from locust.exception import StopUser
 from locust.runners import WorkerRunner
 
 from .load import new_load_users, register_and_login
-from .loadcore import ChatUserCore
+from .loadcore import ChatUserCore, parse_object
 from .metrics import RunIdLedger
 
 log = logging.getLogger("crosstalk.locust")
@@ -185,11 +185,7 @@ class CrosstalkChatUser(User):
                 self.core.fail_all("connection_dropped", f"lost: the connection dropped ({exc})")
                 raise StopUser() from None
             text_frame = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
-            try:
-                parsed = json.loads(text_frame)
-            except ValueError:
-                parsed = None
-            self.core.on_frame(text_frame, parsed if isinstance(parsed, dict) else None, time.monotonic())
+            self.core.on_frame(text_frame, parse_object(text_frame), time.monotonic())
 
 
 class ChatUser(CrosstalkChatUser):

@@ -27,6 +27,7 @@ operator, as ``Get Load Metric    ${run}    <metric>    <operator>    <expected>
 from __future__ import annotations
 
 import base64
+import ctypes
 import json
 import math
 import re
@@ -75,19 +76,60 @@ def record_seconds(histogram: HdrHistogram, seconds: float) -> None:
     The same bucket arithmetic as ``HdrHistogram.record_value`` with ``int.bit_length`` in place of
     its ``bin()``-string leading-zero count: this runs for every frame of every user.
     """
-    value = int(seconds * 1_000_000)
+    record_micros(histogram, int(seconds * 1_000_000))
+
+
+def record_micros(histogram: HdrHistogram, value: int, count: int = 1) -> None:
+    """Record ``count`` samples of ``value`` microseconds (clamped into the range); see record_seconds."""
     value = LOWEST_US if value < LOWEST_US else HIGHEST_US if value > HIGHEST_US else value
     h = histogram
     bucket = ((value | h.sub_bucket_mask).bit_length() - h.unit_magnitude
               - h.sub_bucket_half_count_magnitude - 1)
     index = (((bucket + 1) << h.sub_bucket_half_count_magnitude)
              + (value >> (bucket + h.unit_magnitude)) - h.sub_bucket_half_count)
-    h.counts[index] += 1
-    h.total_count += 1
+    h.counts[index] += count
+    h.total_count += count
     if value < h.min_value:
         h.min_value = value
     if value > h.max_value:
         h.max_value = value
+
+
+_NONZERO_BYTE = re.compile(rb"[^\x00]")
+
+
+def nonzero_counts(histogram: HdrHistogram) -> list[tuple[int, int]]:
+    """``(index, count)`` of every bucket that holds samples, found at C speed.
+
+    A histogram has ~23,500 buckets and a run fills a few hundred: the zero bytes are skipped
+    with one regular-expression scan over the counts array instead of a Python loop over
+    every bucket (hdrh's recorded-value iterator costs ~1 s per run).
+    Example: after ``record_seconds(h, 0.1)``, ``nonzero_counts(h)`` holds one ``(index, 1)``.
+    """
+    counts = histogram.counts
+    width = ctypes.sizeof(counts._type_)
+    found, last = [], -1
+    for match in _NONZERO_BYTE.finditer(memoryview(counts).cast("B")):
+        index = match.start() // width
+        if index != last:
+            found.append((index, counts[index]))
+            last = index
+    return found
+
+
+def highest_equivalent_at(histogram: HdrHistogram, index: int) -> int:
+    """``get_highest_equivalent_value(get_value_from_index(index))`` in one step (hdrh's arithmetic).
+
+    Example: ``highest_equivalent_at(h, 5)`` is 5 for a histogram of 1 µs resolution.
+    """
+    h = histogram
+    bucket = (index >> h.sub_bucket_half_count_magnitude) - 1
+    sub_bucket = (index & (h.sub_bucket_half_count - 1)) + h.sub_bucket_half_count
+    if bucket < 0:
+        sub_bucket -= h.sub_bucket_half_count
+        bucket = 0
+    shift = bucket + h.unit_magnitude
+    return ((sub_bucket + 1) << shift) - 1
 
 
 # Latencies below this are served alike as far as a user can tell: fairness compares waits from here
@@ -350,11 +392,14 @@ class LoadMetrics:
         for key in CORRECTED:
             raw = self.histograms[key]
             corrected = new_histogram()
-            counts = list(raw.counts)  # one C copy; hdrh's recorded-value iterator costs ~1 s per run
-            for index, count in enumerate(counts):
-                if count:
-                    value = raw.get_highest_equivalent_value(raw.get_value_from_index(index))
-                    corrected.record_corrected_value(min(value, HIGHEST_US), interval, count)
+            for index, count in nonzero_counts(raw):
+                value = min(highest_equivalent_at(raw, index), HIGHEST_US)
+                # HdrHistogram's record_corrected_value, with the fast recorder
+                while True:
+                    record_micros(corrected, value, count)
+                    if value <= interval:
+                        break
+                    value -= interval
             self.histograms[key + "_uncorrected"] = raw
             self.histograms[key] = corrected
         self.latency_basis = (
