@@ -277,7 +277,7 @@ class CrosstalkLoad:
         """Sends another round of ``messages`` per user over the same users and open connections.
 
         The round is measured on its own (fresh histograms), so rounds can be
-        compared with `Load Rounds Should Be Consistent`.
+        compared with `Get Load Metric` and `Get Load Metric Spread`.
 
         Example:
         | ${round2} = | Run Next Load Round | ${round1} | messages=5 |
