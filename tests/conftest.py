@@ -17,17 +17,18 @@ import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from crosstalk.launcher import Launched, launch, signing_key_pem, write_signing_key
+
+if TYPE_CHECKING:
+    # every start of the reference platform goes through the one launcher of crosstalk.launcher;
+    # imported where used, so tests/wheel (no runtime dependencies installed) can load this file
+    from crosstalk.launcher import Launched as RunningPlatform
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
-
-
-# every start of the reference platform goes through the one launcher of crosstalk.launcher
-RunningPlatform = Launched
 
 
 def pytest_report_header(config) -> str:
@@ -41,6 +42,8 @@ def pytest_report_header(config) -> str:
 
 
 def generate_private_key_pem() -> bytes:
+    from crosstalk.launcher import signing_key_pem
+
     return signing_key_pem()
 
 
@@ -51,6 +54,8 @@ def launch_platform(
     work_dir: Path | None = None,
 ) -> RunningPlatform:
     """Start ``python -m reference_platform`` on free ports without waiting; see ``wait_until_up``."""
+    from crosstalk.launcher import launch, write_signing_key
+
     work_dir = Path(work_dir or tempfile.mkdtemp(prefix="refplat-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:8]
