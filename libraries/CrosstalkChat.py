@@ -10,6 +10,7 @@ from typing import Any
 from crosstalk import context, htmllog, oracle
 from crosstalk import profile as target_profile
 from crosstalk.connection import (
+    GRACE,
     ConnectionRefused,
     RunHandle,
     UserConnection,
@@ -28,10 +29,6 @@ from robot.api import logger
 from robot.api.deco import keyword, library
 from robot.api.exceptions import SkipExecution
 from robot.api.types import Secret  # RF >= 7.4 (requirements.txt)
-
-# the engine call gets a little longer than the wait itself so the wait's own,
-# better worded timeout message is the one the user sees
-GRACE = 5.0
 
 
 def _seconds(timeout: timedelta) -> float:

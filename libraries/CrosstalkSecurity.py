@@ -22,7 +22,7 @@ import requests
 from assertionengine import AssertionOperator
 from crosstalk import assertions, context, hostile, htmllog, testhooks
 from crosstalk import profile as target_profile
-from crosstalk.connection import ConnectionRefused, UserConnection, describe_frames
+from crosstalk.connection import GRACE, ConnectionRefused, UserConnection, describe_frames
 from crosstalk.context import Capability
 from crosstalk.engine import get_engine
 from crosstalk.httpretry import pooled_session
@@ -33,8 +33,6 @@ from robot.api.deco import keyword, library
 from robot.libraries.BuiltIn import BuiltIn
 
 DEFAULT_TIMEOUT = timedelta(seconds=10)
-# the engine call gets a little longer than the waits inside it, whose messages are better worded
-GRACE = 5.0
 
 
 def _short(text: str, limit: int = 160) -> str:

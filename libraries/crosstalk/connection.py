@@ -501,6 +501,8 @@ async def open_connection(
 # ---------------------------------------------------------------------- blocking helpers
 # For keyword code and for threads released together by a barrier (crosstalk.races.fire_at_once):
 # each call blocks its own thread while the connection lives on the engine loop.
+# The engine call gets a little longer than the wait inside it, so the wait's own, better
+# worded timeout message is the one the user sees (Chat and Security use it too).
 GRACE = 5.0
 
 
